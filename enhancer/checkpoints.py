@@ -83,8 +83,8 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text:
-            found = re.search(r"(?:Unsupported global|Unsupported operand)[^\n.]*", text)
-            detail = f" ({found.group(0).strip()})" if found else ""
+            found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported (?:global|operand)[^\n]*", text)
+            detail = f" (it calls {found.group(1) if found.lastindex else found.group(0).strip()})" if found else ""
             raise CheckpointError(
                 f"{path}: refused, loading it would run pickled code{detail}. Only tensors and plain data are "
                 "accepted; re-save it from trusted code as torch.save({'model_state_dict': model.state_dict()}, "
@@ -206,6 +206,27 @@ def _mismatch_error(path: str, state: dict[str, torch.Tensor], arch: str | None,
     )
 
 
+def _config_for(state: dict[str, torch.Tensor], path: str, arch: str | None, head: str | None) -> ModelConfig:
+    """The architecture of a file without a header: detected, or as asked (keeping what detection says of the
+    head and class count when it found the same architecture)."""
+    detected = detect_config(state)
+    if arch is None:
+        if detected is None:
+            raise CheckpointError(_mismatch_error(path, state, None, None))
+        return detected
+    same = detected is not None and detected.arch == arch
+    try:
+        return resolve_config(
+            arch,
+            head=head or (detected.head if same else None),
+            num_classes=detected.num_classes if same else 2,
+            input_size=detected.input_size if same else 224,
+            width=detected.width if same else None,
+        )
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -232,17 +253,9 @@ def load_checkpoint(
         if arch is not None and arch != config.arch:
             raise CheckpointError(f"{path}: holds a {config.arch} model, not {arch}; drop --arch or pick the file")
     else:
-        detected = detect_config(state)
-        try:
-            config = resolve_config(arch, head=head or (detected.head if detected and detected.arch == arch else None),
-                                    num_classes=detected.num_classes if detected else 2) if arch else detected
-        except ModelError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        if config is None:
-            raise CheckpointError(_mismatch_error(path, state, None, None))
+        config = _config_for(state, path, arch, head)
         preprocessing = preprocessing_for(config.arch, config.input_size)
-        class_names = DEFAULT_CLASS_NAMES[: config.num_classes] if config.num_classes == 2 else tuple(
-            str(i) for i in range(config.num_classes))  # fmt: skip
+        class_names = DEFAULT_CLASS_NAMES if config.num_classes == 2 else tuple(map(str, range(config.num_classes)))
         meta = {k: _plain(obj[k]) for k in SEED_META_KEYS if source == "seed" and k in obj}
     model = build_from_config(config)
     try:
@@ -259,7 +272,7 @@ def load_checkpoint(
         path=path,
         sha256=file_sha256(path),
         meta=meta,
-        raw={k: v for k, v in obj.items() if k not in ("model_state_dict", "state_dict")} if source != "state_dict" else {},
+        raw={} if source == "state_dict" else {k: v for k, v in obj.items() if k != "model_state_dict"},
     )
 
 
