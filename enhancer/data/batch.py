@@ -1,0 +1,77 @@
+"""What every loader yields: ``Batch``, plus the small pieces the DALI and torch loaders share.
+
+Usage::
+
+    for batch in loader:                 # any loader from enhancer.data.make_loader
+        logits = model(batch.image)      # (N, C, H, W), normalised, on the loader's device
+        batch.index                      # (N,) Sample.index of each row, CPU int64
+
+``image`` and ``source`` are on the loader's device; ``orig_size``, ``index`` and ``label`` stay on the CPU (they
+are bookkeeping for the writer, not model inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from enhancer.data.scan import Sample
+from enhancer.data.validate import Rejection
+from enhancer.preprocessing import Preprocessing
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Batch:
+    """One batch of decoded, preprocessed samples (rows in ``Sample.index`` order within the pass)."""
+
+    image: torch.Tensor  # (N, C, H, W) normalised model input, C = preprocessing.in_chans
+    source: torch.Tensor  # (N, 1, S, S) uint8 grey crop source: the original squash-resized to S x S
+    orig_size: torch.Tensor  # (N, 2) int64 (height, width) of the original file
+    index: torch.Tensor  # (N,) int64 Sample.index
+    label: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+def normalise(grey: torch.Tensor, preprocessing: Preprocessing, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 ``(N, 1, H, W)`` grey -> ``(N, in_chans, H, W)`` ``(x / 255 - mean) / std`` in ``dtype``."""
+    x = grey.to(torch.float32).div_(255.0)
+    if preprocessing.in_chans == 3:
+        x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return ((x - mean) / std).to(dtype).contiguous()
+
+
+class Loader:
+    """Base of the loaders: iterable of ``Batch``; ``rejected`` collects decode-time failures during iteration."""
+
+    name: str = "loader"
+
+    def __init__(self, samples: Sequence[Sample], preprocessing: Preprocessing, *, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        indices = [s.index for s in samples]
+        if len(set(indices)) != len(indices):
+            raise ValueError("samples contain duplicate Sample.index values; pass each sample once")
+        self.samples = list(samples)
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.rejected: list[Rejection] = []
+        self.n_loaded = 0
+
+    def __len__(self) -> int:
+        """Batches expected in one pass (fewer rows arrive when files are rejected at decode time)."""
+        return math.ceil(len(self.samples) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, samples={len(self.samples)}, batch_size={self.batch_size})"

@@ -1,0 +1,239 @@
+"""DALI loader: ``readers.file`` -> ``decoders.image`` (GRAY) -> resize -> normalise, on CPU threads or the GPU.
+
+Usage::
+
+    from enhancer.data import make_loader
+    loader = make_loader(samples, preprocessing, loader="dali", device="cpu", num_threads=2)
+    for batch in loader: ...
+    loader.rejected        # files that failed to decode, each isolated by bisecting its batch
+
+One pipeline per pass over the (already validated, already sharded) sample list. ``labels`` of the file reader
+carry ``Sample.index``, so every output row is tied to its exact path. The reader pads the last batch
+(``pad_last_batch``) and the loader returns it PARTIAL, so every file arrives exactly once.
+
+DALI facts this relies on (DALI 2.4): the decoder must be asked for GRAY explicitly (``ANY_DATA`` crashes on
+greyscale JPEGs); 16-bit PNG / TIFF are scaled to 8 bit as ``round(v / 257)``; PNG decoding stays on the CPU even
+with ``device="mixed"``; a corrupt file fails its whole batch (no skip option) but the error is reported for that
+iteration and the pipeline goes on, so the loader re-decodes just that batch in halves until the bad file is alone.
+Paths that are not valid UTF-8 cannot cross into DALI: they are read through symlinks with safe names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from enhancer.data.batch import Batch, Loader
+from enhancer.data.decode import classify_decode_error
+from enhancer.data.scan import Sample
+from enhancer.data.validate import Rejection
+from enhancer.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+_DALI_DTYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16"}
+
+
+def dali_available() -> bool:
+    """Whether NVIDIA DALI can be imported here."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _build_pipeline(
+    files: list[str],
+    labels: list[int],
+    *,
+    batch_size: int,
+    num_threads: int,
+    device_id: int | None,
+    preprocessing: Preprocessing,
+    source_size: int,
+    dtype: torch.dtype,
+) -> Any:
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device_id is not None
+    height, width = preprocessing.size
+    mean = [255.0 * m for m in preprocessing.mean]
+    std = [255.0 * s for s in preprocessing.std]
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
+    def pipeline() -> tuple[Any, ...]:
+        encoded, index = fn.readers.file(
+            files=files, labels=labels, random_shuffle=False, pad_last_batch=True, name="reader"
+        )
+        shape = fn.peek_image_shape(encoded, adjust_orientation=False)  # (H, W, C) of the original file
+        grey = fn.decoders.image(
+            encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY, adjust_orientation=False
+        )
+        # Linear + antialias matches PIL's bilinear Resize (which always antialiases when downscaling); resizing
+        # to uint8 rounds like PIL does, so parity holds in [0, 255] units before normalisation.
+        model = fn.resize(
+            grey, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.UINT8
+        )
+        if preprocessing.in_chans == 3:
+            model = fn.cat(model, model, model, axis=2)
+        image = fn.crop_mirror_normalize(
+            model, dtype=getattr(types, _DALI_DTYPES[dtype]), output_layout="CHW", mean=mean, std=std
+        )
+        source = fn.resize(
+            grey,
+            resize_x=source_size,
+            resize_y=source_size,
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+            dtype=types.UINT8,
+        )
+        source = fn.transpose(source, perm=[2, 0, 1])
+        return image, source, shape, index
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+def _to_torch(tensor_list: Any, device: torch.device) -> torch.Tensor:
+    """Copy a uniform DALI TensorList into a new torch tensor on ``device``."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    dense = tensor_list.as_tensor()
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    feed_ndarray(dense, out, cuda_stream=stream)
+    return out
+
+
+class DaliLoader(Loader):
+    """Batches from a DALI pipeline; ``device="cuda"`` decodes with nvJPEG (``mixed``) and resizes on the GPU."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        preprocessing: Preprocessing,
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        num_threads: int = 2,
+        source_size: int = 512,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(samples, preprocessing, batch_size=batch_size)
+        if dtype not in _DALI_DTYPES:
+            raise ValueError(f"the DALI loader outputs {list(_DALI_DTYPES)}; got {dtype}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            self.device_id: int | None = (
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            )
+            self.device = torch.device("cuda", self.device_id)
+        else:
+            self.device_id = None
+        self.name = "dali-gpu" if self.device_id is not None else "dali-cpu"
+        self.num_threads = num_threads
+        self.source_size = source_size
+        self.dtype = dtype
+        self._labels = {s.index: s.label for s in self.samples}
+        self._alias_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    def _dali_paths(self, samples: Sequence[Sample]) -> list[str]:
+        """Paths DALI can open: non-UTF-8 names (surrogateescape str) become symlinks with safe names."""
+        out = []
+        for s in samples:
+            try:
+                s.path.encode("utf-8")
+                out.append(s.path)
+            except UnicodeEncodeError:
+                if self._alias_dir is None:
+                    self._alias_dir = tempfile.TemporaryDirectory(prefix="enhancer-dali-")
+                alias = os.path.join(
+                    self._alias_dir.name, f"{s.index}{os.path.splitext(s.path)[1].encode('ascii', 'replace').decode()}"
+                )
+                if not os.path.lexists(alias):
+                    os.symlink(os.fsencode(os.path.abspath(s.path)), os.fsencode(alias))
+                out.append(alias)
+        return out
+
+    def _pipeline(self, samples: Sequence[Sample], batch_size: int) -> Any:
+        return _build_pipeline(
+            self._dali_paths(samples),
+            [s.index for s in samples],
+            batch_size=batch_size,
+            num_threads=self.num_threads,
+            device_id=self.device_id,
+            preprocessing=self.preprocessing,
+            source_size=self.source_size,
+            dtype=self.dtype,
+        )
+
+    # -- batches -----------------------------------------------------------------------------------------------
+    def _batch(self, outputs: Any, expected: Sequence[Sample]) -> Batch:
+        n = len(expected)
+        image_tl, source_tl, shape_tl, index_tl = outputs
+        index = _to_torch(index_tl, torch.device("cpu")).view(-1)[:n].to(torch.int64)
+        want = torch.tensor([s.index for s in expected], dtype=torch.int64)
+        if not torch.equal(index, want):
+            raise RuntimeError(
+                f"DALI returned samples {index.tolist()[:8]}... but {want.tolist()[:8]}... were expected"
+            )
+        shape = _to_torch(shape_tl, torch.device("cpu"))[:n, :2].to(torch.int64)
+        return Batch(
+            image=_to_torch(image_tl, self.device)[:n],
+            source=_to_torch(source_tl, self.device)[:n],
+            orig_size=shape.contiguous(),
+            index=index,
+            label=torch.tensor([self._labels[int(i)] for i in index], dtype=torch.int64),
+        )
+
+    def _decode_group(self, group: Sequence[Sample]) -> Iterator[Batch]:
+        """Decode ``group`` in one small pipeline; on failure split it in halves until each bad file is alone."""
+        try:
+            outputs = self._pipeline(group, len(group)).run()
+            yield self._batch(outputs, group)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed decode becomes a recorded rejection
+            if len(group) == 1:
+                code, message = classify_decode_error(exc, group[0].path)
+                rejection = Rejection.of(group[0], code, message)
+                log.warning("%s: rejected %s at decode time: %s (%s)", self.name, rejection.path, code, message)
+                self.rejected.append(rejection)
+                return
+        half = len(group) // 2
+        yield from self._decode_group(group[:half])
+        yield from self._decode_group(group[half:])
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.rejected = []
+        self.n_loaded = 0
+        if not self.samples:
+            return
+        pipe = self._pipeline(self.samples, self.batch_size)
+        try:
+            n_batches = math.ceil(len(self.samples) / self.batch_size)
+            for b in range(n_batches):
+                expected = self.samples[b * self.batch_size : (b + 1) * self.batch_size]
+                try:
+                    batch = self._batch(pipe.run(), expected)
+                except Exception as exc:  # noqa: BLE001 - isolate the bad file(s); the batch-mates still load
+                    log.info("%s: batch %d failed (%s); bisecting it", self.name, b, str(exc).splitlines()[0][:200])
+                    for part in self._decode_group(expected):
+                        self.n_loaded += len(part)
+                        yield part
+                    continue
+                self.n_loaded += len(batch)
+                yield batch
+        finally:
+            del pipe
+            if self._alias_dir is not None:
+                self._alias_dir.cleanup()
+                self._alias_dir = None

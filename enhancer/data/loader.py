@@ -1,0 +1,80 @@
+"""``make_loader``: pick the DALI or the torch loader and the device.
+
+Usage::
+
+    from enhancer.data import make_loader
+    loader = make_loader(samples, preprocessing, batch_size=64, loader="auto", device="auto")
+    print(loader.name, len(loader))   # e.g. "dali-cpu", 3
+
+``loader="auto"`` is DALI when it can be imported, else torch; ``device="auto"`` is CUDA when available.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from enhancer.data.batch import DTYPES, Loader
+from enhancer.data.dali_loader import DaliLoader, dali_available
+from enhancer.data.scan import Sample
+from enhancer.data.torch_loader import TorchLoader
+from enhancer.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+LOADERS = ("auto", "dali", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when CUDA is available, else ``cpu``; ``cuda`` without CUDA is an error."""
+    kind = device.split(":")[0]
+    if kind not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} (or cuda:N)")
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
+    return device
+
+
+def make_loader(
+    samples: Sequence[Sample],
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 64,
+    loader: str = "auto",
+    device: str = "cpu",
+    num_threads: int = 2,
+    source_size: int = 512,
+    dtype: torch.dtype = torch.float32,
+) -> Loader:
+    """A loader over ``samples`` (validated, sharded) yielding ``Batch`` objects; see ``enhancer.data.batch``.
+
+    ``num_threads`` is DALI's CPU thread count or the torch loader's worker count (0 = decode in-process).
+    """
+    if loader not in LOADERS:
+        raise ValueError(f"unknown loader {loader!r}; valid: {', '.join(LOADERS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+    if source_size < 1:
+        raise ValueError(f"source_size must be >= 1, got {source_size}")
+    device = resolve_device(device)
+    if loader == "auto":
+        loader = "dali" if dali_available() and dtype != torch.bfloat16 else "torch"
+    elif loader == "dali" and not dali_available():
+        raise ValueError("loader='dali' but nvidia-dali cannot be imported; install nvidia-dali-cuda130 or use 'torch'")
+    cls = DaliLoader if loader == "dali" else TorchLoader
+    made = cls(
+        samples,
+        preprocessing,
+        batch_size=batch_size,
+        device=device,
+        num_threads=num_threads,
+        source_size=source_size,
+        dtype=dtype,
+    )
+    log.info("loader %s: %d samples, batch %d, %d batches", made.name, len(samples), batch_size, len(made))
+    return made
