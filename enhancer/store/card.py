@@ -1,0 +1,95 @@
+"""The dataset card (``README.md``) written next to a merged enhanced dataset.
+
+Usage: ``render_card(Manifest.load(out_dir))`` returns the Markdown text; ``merge`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from enhancer.store.manifest import Manifest
+
+
+def render_card(m: Manifest) -> str:
+    """Markdown card: what it is, counts, fields, provenance, how to load it."""
+    img = next((n for n in ("enhanced", "image", "heatmap", "crop", "cam") if n in m.fields), "prob")
+    names = list(m.class_names) if m.class_names else sorted(set(m.class_counts["label"]) | set(m.class_counts["pred"]))
+    lines = [
+        "# Grad-CAM enhanced dataset",
+        "",
+        "Chest X-ray images passed through a classifier; for each image the shards hold the model-resolution input,",
+        "the Grad-CAM map, a heatmap, a Grad-CAM-guided crop and an enhanced image (salient regions kept, the rest",
+        "suppressed), with label, prediction and probabilities. Written by `enhancer` "
+        f"(schema version {m.schema_version}); created {m.created}.",
+        "",
+        "## Counts",
+        "",
+        f"- inputs: {m.n_in}; written: {m.n_written}; rejected: {m.n_rejected} (see `rejected.csv`)",
+        f"- shards: {m.num_shards} (`shard-00000-of-{m.num_shards:05d}.h5` ...), listed with sha256 in `manifest.json`",
+    ]
+    if m.rejected_codes:
+        lines.append("- rejected by reason: " + ", ".join(f"{k}: {v}" for k, v in m.rejected_codes.items()))
+    lines += ["", "| class | samples (label) | predicted |", "|---|---:|---:|"]
+    for name in names:
+        lines.append(f"| {name} | {m.class_counts['label'].get(name, 0)} | {m.class_counts['pred'].get(name, 0)} |")
+    lines += [
+        "",
+        "## Fields",
+        "",
+        "First axis = sample; one HDF5 chunk per sample; filters: "
+        f"{m.filters.get('compression')} (level {m.filters.get('compression_opts')}, "
+        f"shuffle {m.filters.get('shuffle')}).",
+        "",
+        "| field | dtype | shape | meaning |",
+        "|---|---|---|---|",
+    ]
+    for name, info in m.fields.items():
+        shape = "(N, " + ", ".join(str(s) for s in info["shape"][1:]) + ")" if len(info["shape"]) > 1 else "(N,)"
+        lines.append(f"| `{name}` | {info['dtype']} | {shape} | {info.get('doc', '')} |")
+    lines += [
+        "",
+        "`orig_size` is (height, width); `crop_box` is (x0, y0, x1, y1) in original pixels. Shards also hold a",
+        "`rejected` group (index, path, code, message) with the inputs that were not written.",
+        "",
+        "## Provenance",
+        "",
+    ]
+    if m.provenance:
+        for key, value in sorted(m.provenance.items()):
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            lines.append(f"- `{key}`: {text}")
+    else:
+        lines.append("- (no provenance attributes were recorded)")
+    per_shard = sorted({k for s in m.shards for k in s.attrs})
+    if per_shard:
+        lines.append(f"- per shard (see `manifest.json`): {', '.join(per_shard)}")
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "With PyTorch (reads through `manifest.json`; safe with DataLoader workers):",
+        "",
+        "```python",
+        "from enhancer.store import EnhancedDataset, verify",
+        "assert verify('.').ok                      # optional deep check: sha256, every chunk, invariants",
+        f"ds = EnhancedDataset('.', fields=('{img}', 'label'))",
+        f"sample = ds[0]                             # {{'{img}': tensor, 'label': tensor}}",
+        "```",
+        "",
+        "With plain h5py (global sample i lives in the shard whose `offset` <= i, at row i - offset):",
+        "",
+        "```python",
+        "import json, h5py",
+        "m = json.load(open('manifest.json'))",
+        "for s in m['shards']:",
+        "    with h5py.File(s['file'], 'r') as f:",
+        f"        x, y, path = f['{img}'][0], f['label'][0], f['path'][0].decode()",
+        "```",
+        "",
+        "As image files: `enhancer.store.export_imagefolder('.', 'png_out', field='enhanced')` writes",
+        "`png_out/<CLASS>/<stem>.png`.",
+        "",
+    ]
+    return "\n".join(lines)

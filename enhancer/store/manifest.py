@@ -1,0 +1,352 @@
+"""Merge finished shards into a dataset: ``manifest.json``, ``rejected.csv`` and the dataset card ``README.md``.
+
+Usage::
+
+    from enhancer.store import merge, Manifest
+    m = merge("out", expected_indices=range(n_in))     # after every shard of the job array finished
+    m = Manifest.load("out")                           # readers: shards, offsets, fields, counts, provenance
+
+``merge`` refuses to write anything unless every shard is complete and every sample index is present exactly once
+(written or rejected); the error names the shard ids to rerun. Files are written atomically (tmp + rename),
+``manifest.json`` last, so its presence means the merge finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from enhancer.store.schema import (
+    FIELDS,
+    REJECTED_COLUMNS,
+    REJECTED_GROUP,
+    RESERVED_ATTRS,
+    SCHEMA_VERSION,
+    STR,
+    StoreError,
+    decode_attrs,
+    parse_shard_name,
+    shard_name,
+)
+from enhancer.store.writer import shard_status
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+REJECTED_NAME = "rejected.csv"
+CARD_NAME = "README.md"
+# Files merge itself writes, besides the shards; anything else with an HDF5 suffix means a foreign layout.
+_OWN_FILES = {MANIFEST_NAME, REJECTED_NAME, CARD_NAME}
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".h5.tmp")
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard in the manifest; ``offset`` is the global index of its first sample."""
+
+    shard_id: int
+    file: str
+    n_samples: int
+    n_rejected: int
+    offset: int
+    sha256: str
+    size: int
+    attrs: dict[str, Any] = field(default_factory=dict)  # provenance that differs between shards (SLURM ids...)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Contents of ``manifest.json``; ``Manifest.load(out_dir)`` reads it."""
+
+    schema_version: int
+    num_shards: int
+    shards: tuple[ShardEntry, ...]
+    fields: dict[str, dict[str, Any]]
+    filters: dict[str, Any]
+    n_in: int
+    n_written: int
+    n_rejected: int
+    class_names: tuple[str, ...] | None
+    class_counts: dict[str, dict[str, int]]
+    rejected_codes: dict[str, int]
+    provenance: dict[str, Any]
+    created: str
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Global index of each shard's first sample, plus the total at the end (len = num_shards + 1)."""
+        return np.array([s.offset for s in self.shards] + [self.n_written], dtype=np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shards"] = [asdict(s) for s in self.shards]
+        d["class_names"] = list(self.class_names) if self.class_names is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        d = dict(d)
+        d["shards"] = tuple(ShardEntry(**s) for s in d["shards"])
+        d["class_names"] = tuple(d["class_names"]) if d.get("class_names") is not None else None
+        return cls(**d)
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> Manifest:
+        path = Path(out_dir) / MANIFEST_NAME
+        if not path.is_file():
+            raise StoreError(f"{path} not found: {out_dir} is not a merged enhanced dataset; run merge on it first")
+        d = json.loads(path.read_text("utf-8"))
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: schema version {d.get('schema_version')} is not supported by this enhancer "
+                f"(supports {SCHEMA_VERSION}); use the enhancer version that wrote it"
+            )
+        return cls.from_dict(d)
+
+
+def detect_num_shards(out_dir: str | os.PathLike, num_shards: int | None = None) -> int:
+    """num_shards from the shard file names; errors on mixed totals or a non-enhancer layout."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise StoreError(f"{out_dir} is not a directory; pass the output directory of the enhance job")
+    totals: set[int] = set()
+    foreign = []
+    for p in sorted(out_dir.iterdir()):
+        parsed = parse_shard_name(p.name)
+        if parsed is not None:
+            totals.add(parsed[1])
+        elif p.name.lower().endswith(_HDF5_SUFFIXES):
+            foreign.append(p.name)
+    if foreign:
+        raise StoreError(
+            f"{out_dir} holds HDF5 files that are not enhancer shards ({', '.join(foreign[:5])}); shards are named "
+            "shard-00000-of-00008.h5. Use a separate output directory per dataset."
+        )
+    if num_shards is not None:
+        others = totals - {num_shards}
+        if others:
+            raise StoreError(
+                f"{out_dir} holds shards of a dataset with --num-shards {sorted(others)}, not {num_shards}; "
+                "use a fresh output directory or remove the old shards"
+            )
+        return num_shards
+    if not totals:
+        raise StoreError(f"no shard files (shard-*-of-*.h5) in {out_dir}; run the enhance job first")
+    if len(totals) > 1:
+        raise StoreError(
+            f"{out_dir} mixes shards of different --num-shards {sorted(totals)}; keep one dataset per directory"
+        )
+    return totals.pop()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fmt_ids(ids: Iterable[int], limit: int = 20) -> str:
+    ids = sorted(ids)
+    text = ", ".join(str(i) for i in ids[:limit])
+    return text + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def _describe_fields(f: h5py.File, names: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in names:
+        ds = f[name]
+        dtype = "str (utf-8, variable length)" if FIELDS[name].dtype == STR else str(ds.dtype)
+        out[name] = {"dtype": dtype, "shape": [None, *ds.shape[1:]], "chunks": list(ds.chunks), "doc": FIELDS[name].doc}
+    return out
+
+
+def _filters(f: h5py.File, names: list[str]) -> dict[str, Any]:
+    # Numeric fields all share the writer's filters; describe them from the first one.
+    for name in names:
+        if FIELDS[name].dtype != STR:
+            ds = f[name]
+            return {"compression": ds.compression or "none", "compression_opts": ds.compression_opts,
+                    "shuffle": bool(ds.shuffle)}
+    return {"compression": "none", "compression_opts": None, "shuffle": False}
+
+
+def merge(
+    out_dir: str | os.PathLike, *, num_shards: int | None = None, expected_indices: Iterable[int] | None = None
+) -> Manifest:
+    """Check every shard and write ``manifest.json``, ``rejected.csv`` and ``README.md`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    num_shards = detect_num_shards(out_dir, num_shards)
+    status = shard_status(out_dir, num_shards)
+    bad = [i for i, s in status.items() if s != "complete"]
+    if bad:
+        ids = ", ".join(str(i) for i in bad)
+        reruns = " and ".join(f"--shard-id {i}" for i in bad)
+        raise StoreError(
+            f"shards {ids} of {num_shards} are missing or incomplete in {out_dir}: rerun them with {reruns} "
+            f"(--num-shards {num_shards})"
+        )
+
+    per_shard: list[dict[str, Any]] = []
+    fields: list[str] | None = None
+    field_info: dict[str, dict[str, Any]] = {}
+    filters: dict[str, Any] = {}
+    labels, preds, written, rejected_rows = [], [], [], []
+    for i in range(num_shards):
+        path = out_dir / shard_name(i, num_shards)
+        with h5py.File(path, "r", locking=False) as f:
+            attrs = decode_attrs(f.attrs)
+            if (attrs["shard_id"], attrs["num_shards"]) != (i, num_shards):
+                raise StoreError(
+                    f"{path.name} says it is shard {attrs['shard_id']} of {attrs['num_shards']}: the file was renamed "
+                    "or copied from another dataset; rerun this shard"
+                )
+            names = list(attrs["fields"])
+            info = _describe_fields(f, names)
+            if fields is None:
+                fields, field_info, filters = names, info, _filters(f, names)
+            elif names != fields or {k: v["shape"] for k, v in info.items()} != {
+                k: v["shape"] for k, v in field_info.items()
+            }:
+                raise StoreError(
+                    f"{path.name} has fields/shapes {[(k, v['shape']) for k, v in info.items()]} but shard 0 has "
+                    f"{[(k, v['shape']) for k, v in field_info.items()]}: all shards must come from one job spec; "
+                    "rerun the odd shard with the same spec"
+                )
+            idx = f["index"][:]
+            written.append(idx)
+            labels.append(f["label"][:])
+            preds.append(f["pred"][:])
+            g = f[REJECTED_GROUP]
+            cols = {c: g[c][:] for c in REJECTED_COLUMNS}
+            for k in range(len(cols["index"])):
+                rejected_rows.append(
+                    [int(cols["index"][k])] + [_s(cols[c][k]) for c in REJECTED_COLUMNS[1:]]
+                )
+            per_shard.append({"attrs": attrs, "n_samples": int(attrs["n_samples"]),
+                              "n_rejected": int(attrs["n_rejected"]), "path": path})
+    assert fields is not None
+
+    written_idx = np.concatenate(written) if written else np.zeros(0, np.int64)
+    rejected_idx = np.array([r[0] for r in rejected_rows], dtype=np.int64)
+    _check_indices(written_idx, rejected_idx, written, per_shard, expected_indices)
+
+    # Provenance: what all shards agree on goes to the top, the rest (SLURM task ids, times) stays per shard.
+    prov_dicts = [{k: v for k, v in s["attrs"].items() if k not in RESERVED_ATTRS} for s in per_shard]
+    common = {k: v for k, v in prov_dicts[0].items() if all(k in d and d[k] == v for d in prov_dicts[1:])}
+    class_names = common.get("class_names")
+    class_names = tuple(str(c) for c in class_names) if isinstance(class_names, list) else None
+
+    label_all = np.concatenate(labels) if labels else np.zeros(0, np.int16)
+    pred_all = np.concatenate(preds) if preds else np.zeros(0, np.int16)
+    class_counts = {"label": _counts(label_all, class_names), "pred": _counts(pred_all, class_names)}
+
+    shards, offset = [], 0
+    for i, s in enumerate(per_shard):
+        path = s["path"]
+        log.info("hashing %s", path.name)
+        shards.append(ShardEntry(
+            shard_id=i, file=path.name, n_samples=s["n_samples"], n_rejected=s["n_rejected"], offset=offset,
+            sha256=_sha256(path), size=path.stat().st_size,
+            attrs={k: v for k, v in prov_dicts[i].items() if k not in common},
+        ))
+        offset += s["n_samples"]
+
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, num_shards=num_shards, shards=tuple(shards), fields=field_info,
+        filters=filters, n_in=int(len(written_idx) + len(rejected_idx)), n_written=int(len(written_idx)),
+        n_rejected=int(len(rejected_idx)), class_names=class_names, class_counts=class_counts,
+        rejected_codes=dict(sorted(Counter(r[2] for r in rejected_rows).items())), provenance=common,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(REJECTED_COLUMNS)
+    w.writerows(sorted(rejected_rows))
+    _atomic_write(out_dir / REJECTED_NAME, buf.getvalue())
+    from enhancer.store.card import render_card  # local: the card is only needed here
+
+    _atomic_write(out_dir / CARD_NAME, render_card(manifest))
+    _atomic_write(out_dir / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    log.info("merged %d shards in %s: %d written, %d rejected", num_shards, out_dir, manifest.n_written,
+             manifest.n_rejected)
+    return manifest
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _counts(values: np.ndarray, class_names: tuple[str, ...] | None) -> dict[str, int]:
+    ids, counts = np.unique(values, return_counts=True)
+    out = {}
+    for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
+        name = class_names[i] if class_names is not None and 0 <= i < len(class_names) else str(i)
+        out[name] = int(c)
+    return out
+
+
+def _check_indices(
+    written_idx: np.ndarray,
+    rejected_idx: np.ndarray,
+    written_per_shard: list[np.ndarray],
+    per_shard: list[dict[str, Any]],
+    expected_indices: Iterable[int] | None,
+) -> None:
+    uniq, counts = np.unique(written_idx, return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        where = {
+            int(d): [i for i, w in enumerate(written_per_shard) if (w == d).any()] for d in dup[:5].tolist()
+        }
+        raise StoreError(
+            f"sample index written more than once: {_fmt_ids(dup.tolist())} (shards holding them: {where}); the "
+            "shards overlap, so they were written with different --num-shards or input lists: rerun them with one spec"
+        )
+    uniq_r, counts_r = np.unique(rejected_idx, return_counts=True)
+    if (counts_r > 1).any():
+        raise StoreError(f"sample index rejected more than once: {_fmt_ids(uniq_r[counts_r > 1].tolist())}")
+    both = np.intersect1d(uniq, uniq_r)
+    if len(both):
+        raise StoreError(f"sample index both written and rejected: {_fmt_ids(both.tolist())}")
+    for s, w in zip(per_shard, written_per_shard, strict=True):
+        if len(w) != s["n_samples"]:
+            raise StoreError(f"{s['path'].name}: n_samples attribute {s['n_samples']} != {len(w)} rows; rerun it")
+    if expected_indices is not None:
+        expected = np.unique(np.fromiter((int(i) for i in expected_indices), dtype=np.int64))
+        seen = np.union1d(uniq, uniq_r)
+        missing = np.setdiff1d(expected, seen)
+        extra = np.setdiff1d(seen, expected)
+        if len(missing) or len(extra):
+            parts = []
+            if len(missing):
+                parts.append(f"missing indices {_fmt_ids(missing.tolist())} (neither written nor rejected)")
+            if len(extra):
+                parts.append(f"unexpected indices {_fmt_ids(extra.tolist())}")
+            raise StoreError(
+                f"written + rejected != expected inputs: {'; '.join(parts)}. Check that every shard ran on the same "
+                "input list and rerun the shards that should hold them"
+            )

@@ -1,0 +1,200 @@
+"""The enhanced dataset's on-disk schema: field table, shard file names, attribute encoding.
+
+Usage::
+
+    from enhancer.store.schema import FIELDS, resolve_fields, per_sample_shapes, shard_name
+    fields = resolve_fields(["enhanced", "heatmap"])            # required fields + the selection, canonical order
+    shapes = per_sample_shapes(fields, H=224, W=224, h=7, w=7, Hc=224, Wc=224, C=3)
+    shard_name(3, 8)                                            # 'shard-00003-of-00008.h5'
+
+Layout of one shard (HDF5, default ``libver`` so HDF5 1.10/1.14 readers open it):
+
+- one dataset per field at the root, first axis = sample, ``chunks=(1, ...)`` (one chunk per sample),
+  ``maxshape=(None, ...)``;
+- group ``rejected`` with 1-D datasets ``index`` (int64), ``path``, ``code``, ``message`` (utf-8 strings): the
+  inputs of this shard that were not written, with the reason. Keeping them inside the shard makes them part of
+  the same atomic rename as the samples, so a complete shard always carries its rejections;
+- file attributes: ``schema_version``, ``complete``, ``n_samples``, ``n_rejected``, ``expected`` (-1 = unknown),
+  ``shard_id``, ``num_shards``, ``fields`` (JSON list) plus the caller's provenance. Provenance values that are not
+  str/int/float/bool (dicts, lists, None) are stored as JSON strings; their keys are listed in ``json_attrs``.
+
+Conventions: ``orig_size`` is ``(height, width)`` of the original file in pixels; ``crop_box`` is
+``(x0, y0, x1, y1)`` in original pixels with ``0 <= x0 < x1 <= width`` and ``0 <= y0 < y1 <= height``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# Marker dtype for variable-length utf-8 strings; the writer maps it to h5py.string_dtype().
+STR = "str"
+
+
+class StoreError(Exception):
+    """A problem with an enhanced dataset on disk; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One per-sample field: dtype and per-sample shape (ints are fixed, letters are sizes from the job)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    required: bool
+    doc: str
+
+
+_FIELD_LIST = [
+    Field("index", "int64", (), True, "sample index from the dataset scan (position in the input list)"),
+    Field("label", "int16", (), True, "ground-truth class id (see class_names)"),
+    Field("pred", "int16", (), True, "predicted class id, argmax of prob"),
+    Field("prob", "float32", ("C",), True, "softmax probabilities, rows sum to 1"),
+    Field("path", STR, (), True, "input file path, relative to the input root when known"),
+    Field("orig_size", "int32", (2,), True, "original image (height, width) in pixels"),
+    Field("image", "uint8", (1, "H", "W"), False, "model-resolution greyscale input"),
+    Field("cam", "float32", ("h", "w"), False, "raw Grad-CAM map at feature resolution"),
+    Field("heatmap", "uint8", ("H", "W"), False, "Grad-CAM normalised to 0..255 and upsampled to H x W"),
+    Field("crop", "uint8", (1, "Hc", "Wc"), False, "Grad-CAM-guided crop resized to Hc x Wc"),
+    Field("crop_box", "int32", (4,), False, "crop box x0, y0, x1, y1 in original pixels"),
+    Field("enhanced", "uint8", (1, "H", "W"), False, "enhanced image: salient regions kept, the rest suppressed"),
+]
+FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
+REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if f.required)
+OPTIONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if not f.required)
+SIZE_NAMES = ("H", "W", "h", "w", "Hc", "Wc", "C")
+
+# Attributes the store owns; provenance passed by callers may not use these names.
+RESERVED_ATTRS = frozenset(
+    {"schema_version", "complete", "n_samples", "n_rejected", "expected", "shard_id", "num_shards", "fields",
+     "json_attrs"}
+)
+REJECTED_GROUP = "rejected"
+REJECTED_COLUMNS = ("index", "path", "code", "message")
+
+_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5(\.tmp)?$")
+
+
+def resolve_fields(fields: Iterable[str] | str | None) -> tuple[str, ...]:
+    """Required fields plus the selected optional ones, in table order.
+
+    ``fields`` may be None (all optional fields), ``"all"``, a comma-separated string as given to ``--fields``,
+    or an iterable of names. Required fields may be listed but are always included.
+    """
+    if fields is None:
+        chosen = set(OPTIONAL_FIELDS)
+    else:
+        if isinstance(fields, str):
+            fields = [f.strip() for f in fields.split(",") if f.strip()]
+        chosen = set()
+        for name in fields:
+            if name == "all":
+                chosen |= set(OPTIONAL_FIELDS)
+            elif name in FIELDS:
+                chosen.add(name)
+            else:
+                raise StoreError(
+                    f"unknown field {name!r}; valid choices: {', '.join(OPTIONAL_FIELDS)} (or 'all'); "
+                    f"always written: {', '.join(REQUIRED_FIELDS)}"
+                )
+    return tuple(f.name for f in _FIELD_LIST if f.required or f.name in chosen)
+
+
+def per_sample_shapes(fields: Iterable[str], **sizes: int) -> dict[str, tuple[int, ...]]:
+    """Concrete per-sample shapes of ``fields`` from the sizes H, W (model input), h, w (feature map),
+    Hc, Wc (crop) and C (classes). Only the sizes the fields use are needed."""
+    unknown = set(sizes) - set(SIZE_NAMES)
+    if unknown:
+        raise StoreError(f"unknown size name(s) {sorted(unknown)}; valid: {', '.join(SIZE_NAMES)}")
+    out = {}
+    for name in fields:
+        dims = []
+        for d in FIELDS[name].shape:
+            if isinstance(d, str):
+                if d not in sizes:
+                    raise StoreError(f"field {name!r} needs size {d!r}; pass {d}=<int> to per_sample_shapes")
+                d = int(sizes[d])
+            dims.append(d)
+        out[name] = tuple(dims)
+    return out
+
+
+def check_shape(name: str, shape: Iterable[int]) -> tuple[int, ...]:
+    """Validate a concrete per-sample shape against the symbolic one of field ``name``."""
+    shape = tuple(int(s) for s in shape)
+    want = FIELDS[name].shape
+    ok = len(shape) == len(want) and all(
+        (s > 0) if isinstance(w, str) else (s == w) for s, w in zip(shape, want, strict=False)
+    )
+    if not ok:
+        raise StoreError(f"field {name!r}: per-sample shape {shape} does not match the schema {want}")
+    return shape
+
+
+def shard_name(shard_id: int, num_shards: int) -> str:
+    """File name of shard ``shard_id`` of ``num_shards``: ``shard-00003-of-00008.h5``."""
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise StoreError(f"shard id {shard_id} out of range for {num_shards} shards (valid: 0..{num_shards - 1})")
+    return f"shard-{shard_id:05d}-of-{num_shards:05d}.h5"
+
+
+def parse_shard_name(name: str) -> tuple[int, int, bool] | None:
+    """``(shard_id, num_shards, is_tmp)`` for a shard file name, None for any other name."""
+    m = _SHARD_RE.match(name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), m.group(3) is not None
+
+
+def encode_attrs(attrs: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """Provenance dict -> (HDF5-storable attrs, names stored as JSON). Fails early on unserialisable values."""
+    out: dict[str, Any] = {}
+    json_keys: list[str] = []
+    for key, value in (attrs or {}).items():
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"attribute names must be non-empty strings, got {key!r}")
+        if key in RESERVED_ATTRS:
+            raise StoreError(f"attribute {key!r} is reserved by the store; rename it (reserved: {sorted(RESERVED_ATTRS)})")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+            continue
+        try:
+            out[key] = json.dumps(value, sort_keys=True)
+        except TypeError as e:
+            raise StoreError(f"attribute {key!r} is not JSON-serialisable ({e}); convert it to str/dict/list") from e
+        json_keys.append(key)
+    return out, json_keys
+
+
+def decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """HDF5 attrs -> plain Python values (numpy scalars unwrapped, JSON-encoded provenance decoded)."""
+    json_keys = set(json.loads(_py(raw.get("json_attrs", "[]"))))
+    out = {}
+    for key, value in raw.items():
+        if key == "json_attrs":
+            continue
+        value = _py(value)
+        if key in json_keys or key == "fields":
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_py(v) for v in value.tolist()]
+    return value

@@ -1,0 +1,191 @@
+"""Deep check of a merged enhanced dataset: checksums, every chunk readable, per-sample invariants.
+
+Usage::
+
+    from enhancer.store import verify
+    report = verify("out")
+    if not report.ok:
+        print("\\n".join(report.problems))
+
+Reads every sample of every field once (in blocks; a block that fails is re-read row by row to name the sample),
+so it costs one full read of the dataset plus one sha256 pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from enhancer.store.manifest import Manifest, _sha256, detect_num_shards
+from enhancer.store.schema import FIELDS, REJECTED_GROUP, STR, StoreError, parse_shard_name
+from enhancer.store.writer import is_complete
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 64
+_PROB_TOL = 1e-3
+_MAX_PER_CHECK = 5  # problems listed per shard and check; more are summarised by a count
+
+
+@dataclass
+class VerifyReport:
+    """Result of ``verify``: ``ok`` when ``problems`` is empty."""
+
+    out_dir: str
+    problems: list[str] = field(default_factory=list)
+    n_shards: int = 0
+    n_samples: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_failed(self) -> None:
+        if self.problems:
+            raise StoreError(f"{self.out_dir} failed verification:\n- " + "\n- ".join(self.problems))
+
+
+def verify(out_dir: str | os.PathLike) -> VerifyReport:
+    """Check manifest, shard checksums, readability of every sample and the data invariants."""
+    out_dir = Path(out_dir)
+    report = VerifyReport(str(out_dir))
+    try:
+        m = Manifest.load(out_dir)
+        detect_num_shards(out_dir, m.num_shards)
+    except (StoreError, json.JSONDecodeError, TypeError, KeyError) as e:
+        report.problems.append(str(e))
+        return report
+    report.n_shards = m.num_shards
+    listed = {s.file for s in m.shards}
+    for p in sorted(out_dir.iterdir()):
+        if parse_shard_name(p.name) and p.name not in listed:
+            report.problems.append(f"{p.name} is not in the manifest: a left-over from another run; remove it")
+    if len(m.shards) != m.num_shards:
+        report.problems.append(f"manifest lists {len(m.shards)} shards but num_shards is {m.num_shards}")
+    seen: list[np.ndarray] = []
+    for s in m.shards:
+        path = out_dir / s.file
+        if not path.is_file():
+            report.problems.append(f"{s.file} is listed in the manifest but missing; rerun shard {s.shard_id}")
+            continue
+        digest = _sha256(path)
+        if digest != s.sha256:
+            report.problems.append(
+                f"{s.file}: sha256 {digest[:12]}... does not match the manifest ({s.sha256[:12]}...): the file changed "
+                f"after merge; restore it or rerun shard {s.shard_id} and merge again"
+            )
+        if not is_complete(path):
+            report.problems.append(f"{s.file} is not a complete shard; rerun shard {s.shard_id} and merge again")
+        try:
+            idx = _check_shard(path, s.n_samples, m, report.problems)
+        except Exception as e:  # an unreadable file is a finding, not a crash of the checker
+            report.problems.append(f"{s.file}: cannot be read ({type(e).__name__}: {e}); rerun shard {s.shard_id}")
+            continue
+        if idx is not None:
+            seen.append(idx)
+        report.n_samples += s.n_samples
+    if seen:
+        all_idx = np.concatenate(seen)
+        uniq, counts = np.unique(all_idx, return_counts=True)
+        if (counts > 1).any():
+            report.problems.append(f"sample indices not unique: {uniq[counts > 1][:20].tolist()}")
+        if len(all_idx) != m.n_written:
+            report.problems.append(f"manifest says {m.n_written} samples, shards hold {len(all_idx)}")
+    log.info("verified %s: %d shards, %d samples, %d problems", out_dir, report.n_shards, report.n_samples,
+             len(report.problems))
+    return report
+
+
+def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) -> np.ndarray | None:
+    name = path.name
+    found: dict[str, list[str]] = {}
+
+    def problem(check: str, text: str) -> None:
+        found.setdefault(check, []).append(text)
+
+    with h5py.File(path, "r", locking=False) as f:
+        for fname, info in m.fields.items():
+            if fname not in f:
+                problem("missing", f"{name}: field {fname!r} missing")
+                continue
+            ds = f[fname]
+            want = "str" if FIELDS[fname].dtype == STR else FIELDS[fname].dtype
+            got = "str" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
+            if got != want:
+                problem("dtype", f"{name}: field {fname!r} has dtype {got}, schema says {want}")
+            if len(ds) != n_expected:
+                problem("length", f"{name}: field {fname!r} has {len(ds)} rows, manifest says {n_expected}")
+            if list(ds.shape[1:]) != list(info["shape"][1:]):
+                problem("shape", f"{name}: field {fname!r} has shape {ds.shape}, manifest says {info['shape']}")
+        if found.get("missing") or found.get("length"):
+            _flush(found, problems)
+            return None
+        data: dict[str, np.ndarray] = {}
+        for fname in m.fields:
+            data[fname] = _read_all(f[fname], name, fname, problem)
+        g = f[REJECTED_GROUP]
+        for col in g:
+            _read_all(g[col], name, f"{REJECTED_GROUP}/{col}", problem)
+
+    n = n_expected
+    rows = np.arange(n)
+    prob = data["prob"]
+    sums = prob.sum(axis=1) if n else np.zeros(0)
+    for r in rows[~(np.abs(sums - 1) <= _PROB_TOL)]:
+        problem("prob", f"{name} row {r}: prob sums to {sums[r]:.6f}, not 1")
+    if n:
+        argmax = prob.argmax(axis=1)
+        for r in rows[(data["pred"] != argmax) & np.isfinite(sums)]:
+            problem("pred", f"{name} row {r}: pred {data['pred'][r]} != argmax(prob) {argmax[r]}")
+    n_classes = len(m.class_names) if m.class_names else prob.shape[1]
+    for key in ("label", "pred"):
+        for r in rows[(data[key] < 0) | (data[key] >= n_classes)]:
+            problem(key + "-range", f"{name} row {r}: {key} {data[key][r]} outside 0..{n_classes - 1}")
+    size = data["orig_size"]
+    for r in rows[(size <= 0).any(axis=1)] if n else []:
+        problem("orig_size", f"{name} row {r}: orig_size {size[r].tolist()} not positive")
+    if "crop_box" in data and n:
+        b = data["crop_box"]
+        h, w = size[:, 0], size[:, 1]
+        bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 0] >= b[:, 2]) | (b[:, 1] >= b[:, 3]) | (b[:, 2] > w) | (b[:, 3] > h)
+        for r in rows[bad]:
+            problem("crop_box", f"{name} row {r}: crop_box {b[r].tolist()} not inside orig_size (h, w) "
+                    f"{size[r].tolist()} with x0 < x1, y0 < y1")
+    if "cam" in data and n:
+        for r in rows[~np.isfinite(data["cam"].reshape(n, -1)).all(axis=1)]:
+            problem("cam", f"{name} row {r}: cam contains NaN or inf")
+    idx = data["index"]
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        problem("index", f"{name}: duplicate sample indices {uniq[counts > 1][:10].tolist()}")
+    _flush(found, problems)
+    return idx
+
+
+def _read_all(ds: h5py.Dataset, name: str, fname: str, problem) -> np.ndarray:
+    """Read every row (so every chunk is decompressed); rows that fail are named and left as zeros."""
+    out = np.zeros(ds.shape, dtype=object if h5py.check_string_dtype(ds.dtype) else ds.dtype)
+    for start in range(0, len(ds), _BLOCK):
+        stop = min(start + _BLOCK, len(ds))
+        try:
+            out[start:stop] = ds[start:stop]
+        except Exception:
+            for r in range(start, stop):
+                try:
+                    out[r] = ds[r]
+                except Exception as e:
+                    problem("read", f"{name}: {fname} row {r} unreadable ({e})")
+    return out
+
+
+def _flush(found: dict[str, list[str]], problems: list[str]) -> None:
+    for items in found.values():
+        problems.extend(items[:_MAX_PER_CHECK])
+        if len(items) > _MAX_PER_CHECK:
+            problems.append(f"... and {len(items) - _MAX_PER_CHECK} more like the above")

@@ -1,0 +1,529 @@
+"""Shard writer: one HDF5 file per shard, written to ``*.tmp`` and renamed only once complete.
+
+Usage::
+
+    from enhancer.store import AsyncShardWriter, ShardWriter, per_sample_shapes, resolve_fields, shard_status
+    fields = resolve_fields("enhanced,heatmap")
+    shapes = per_sample_shapes(fields, H=224, W=224, C=3)
+    with ShardWriter("out", shard_id=0, num_shards=8, fields=fields, shapes=shapes, attrs=provenance) as w:
+        w.write({"index": idx, "label": y, "pred": p, "prob": prob, "path": paths, "orig_size": hw, ...})
+        w.add_rejected([(17, "NORMAL/bad.jpeg", "decode", "truncated JPEG")])
+    # the same with the HDF5 work in a background thread behind a bounded queue:
+    with AsyncShardWriter("out", 0, 8, fields=fields, shapes=shapes) as w:
+        w.put(batch)
+
+A rerun skips shards for which ``shard_status(out_dir, n)[i] == "complete"``; a left-over ``.tmp`` (killed job) is
+deleted and rewritten when the shard is entered again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from enhancer.store.schema import (
+    FIELDS,
+    REJECTED_COLUMNS,
+    REJECTED_GROUP,
+    SCHEMA_VERSION,
+    STR,
+    StoreError,
+    check_shape,
+    encode_attrs,
+    resolve_fields,
+    shard_name,
+)
+
+log = logging.getLogger(__name__)
+
+COMPRESSIONS = ("gzip", "lzf", "none")
+GZIP_LEVEL = 4
+_STR_DTYPE = h5py.string_dtype("utf-8")
+_REJECTED_CHUNK = 256
+
+
+class ShardWriteError(StoreError, OSError):
+    """An I/O error (disk full, quota, file-size limit) while writing a shard; the shard is not complete.
+
+    An OSError too, so callers that handle OSError keep working; ``errno`` and ``filename`` name the cause and file.
+    """
+
+    def __init__(self, message: str, code: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno = code
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def shard_path(out_dir: str | os.PathLike, shard_id: int, num_shards: int) -> Path:
+    """Final path of a shard: ``out_dir/shard-00003-of-00008.h5``."""
+    return Path(out_dir) / shard_name(shard_id, num_shards)
+
+
+def tmp_path_for(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a finished shard: opens, is marked complete and its counts add up."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            a = f.attrs
+            if not bool(a.get("complete", False)) or int(a.get("schema_version", -1)) != SCHEMA_VERSION:
+                return False
+            n, n_rej, expected = int(a["n_samples"]), int(a["n_rejected"]), int(a.get("expected", -1))
+            for name in json.loads(a["fields"]):
+                if name not in f or f[name].shape[0] != n:
+                    return False
+            if f[REJECTED_GROUP]["index"].shape[0] != n_rej:
+                return False
+            return expected < 0 or expected == n + n_rej
+    except Exception as e:  # any unreadable file is simply "not complete": the rerun rewrites it
+        log.debug("shard %s is not complete: %s", path, e)
+        return False
+
+
+def shard_status(out_dir: str | os.PathLike, num_shards: int) -> dict[int, Literal["complete", "incomplete", "missing"]]:
+    """State of every shard id: complete (skip on rerun), incomplete (left-over .tmp or bad file), missing."""
+    status: dict[int, Literal["complete", "incomplete", "missing"]] = {}
+    for i in range(num_shards):
+        path = shard_path(out_dir, i, num_shards)
+        if is_complete(path):
+            status[i] = "complete"
+        elif path.exists() or tmp_path_for(path).exists():
+            status[i] = "incomplete"
+        else:
+            status[i] = "missing"
+    return status
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ShardWriter:
+    """Context manager that writes one shard; see the module docstring.
+
+    ``shapes`` gives per-sample shapes of the fields whose size depends on the job (image, cam, heatmap, crop,
+    enhanced, prob); ``fields`` selects optional fields (None = all); ``expected`` is the number of inputs of this
+    shard (written + rejected), checked on close; ``overwrite`` allows replacing an existing final shard file.
+
+    Sample data is written uncached, so a full disk fails the ``write`` that hits it; HDF5 metadata is cached and
+    flushed at most every ``flush_interval_s`` seconds (0 = after every batch) so a metadata write failure also
+    stops the job within that time rather than at the end of the shard.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        shard_id: int,
+        num_shards: int,
+        *,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+        fields: Iterable[str] | str | None = None,
+        compression: str = "gzip",
+        attrs: Mapping[str, Any] | None = None,
+        expected: int | None = None,
+        overwrite: bool = False,
+        flush_interval_s: float = 10.0,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.shard_id, self.num_shards = int(shard_id), int(num_shards)
+        self.path = shard_path(self.out_dir, self.shard_id, self.num_shards)
+        self.tmp_path = tmp_path_for(self.path)
+        self.fields = resolve_fields(fields)
+        shapes = dict(shapes or {})
+        unknown = set(shapes) - set(FIELDS)
+        if unknown:
+            raise StoreError(f"shapes given for unknown field(s) {sorted(unknown)}; valid: {', '.join(FIELDS)}")
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for name in self.fields:
+            symbolic = FIELDS[name].shape
+            if name in shapes:
+                self.shapes[name] = check_shape(name, shapes[name])
+            elif all(isinstance(d, int) for d in symbolic):
+                self.shapes[name] = tuple(int(d) for d in symbolic)
+            else:
+                raise StoreError(
+                    f"no per-sample shape for field {name!r} (schema {symbolic}); pass shapes={{{name!r}: (...)}} "
+                    "or build them with per_sample_shapes()"
+                )
+        if compression not in COMPRESSIONS:
+            raise StoreError(f"unknown compression {compression!r}; valid choices: {', '.join(COMPRESSIONS)}")
+        self.compression = compression
+        self.attrs, self._json_keys = encode_attrs(attrs)
+        if expected is not None and expected < 0:
+            raise StoreError(f"expected must be >= 0 or None, got {expected}")
+        self.expected = expected
+        self.overwrite = overwrite
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+        self.n_samples = 0
+        self.n_rejected = 0
+        self._seen: set[int] = set()
+        self._file: h5py.File | None = None
+
+    # -- context manager -------------------------------------------------------------------------------------
+    def __enter__(self) -> ShardWriter:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(f"{exc_type.__name__}: {exc}")
+
+    def open(self) -> None:
+        """Create the ``.tmp`` file and its datasets (``__enter__`` calls this)."""
+        if self._file is not None:
+            raise StoreError(f"shard writer for {self.path} is already open")
+        if self.path.exists() and not self.overwrite:
+            raise StoreError(
+                f"{self.path} already exists; skip complete shards (shard_status) or pass overwrite=True to rewrite it"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.tmp_path.exists():
+            log.warning("removing left-over %s from an interrupted run; rewriting shard %d", self.tmp_path,
+                        self.shard_id)
+            self.tmp_path.unlink()
+        with self._io("create"):
+            # Default libver on purpose: libver='latest' produces files HDF5 1.10/1.14 readers cannot open.
+            # No raw-chunk cache: every chunk is one whole sample written once, so caching gains nothing, and
+            # cached chunks that fail to reach a full disk fail later inside dataset close, where HDF5 2.0 leaves
+            # broken handles that crash the interpreter at exit. Uncached, the failing write() itself raises.
+            f = h5py.File(self.tmp_path, "w-", rdcc_nbytes=0)
+            self._file = f
+            filters: dict[str, Any] = {}
+            if self.compression == "gzip":
+                filters = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
+            elif self.compression == "lzf":
+                filters = {"compression": "lzf", "shuffle": True}
+            for name in self.fields:
+                shape = self.shapes[name]
+                is_str = FIELDS[name].dtype == STR
+                f.create_dataset(
+                    name,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    chunks=(1, *shape),
+                    dtype=_STR_DTYPE if is_str else np.dtype(FIELDS[name].dtype),
+                    # Filters on variable-length strings only compress heap pointers: skip them.
+                    **({} if is_str else filters),
+                )
+            g = f.create_group(REJECTED_GROUP)
+            for col in REJECTED_COLUMNS:
+                dtype = np.int64 if col == "index" else _STR_DTYPE
+                g.create_dataset(col, shape=(0,), maxshape=(None,), chunks=(_REJECTED_CHUNK,), dtype=dtype)
+            a = f.attrs
+            a["schema_version"] = SCHEMA_VERSION
+            a["complete"] = False
+            a["n_samples"] = 0
+            a["n_rejected"] = 0
+            a["expected"] = -1 if self.expected is None else self.expected
+            a["shard_id"] = self.shard_id
+            a["num_shards"] = self.num_shards
+            a["fields"] = json.dumps(list(self.fields))
+            a["json_attrs"] = json.dumps(self._json_keys)
+            for key, value in self.attrs.items():
+                a[key] = value
+        log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def write(self, batch: Mapping[str, Any]) -> int:
+        """Append a batch: every selected field, first axis = samples. Returns the number of samples added."""
+        f = self._require_open()
+        missing = [n for n in self.fields if n not in batch]
+        extra = [n for n in batch if n not in self.fields]
+        if missing or extra:
+            raise StoreError(
+                f"batch for {self.tmp_path.name} has wrong fields: missing {missing}, not selected {extra} "
+                f"(selected fields: {', '.join(self.fields)})"
+            )
+        arrays = {name: self._coerce(name, batch[name]) for name in self.fields}
+        lengths = {name: len(a) for name, a in arrays.items()}
+        n = lengths["index"]
+        if any(v != n for v in lengths.values()):
+            raise StoreError(f"batch for {self.tmp_path.name} has fields of different lengths: {lengths}")
+        if n == 0:
+            return 0
+        self._claim(arrays["index"], "written")
+        start = self.n_samples
+        with self._io("write"):
+            for name, arr in arrays.items():
+                ds = f[name]
+                ds.resize(start + n, axis=0)
+                ds[start : start + n] = arr
+            if time.monotonic() - self._last_flush >= self.flush_interval_s:
+                f.flush()
+                self._last_flush = time.monotonic()
+        self.n_samples += n
+        return n
+
+    def add_rejected(self, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> int:
+        """Record inputs of this shard that were not written: ``(index, path, code, message)`` tuples or dicts."""
+        f = self._require_open()
+        cols: dict[str, list] = {c: [] for c in REJECTED_COLUMNS}
+        for row in rows:
+            values = [row[c] for c in REJECTED_COLUMNS] if isinstance(row, Mapping) else list(row)
+            if len(values) != len(REJECTED_COLUMNS):
+                raise StoreError(f"rejected row {row!r} must have {len(REJECTED_COLUMNS)} values: {REJECTED_COLUMNS}")
+            cols["index"].append(int(values[0]))
+            for c, v in zip(REJECTED_COLUMNS[1:], values[1:], strict=True):
+                cols[c].append(str(v))
+        n = len(cols["index"])
+        if n == 0:
+            return 0
+        index = np.asarray(cols["index"], dtype=np.int64)
+        self._claim(index, "rejected")
+        start = self.n_rejected
+        with self._io("write rejected rows to"):
+            g = f[REJECTED_GROUP]
+            for c in REJECTED_COLUMNS:
+                g[c].resize(start + n, axis=0)
+                g[c][start : start + n] = index if c == "index" else np.array(cols[c], dtype=object)
+        self.n_rejected += n
+        return n
+
+    # -- finishing -------------------------------------------------------------------------------------------
+    def close(self) -> Path:
+        """Mark complete, flush, fsync and rename ``.tmp`` to the final name. Returns the final path."""
+        f = self._require_open()
+        total = self.n_samples + self.n_rejected
+        if self.expected is not None and total != self.expected:
+            self.abort("count mismatch")
+            raise StoreError(
+                f"shard {self.shard_id} ({self.path.name}): {self.n_samples} written + {self.n_rejected} rejected = "
+                f"{total}, expected {self.expected}; every input must be written or rejected. Rerun the shard."
+            )
+        try:
+            with self._io("finish"):
+                f.attrs["n_samples"] = self.n_samples
+                f.attrs["n_rejected"] = self.n_rejected
+                f.attrs["complete"] = True
+                f.flush()
+                f.close()
+                self._file = None
+                _fsync_path(self.tmp_path)
+                os.replace(self.tmp_path, self.path)
+                _fsync_path(self.out_dir, directory=True)
+        except BaseException:
+            self.abort("finish failed")
+            raise
+        log.info("shard %s complete: %d written, %d rejected", self.path.name, self.n_samples, self.n_rejected)
+        return self.path
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close without completing and remove the ``.tmp``; the shard stays missing for the rerun."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception as e:  # the file is discarded anyway; keep the original error in front
+                log.debug("closing %s after failure: %s", self.tmp_path, e)
+            self._file = None
+        try:
+            self.tmp_path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remove %s (%s); it will be replaced on rerun", self.tmp_path, e)
+        log.warning("shard %s not written (%s)", self.path.name, reason)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _require_open(self) -> h5py.File:
+        if self._file is None:
+            raise StoreError(f"shard writer for {self.path} is not open; use it as a context manager")
+        return self._file
+
+    def _claim(self, index: np.ndarray, what: str) -> None:
+        # A duplicate inside one shard is a bug in the caller's sharding; catch it before it reaches disk.
+        new = set(index.tolist())
+        if len(new) != len(index) or not new.isdisjoint(self._seen):
+            dup = sorted(self._seen & new) or sorted(i for i in new if (index == i).sum() > 1)
+            raise StoreError(
+                f"shard {self.path.name}: sample index {dup[:10]} {what} more than once; every input belongs to "
+                "exactly one written sample or rejected row"
+            )
+        self._seen |= new
+
+    def _coerce(self, name: str, value: Any) -> np.ndarray:
+        shape = self.shapes[name]
+        if FIELDS[name].dtype == STR:
+            items = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in list(value)]
+            return np.array(items, dtype=object).reshape(len(items))
+        arr = np.asarray(value)
+        dtype = np.dtype(FIELDS[name].dtype)
+        if arr.shape[1:] != shape:
+            raise StoreError(f"field {name!r}: batch shape {arr.shape} != (N, *{shape}) declared for this shard")
+        if arr.dtype == dtype:
+            return arr
+        if dtype.kind in "iu" and arr.dtype.kind in "biu":
+            info = np.iinfo(dtype)
+            if arr.size and (arr.min() < info.min or arr.max() > info.max):
+                raise StoreError(f"field {name!r}: values {arr.min()}..{arr.max()} do not fit {dtype}")
+            return arr.astype(dtype)
+        if dtype.kind == "f" and arr.dtype.kind in "fiu":
+            return arr.astype(dtype)
+        raise StoreError(f"field {name!r}: got dtype {arr.dtype}, need {dtype} (convert before writing)")
+
+    def _io(self, action: str):
+        return _IOErrors(self, action)
+
+
+class _IOErrors:
+    """Turn OSErrors from HDF5 into a ShardWriteError that names the shard file and the fix."""
+
+    def __init__(self, writer: ShardWriter, action: str) -> None:
+        self.w, self.action = writer, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        # HDF5 reports failed writes as OSError, but a failure surfacing at flush/close (cached chunks written
+        # late) comes back as RuntimeError: both mean the bytes did not reach the disk.
+        if exc is None or not isinstance(exc, (OSError, RuntimeError)) or isinstance(exc, StoreError):
+            return False
+        w = self.w
+        text = str(exc)
+        code = getattr(exc, "errno", None)
+        if code is None and (m := re.search(r"errno = (\d+)", text)):
+            code = int(m.group(1))
+        hint = "free disk space / raise the quota or file-size limit"
+        if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+            s in text for s in ("No space left", "File too large", "quota")
+        ):
+            hint = "the disk is full or a quota/file-size limit was hit: " + hint
+        raise ShardWriteError(
+            f"cannot {self.action} shard file {w.tmp_path}: {text}. The shard is NOT complete; {hint} in "
+            f"{w.out_dir}, then rerun it with --shard-id {w.shard_id} --num-shards {w.num_shards}",
+            code,
+            str(w.tmp_path),
+        ) from exc
+
+
+_STOP = object()
+
+
+class AsyncShardWriter:
+    """A ShardWriter whose HDF5 work runs in a background thread behind a bounded queue.
+
+    ``put`` copies the batch (``copy=False`` to hand over ownership instead) and returns once it is queued; it
+    blocks only while ``maxsize`` batches are waiting. An error in the thread is re-raised by the next
+    ``put``/``add_rejected``/``close``. ``blocked_s`` is the time callers spent waiting on a full queue: when it
+    grows, the disk (or compression) is the bottleneck.
+    """
+
+    def __init__(
+        self, out_dir: str | os.PathLike, shard_id: int, num_shards: int, *, maxsize: int = 4, copy: bool = True,
+        **writer_kwargs: Any,
+    ) -> None:
+        if maxsize < 1:
+            raise StoreError(f"maxsize must be >= 1, got {maxsize}")
+        self.writer = ShardWriter(out_dir, shard_id, num_shards, **writer_kwargs)
+        self.path = self.writer.path
+        self.copy = copy
+        self.blocked_s = 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._error: BaseException | None = None
+        self._abort = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> AsyncShardWriter:
+        self.writer.open()
+        # Daemon: if the caller dies without closing, the process may exit and the .tmp stays incomplete.
+        self._thread = threading.Thread(target=self._run, name=f"shard-writer-{self.writer.shard_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._stop(drain=False)
+            self.writer.abort(f"{exc_type.__name__}: {exc}")
+
+    def put(self, batch: Mapping[str, Any]) -> None:
+        """Queue a batch for ``ShardWriter.write``."""
+        if self.copy:
+            batch = {k: (np.array(v) if isinstance(v, np.ndarray) else list(v)) for k, v in batch.items()}
+        self._enqueue(("write", batch))
+
+    def add_rejected(self, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
+        """Queue rejected rows (kept in order with the batches)."""
+        self._enqueue(("reject", list(rows)))
+
+    def close(self) -> Path:
+        """Wait for the queue, then complete the shard; re-raises any error from the thread."""
+        self._stop(drain=True)
+        if self._error is not None:
+            self.writer.abort(f"writer thread failed: {self._error}")
+            raise self._error
+        return self.writer.close()
+
+    @property
+    def n_samples(self) -> int:
+        return self.writer.n_samples
+
+    def _enqueue(self, item: tuple[str, Any]) -> None:
+        self._raise_pending()
+        if self._thread is None:
+            raise StoreError(f"async writer for {self.path} is not open; use it as a context manager")
+        t0 = time.perf_counter()
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                # The thread may have died with the queue full: check instead of blocking forever.
+                self._raise_pending()
+        self.blocked_s += time.perf_counter() - t0
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is not None or self._abort.is_set():
+                continue  # keep draining so a blocked put can finish, but write nothing more
+            kind, payload = item
+            try:
+                if kind == "write":
+                    self.writer.write(payload)
+                else:
+                    self.writer.add_rejected(payload)
+            except BaseException as e:  # handed to the caller thread, which re-raises it
+                self._error = e
+
+    def _stop(self, drain: bool) -> None:
+        if self._thread is None:
+            return
+        if not drain:
+            self._abort.set()
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
