@@ -36,18 +36,30 @@ REPO = Path(__file__).resolve().parents[1]
 def _run_child(code: str, *args: str, timeout: float = 60) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lzf", "none"])
 def test_roundtrip_every_field(tmp_path: Path, compression: str) -> None:
-    attrs = {"class_names": CLASS_NAMES, "gradcam": {"target": "layer4", "eps": 1e-6}, "seed": 3, "ok": True,
-             "checkpoint_sha256": "ab" * 32, "scale": 0.5, "slurm": None}
-    batches = [make_batch(range(0, 4)), make_batch(range(4, 9)), make_batch([])]
-    with ShardWriter(tmp_path, 2, 4, fields=None, shapes=SHAPES_ALL, compression=compression, attrs=attrs,
-                     expected=10) as w:
+    attrs = {
+        "class_names": CLASS_NAMES,
+        "gradcam": {"target": "layer4", "eps": 1e-6},
+        "seed": 3,
+        "ok": True,
+        "checkpoint_sha256": "ab" * 32,
+        "scale": 0.5,
+        "slurm": None,
+    }
+    batches = [make_batch(range(4)), make_batch(range(4, 9)), make_batch([])]
+    with ShardWriter(
+        tmp_path, 2, 4, fields=None, shapes=SHAPES_ALL, compression=compression, attrs=attrs, expected=10
+    ) as w:
         for b in batches:
             w.write(b)
         w.add_rejected([{"index": 9, "path": "NORMAL/x.png", "code": "decode", "message": "truncated"}])
@@ -55,8 +67,10 @@ def test_roundtrip_every_field(tmp_path: Path, compression: str) -> None:
     assert path.name == "shard-00002-of-00004.h5"
     assert sorted(os.listdir(tmp_path)) == [path.name]
     assert is_complete(path)
-    want = {k: np.concatenate([np.asarray(b[k], dtype=object if k == "path" else None) for b in batches])
-            for k in FIELDS_ALL}
+    want = {
+        k: np.concatenate([np.asarray(b[k], dtype=object if k == "path" else None) for b in batches])
+        for k in FIELDS_ALL
+    }
     with h5py.File(path, "r") as f:
         for name in FIELDS_ALL:
             ds = f[name]
@@ -128,11 +142,10 @@ def test_expected_count_mismatch_is_not_complete(tmp_path: Path) -> None:
 
 
 def test_exception_inside_context_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ZeroDivisionError):
-        with ShardWriter(tmp_path, 1, 2, shapes=SHAPES_ALL) as w:
-            w.write(make_batch([0, 1]))
-            assert w.tmp_path.exists() and not w.path.exists()
-            1 / 0
+    with pytest.raises(ZeroDivisionError), ShardWriter(tmp_path, 1, 2, shapes=SHAPES_ALL) as w:
+        w.write(make_batch([0, 1]))
+        assert w.tmp_path.exists() and not w.path.exists()
+        raise ZeroDivisionError("compute failed")
     assert os.listdir(tmp_path) == []
     assert shard_status(tmp_path, 2) == {0: "missing", 1: "missing"}
 
@@ -246,24 +259,22 @@ def test_async_writer_roundtrip_and_order(tmp_path: Path) -> None:
 
 def test_async_writer_reraises_thread_error(tmp_path: Path) -> None:
     w = AsyncShardWriter(tmp_path, 0, 1, shapes=SHAPES_ALL)
-    with pytest.raises(StoreError, match="do not fit int16"):
-        with w:
-            bad = make_batch([0, 1])
-            bad["label"] = np.array([1, 99999])
-            w.put(bad)
-            deadline = time.time() + 10
-            while time.time() < deadline:  # the error shows up at a later put (or at close)
-                w.put(make_batch([2]))
-                time.sleep(0.01)
+    with pytest.raises(StoreError, match="do not fit int16"), w:
+        bad = make_batch([0, 1])
+        bad["label"] = np.array([1, 99999])
+        w.put(bad)
+        deadline = time.time() + 10
+        while time.time() < deadline:  # the error shows up at a later put (or at close)
+            w.put(make_batch([2]))
+            time.sleep(0.01)
     assert os.listdir(tmp_path) == []
 
 
 def test_async_writer_exception_in_caller_discards_shard(tmp_path: Path) -> None:
-    with pytest.raises(KeyError):
-        with AsyncShardWriter(tmp_path, 0, 1, shapes=SHAPES_ALL, maxsize=1) as w:
-            for start in range(0, 20, 2):
-                w.put(make_batch(range(start, start + 2)))
-            raise KeyError("compute failed")
+    with pytest.raises(KeyError), AsyncShardWriter(tmp_path, 0, 1, shapes=SHAPES_ALL, maxsize=1) as w:
+        for start in range(0, 20, 2):
+            w.put(make_batch(range(start, start + 2)))
+        raise KeyError("compute failed")
     assert os.listdir(tmp_path) == []
 
 

@@ -21,8 +21,10 @@ def render_card(m: Manifest) -> str:
         "",
         "Chest X-ray images passed through a classifier; for each image the shards hold the model-resolution input,",
         "the Grad-CAM map, a heatmap, a Grad-CAM-guided crop and an enhanced image (salient regions kept, the rest",
-        "suppressed), with label, prediction and probabilities. Written by `enhancer` "
-        f"(schema version {m.schema_version}); created {m.created}.",
+        (
+            "suppressed), with label, prediction and probabilities. Written by `enhancer` "
+            f"(schema version {m.schema_version}); created {m.created}."
+        ),
         "",
         "## Counts",
         "",
@@ -38,9 +40,11 @@ def render_card(m: Manifest) -> str:
         "",
         "## Fields",
         "",
-        "First axis = sample; one HDF5 chunk per sample; filters: "
-        f"{m.filters.get('compression')} (level {m.filters.get('compression_opts')}, "
-        f"shuffle {m.filters.get('shuffle')}).",
+        (
+            "First axis = sample; one HDF5 chunk per sample; filters: "
+            f"{m.filters.get('compression')} (level {m.filters.get('compression_opts')}, "
+            f"shuffle {m.filters.get('shuffle')})."
+        ),
         "",
         "| field | dtype | shape | meaning |",
         "|---|---|---|---|",

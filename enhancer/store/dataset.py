@@ -15,6 +15,7 @@ each get their own handles.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -107,10 +108,9 @@ class EnhancedDataset(torch.utils.data.Dataset):
         return state
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown h5py may already be gone; nothing useful can be done about it then.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # interpreter shutdown: h5py may already be gone
-            pass
 
     def _file(self, pos: int) -> h5py.File:
         pid = os.getpid()

@@ -189,8 +189,11 @@ def _filters(f: h5py.File, names: list[str]) -> dict[str, Any]:
     for name in names:
         if FIELDS[name].dtype != STR:
             ds = f[name]
-            return {"compression": ds.compression or "none", "compression_opts": ds.compression_opts,
-                    "shuffle": bool(ds.shuffle)}
+            return {
+                "compression": ds.compression or "none",
+                "compression_opts": ds.compression_opts,
+                "shuffle": bool(ds.shuffle),
+            }
     return {"compression": "none", "compression_opts": None, "shuffle": False}
 
 
@@ -243,11 +246,15 @@ def merge(
             g = f[REJECTED_GROUP]
             cols = {c: g[c][:] for c in REJECTED_COLUMNS}
             for k in range(len(cols["index"])):
-                rejected_rows.append(
-                    [int(cols["index"][k])] + [_s(cols[c][k]) for c in REJECTED_COLUMNS[1:]]
-                )
-            per_shard.append({"attrs": attrs, "n_samples": int(attrs["n_samples"]),
-                              "n_rejected": int(attrs["n_rejected"]), "path": path})
+                rejected_rows.append([int(cols["index"][k])] + [_s(cols[c][k]) for c in REJECTED_COLUMNS[1:]])
+            per_shard.append(
+                {
+                    "attrs": attrs,
+                    "n_samples": int(attrs["n_samples"]),
+                    "n_rejected": int(attrs["n_rejected"]),
+                    "path": path,
+                }
+            )
     assert fields is not None
 
     written_idx = np.concatenate(written) if written else np.zeros(0, np.int64)
@@ -268,18 +275,33 @@ def merge(
     for i, s in enumerate(per_shard):
         path = s["path"]
         log.info("hashing %s", path.name)
-        shards.append(ShardEntry(
-            shard_id=i, file=path.name, n_samples=s["n_samples"], n_rejected=s["n_rejected"], offset=offset,
-            sha256=_sha256(path), size=path.stat().st_size,
-            attrs={k: v for k, v in prov_dicts[i].items() if k not in common},
-        ))
+        shards.append(
+            ShardEntry(
+                shard_id=i,
+                file=path.name,
+                n_samples=s["n_samples"],
+                n_rejected=s["n_rejected"],
+                offset=offset,
+                sha256=_sha256(path),
+                size=path.stat().st_size,
+                attrs={k: v for k, v in prov_dicts[i].items() if k not in common},
+            )
+        )
         offset += s["n_samples"]
 
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, num_shards=num_shards, shards=tuple(shards), fields=field_info,
-        filters=filters, n_in=int(len(written_idx) + len(rejected_idx)), n_written=int(len(written_idx)),
-        n_rejected=int(len(rejected_idx)), class_names=class_names, class_counts=class_counts,
-        rejected_codes=dict(sorted(Counter(r[2] for r in rejected_rows).items())), provenance=common,
+        schema_version=SCHEMA_VERSION,
+        num_shards=num_shards,
+        shards=tuple(shards),
+        fields=field_info,
+        filters=filters,
+        n_in=int(len(written_idx) + len(rejected_idx)),
+        n_written=len(written_idx),
+        n_rejected=len(rejected_idx),
+        class_names=class_names,
+        class_counts=class_counts,
+        rejected_codes=dict(sorted(Counter(r[2] for r in rejected_rows).items())),
+        provenance=common,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     buf = io.StringIO()
@@ -291,8 +313,9 @@ def merge(
 
     _atomic_write(out_dir / CARD_NAME, render_card(manifest))
     _atomic_write(out_dir / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
-    log.info("merged %d shards in %s: %d written, %d rejected", num_shards, out_dir, manifest.n_written,
-             manifest.n_rejected)
+    log.info(
+        "merged %d shards in %s: %d written, %d rejected", num_shards, out_dir, manifest.n_written, manifest.n_rejected
+    )
     return manifest
 
 
@@ -319,9 +342,7 @@ def _check_indices(
     uniq, counts = np.unique(written_idx, return_counts=True)
     dup = uniq[counts > 1]
     if len(dup):
-        where = {
-            int(d): [i for i, w in enumerate(written_per_shard) if (w == d).any()] for d in dup[:5].tolist()
-        }
+        where = {int(d): [i for i, w in enumerate(written_per_shard) if (w == d).any()] for d in dup[:5].tolist()}
         raise StoreError(
             f"sample index written more than once: {_fmt_ids(dup.tolist())} (shards holding them: {where}); the "
             "shards overlap, so they were written with different --num-shards or input lists: rerun them with one spec"

@@ -74,8 +74,17 @@ SIZE_NAMES = ("H", "W", "h", "w", "Hc", "Wc", "C")
 
 # Attributes the store owns; provenance passed by callers may not use these names.
 RESERVED_ATTRS = frozenset(
-    {"schema_version", "complete", "n_samples", "n_rejected", "expected", "shard_id", "num_shards", "fields",
-     "json_attrs"}
+    {
+        "schema_version",
+        "complete",
+        "n_samples",
+        "n_rejected",
+        "expected",
+        "shard_id",
+        "num_shards",
+        "fields",
+        "json_attrs",
+    }
 )
 REJECTED_GROUP = "rejected"
 REJECTED_COLUMNS = ("index", "path", "code", "message")
@@ -162,7 +171,9 @@ def encode_attrs(attrs: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[
         if not isinstance(key, str) or not key:
             raise StoreError(f"attribute names must be non-empty strings, got {key!r}")
         if key in RESERVED_ATTRS:
-            raise StoreError(f"attribute {key!r} is reserved by the store; rename it (reserved: {sorted(RESERVED_ATTRS)})")
+            raise StoreError(
+                f"attribute {key!r} is reserved by the store; rename it (reserved: {sorted(RESERVED_ATTRS)})"
+            )
         if isinstance(value, np.generic):
             value = value.item()
         if isinstance(value, (bool, int, float, str)):

@@ -84,7 +84,7 @@ def verify(out_dir: str | os.PathLike) -> VerifyReport:
             report.problems.append(f"{s.file} is not a complete shard; rerun shard {s.shard_id} and merge again")
         try:
             idx = _check_shard(path, s.n_samples, m, report.problems)
-        except Exception as e:  # an unreadable file is a finding, not a crash of the checker
+        except Exception as e:  # noqa: BLE001 - an unreadable file is a finding, not a crash of the checker
             report.problems.append(f"{s.file}: cannot be read ({type(e).__name__}: {e}); rerun shard {s.shard_id}")
             continue
         if idx is not None:
@@ -97,8 +97,13 @@ def verify(out_dir: str | os.PathLike) -> VerifyReport:
             report.problems.append(f"sample indices not unique: {uniq[counts > 1][:20].tolist()}")
         if len(all_idx) != m.n_written:
             report.problems.append(f"manifest says {m.n_written} samples, shards hold {len(all_idx)}")
-    log.info("verified %s: %d shards, %d samples, %d problems", out_dir, report.n_shards, report.n_samples,
-             len(report.problems))
+    log.info(
+        "verified %s: %d shards, %d samples, %d problems",
+        out_dir,
+        report.n_shards,
+        report.n_samples,
+        len(report.problems),
+    )
     return report
 
 
@@ -153,10 +158,15 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
     if "crop_box" in data and n:
         b = data["crop_box"]
         h, w = size[:, 0], size[:, 1]
-        bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 0] >= b[:, 2]) | (b[:, 1] >= b[:, 3]) | (b[:, 2] > w) | (b[:, 3] > h)
+        bad = (
+            (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 0] >= b[:, 2]) | (b[:, 1] >= b[:, 3]) | (b[:, 2] > w) | (b[:, 3] > h)
+        )
         for r in rows[bad]:
-            problem("crop_box", f"{name} row {r}: crop_box {b[r].tolist()} not inside orig_size (h, w) "
-                    f"{size[r].tolist()} with x0 < x1, y0 < y1")
+            problem(
+                "crop_box",
+                f"{name} row {r}: crop_box {b[r].tolist()} not inside orig_size (h, w) "
+                f"{size[r].tolist()} with x0 < x1, y0 < y1",
+            )
     if "cam" in data and n:
         for r in rows[~np.isfinite(data["cam"].reshape(n, -1)).all(axis=1)]:
             problem("cam", f"{name} row {r}: cam contains NaN or inf")
@@ -175,11 +185,11 @@ def _read_all(ds: h5py.Dataset, name: str, fname: str, problem) -> np.ndarray:
         stop = min(start + _BLOCK, len(ds))
         try:
             out[start:stop] = ds[start:stop]
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure: re-read row by row to name the bad samples
             for r in range(start, stop):
                 try:
                     out[r] = ds[r]
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a finding, not a crash of the checker
                     problem("read", f"{name}: {fname} row {r} unreadable ({e})")
     return out
 

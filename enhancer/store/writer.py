@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import h5py
 import numpy as np
@@ -96,12 +96,14 @@ def is_complete(path: str | os.PathLike) -> bool:
             if f[REJECTED_GROUP]["index"].shape[0] != n_rej:
                 return False
             return expected < 0 or expected == n + n_rej
-    except Exception as e:  # any unreadable file is simply "not complete": the rerun rewrites it
+    except Exception as e:  # noqa: BLE001 - any unreadable file is simply "not complete": the rerun rewrites it
         log.debug("shard %s is not complete: %s", path, e)
         return False
 
 
-def shard_status(out_dir: str | os.PathLike, num_shards: int) -> dict[int, Literal["complete", "incomplete", "missing"]]:
+def shard_status(
+    out_dir: str | os.PathLike, num_shards: int
+) -> dict[int, Literal["complete", "incomplete", "missing"]]:
     """State of every shard id: complete (skip on rerun), incomplete (left-over .tmp or bad file), missing."""
     status: dict[int, Literal["complete", "incomplete", "missing"]] = {}
     for i in range(num_shards):
@@ -186,7 +188,7 @@ class ShardWriter:
         self._file: h5py.File | None = None
 
     # -- context manager -------------------------------------------------------------------------------------
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
@@ -206,8 +208,9 @@ class ShardWriter:
             )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.tmp_path.exists():
-            log.warning("removing left-over %s from an interrupted run; rewriting shard %d", self.tmp_path,
-                        self.shard_id)
+            log.warning(
+                "removing left-over %s from an interrupted run; rewriting shard %d", self.tmp_path, self.shard_id
+            )
             self.tmp_path.unlink()
         with self._io("create"):
             # Default libver on purpose: libver='latest' produces files HDF5 1.10/1.14 readers cannot open.
@@ -340,7 +343,7 @@ class ShardWriter:
         if self._file is not None:
             try:
                 self._file.close()
-            except Exception as e:  # the file is discarded anyway; keep the original error in front
+            except Exception as e:  # noqa: BLE001 - the file is discarded anyway; keep the original error in front
                 log.debug("closing %s after failure: %s", self.tmp_path, e)
             self._file = None
         try:
@@ -435,7 +438,13 @@ class AsyncShardWriter:
     """
 
     def __init__(
-        self, out_dir: str | os.PathLike, shard_id: int, num_shards: int, *, maxsize: int = 4, copy: bool = True,
+        self,
+        out_dir: str | os.PathLike,
+        shard_id: int,
+        num_shards: int,
+        *,
+        maxsize: int = 4,
+        copy: bool = True,
         **writer_kwargs: Any,
     ) -> None:
         if maxsize < 1:
@@ -449,7 +458,7 @@ class AsyncShardWriter:
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> AsyncShardWriter:
+    def __enter__(self) -> Self:
         self.writer.open()
         # Daemon: if the caller dies without closing, the process may exit and the .tmp stays incomplete.
         self._thread = threading.Thread(target=self._run, name=f"shard-writer-{self.writer.shard_id}", daemon=True)
@@ -516,7 +525,7 @@ class AsyncShardWriter:
                     self.writer.write(payload)
                 else:
                     self.writer.add_rejected(payload)
-            except BaseException as e:  # handed to the caller thread, which re-raises it
+            except BaseException as e:  # noqa: BLE001 - handed to the caller thread, which re-raises it
                 self._error = e
 
     def _stop(self, drain: bool) -> None:

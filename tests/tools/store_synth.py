@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from enhancer.store import ShardWriter, per_sample_shapes, resolve_fields
+from enhancer.store import FIELDS, ShardWriter, per_sample_shapes, resolve_fields
 
 SIZES = {"H": 8, "W": 8, "h": 2, "w": 2, "Hc": 4, "Wc": 6, "C": 3}
 CLASS_NAMES = ["COVID", "NORMAL", "PNEUMONIA"]
@@ -22,30 +22,38 @@ SHAPES_ALL = per_sample_shapes(FIELDS_ALL, **SIZES)
 def make_batch(indices: Iterable[int], fields: Sequence[str] = FIELDS_ALL, seed: int = 0) -> dict[str, Any]:
     """A valid batch for ``indices``: probabilities sum to 1, pred = argmax, boxes inside the original size."""
     idx = np.asarray(list(indices), dtype=np.int64)
-    n = len(idx)
-    rng = np.random.default_rng(seed + (int(idx[0]) if n else 0))
-    s = SIZES
-    logits = rng.normal(size=(n, s["C"])).astype(np.float32)
-    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    hw = rng.integers(20, 40, size=(n, 2), dtype=np.int32)
-    x0 = rng.integers(0, 5, size=n)
-    y0 = rng.integers(0, 5, size=n)
-    box = np.stack([x0, y0, x0 + rng.integers(1, 15, n), y0 + rng.integers(1, 15, n)], axis=1).astype(np.int32)
-    full = {
-        "index": idx,
-        "label": (idx % s["C"]).astype(np.int16),
-        "pred": prob.argmax(axis=1).astype(np.int16),
-        "prob": prob.astype(np.float32),
-        "path": [f"{CLASS_NAMES[i % s['C']]}/img_{i:04d}.png" for i in idx.tolist()],
-        "orig_size": hw,
-        "image": rng.integers(0, 256, size=(n, 1, s["H"], s["W"]), dtype=np.uint8),
-        "cam": rng.random(size=(n, s["h"], s["w"]), dtype=np.float32),
-        "heatmap": rng.integers(0, 256, size=(n, s["H"], s["W"]), dtype=np.uint8),
-        "crop": rng.integers(0, 256, size=(n, 1, s["Hc"], s["Wc"]), dtype=np.uint8),
-        "crop_box": box,
-        "enhanced": rng.integers(0, 256, size=(n, 1, s["H"], s["W"]), dtype=np.uint8),
-    }
+    rows = [_sample(int(i), seed) for i in idx.tolist()]
+    full: dict[str, Any] = {}
+    for name in FIELDS_ALL:
+        if name == "path":
+            full[name] = [r[name] for r in rows]
+        else:
+            dtype = np.dtype(FIELDS[name].dtype)
+            full[name] = np.array([r[name] for r in rows], dtype=dtype).reshape(len(rows), *SHAPES_ALL[name])
     return {k: full[k] for k in fields}
+
+
+def _sample(i: int, seed: int) -> dict[str, Any]:
+    # One generator per sample index: a sample's content does not depend on how it was batched.
+    rng = np.random.default_rng([seed, i])
+    s = SIZES
+    logits = rng.normal(size=s["C"])
+    prob = (np.exp(logits) / np.exp(logits).sum()).astype(np.float32)
+    x0, y0 = rng.integers(0, 5, size=2)
+    return {
+        "index": i,
+        "label": i % s["C"],
+        "pred": int(prob.argmax()),
+        "prob": prob,
+        "path": f"{CLASS_NAMES[i % s['C']]}/img_{i:04d}.png",
+        "orig_size": rng.integers(20, 40, size=2),
+        "image": rng.integers(0, 256, size=(1, s["H"], s["W"])),
+        "cam": rng.random(size=(s["h"], s["w"])),
+        "heatmap": rng.integers(0, 256, size=(s["H"], s["W"])),
+        "crop": rng.integers(0, 256, size=(1, s["Hc"], s["Wc"])),
+        "crop_box": [x0, y0, x0 + rng.integers(1, 15), y0 + rng.integers(1, 15)],
+        "enhanced": rng.integers(0, 256, size=(1, s["H"], s["W"])),
+    }
 
 
 def write_shard(

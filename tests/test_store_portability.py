@@ -1,0 +1,102 @@
+"""Shards written here (h5py with HDF5 2.x) must open in older HDF5: h5dump (Debian 12 ships 1.10) and an h5py
+bundling HDF5 1.14 (``ENHANCER_H5PY114_PYTHON``, see tests/tools/read_with_h5py_114.py).
+
+Both checks skip locally when their tool is missing but FAIL when ``CI=true``: CI must install them
+(apt ``hdf5-tools``; a venv with ``pip install h5py==3.14.0``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enhancer.store import merge
+from tests.tools.read_with_h5py_114 import digest
+from tests.tools.store_synth import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI (CI=true); install it in .ci/run")
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("portable")
+    write_dataset(out, 2, 6, rejected=(5,))
+    merge(out)
+    return sorted(out.glob("shard-*.h5"))
+
+
+def _latest_format_file(path: Path) -> Path:
+    # Control: a file these old readers must refuse, so a passing check means something.
+    import h5py
+
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset("x", data=np.zeros((2, 4), np.uint8), chunks=(1, 4), maxshape=(None, 4), compression="gzip")
+    return path
+
+
+def _digests(f) -> dict[str, str]:
+    import h5py
+
+    out: dict[str, str] = {}
+    f.visititems(lambda name, obj: out.update({name: digest(obj)}) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def test_h5dump_reads_every_shard(shards: list[Path], tmp_path: Path) -> None:
+    h5dump = shutil.which("h5dump")
+    if h5dump is None:
+        _missing("h5dump (Debian package hdf5-tools)")
+    version = subprocess.run([h5dump, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    for path in shards:
+        res = subprocess.run([h5dump, str(path)], capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, f"{version} cannot read {path.name}:\n{res.stderr[-2000:]}"
+        for name in ("enhanced", "cam", "crop_box", "path", "rejected", "complete", "n_samples"):
+            assert f'"{name}"' in res.stdout, (version, name)
+        assert "H5T_CSET_UTF8" in res.stdout
+    control = subprocess.run(
+        [h5dump, str(_latest_format_file(tmp_path / "latest.h5"))], capture_output=True, check=False
+    )
+    assert control.returncode != 0, f"{version} opened a libver='latest' file: this check proves nothing"
+
+
+def test_h5py_with_hdf5_114_reads_every_shard(shards: list[Path], tmp_path: Path) -> None:
+    python = os.environ.get("ENHANCER_H5PY114_PYTHON")
+    if not python:
+        _missing("ENHANCER_H5PY114_PYTHON (interpreter with h5py==3.14.0)")
+    script = REPO / "tests" / "tools" / "read_with_h5py_114.py"
+    res = subprocess.run(
+        [python, str(script), *map(str, shards)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["hdf5"].startswith("1.14.")
+    import h5py
+
+    for path in shards:
+        theirs = report["files"][str(path)]
+        with h5py.File(path, "r") as f:
+            ours = _digests(f)
+            assert {k: v["sha256"] for k, v in theirs["datasets"].items()} == ours
+            assert theirs["attrs"]["complete"] is True
+            assert theirs["attrs"]["n_samples"] == int(np.asarray(f.attrs["n_samples"]))
+    control = subprocess.run(
+        [python, str(script), str(_latest_format_file(tmp_path / "latest.h5"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert control.returncode != 0, "HDF5 1.14 opened a libver='latest' file from HDF5 2.x: this check proves nothing"
