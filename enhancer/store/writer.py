@@ -26,6 +26,7 @@ import queue
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -278,7 +279,10 @@ class ShardWriter:
             for name, arr in arrays.items():
                 ds = f[name]
                 ds.resize(start + n, axis=0)
-                ds[start : start + n] = arr
+                if self.compression == "gzip" and FIELDS[name].dtype != STR:
+                    self._write_gzip_chunks(ds, start, arr)
+                else:
+                    ds[start : start + n] = arr
             if time.monotonic() - self._last_flush >= self.flush_interval_s:
                 f.flush()
                 self._last_flush = time.monotonic()
@@ -389,6 +393,19 @@ class ShardWriter:
             return arr.astype(dtype)
         raise StoreError(f"field {name!r}: got dtype {arr.dtype}, need {dtype} (convert before writing)")
 
+    def _write_gzip_chunks(self, ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
+        # h5py holds the GIL while HDF5 runs its filters, which would stall the caller's thread for the whole
+        # compression time. zlib releases the GIL, so compress here (same bytes as HDF5's shuffle + deflate
+        # pipeline) and hand HDF5 finished chunks: the background writer then really runs beside the compute.
+        arr = np.ascontiguousarray(arr)
+        size = arr.dtype.itemsize
+        zeros = (0,) * (arr.ndim - 1)
+        for k in range(len(arr)):
+            raw = arr[k].reshape(-1).view(np.uint8)
+            if size > 1:  # HDF5 shuffle: all first bytes of the elements, then all second bytes, ...
+                raw = raw.reshape(-1, size).T
+            ds.id.write_direct_chunk((start + k, *zeros), zlib.compress(raw.tobytes(), GZIP_LEVEL))
+
     def _io(self, action: str):
         return _IOErrors(self, action)
 
@@ -431,6 +448,8 @@ _STOP = object()
 class AsyncShardWriter:
     """A ShardWriter whose HDF5 work runs in a background thread behind a bounded queue.
 
+    With gzip (the default) the thread compresses with zlib, which releases the GIL, so the caller's Python keeps
+    running while shards are written (lzf runs inside HDF5 and holds the GIL while it compresses).
     ``put`` copies the batch (``copy=False`` to hand over ownership instead) and returns once it is queued; it
     blocks only while ``maxsize`` batches are waiting. An error in the thread is re-raised by the next
     ``put``/``add_rejected``/``close``. ``blocked_s`` is the time callers spent waiting on a full queue: when it
