@@ -494,7 +494,9 @@ class AsyncShardWriter:
     def put(self, batch: Mapping[str, Any]) -> None:
         """Queue a batch for ``ShardWriter.write``."""
         if self.copy:
-            batch = {k: (np.array(v) if isinstance(v, np.ndarray) else list(v)) for k, v in batch.items()}
+            batch = {
+                k: (list(v) if FIELDS.get(k) and FIELDS[k].dtype == STR else np.array(v)) for k, v in batch.items()
+            }
         self._enqueue(("write", batch))
 
     def add_rejected(self, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
