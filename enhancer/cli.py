@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -32,11 +33,16 @@ def reports_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from enhancer.checkpoints import CheckpointError
         from enhancer.models import ModelError
+        from enhancer.samples import FetchError
+        from enhancer.specs import SpecError
+        from enhancer.store import StoreError
 
         try:
             return func(*args, **kwargs)
-        except (CheckpointError, ModelError) as exc:
+        except (CheckpointError, ModelError, SpecError, StoreError, FetchError) as exc:
             raise EnhancerError(str(exc)) from None
+        except OSError as exc:  # a full disk, a permission: name the file, no traceback
+            raise EnhancerError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -112,6 +118,150 @@ def inspect(checkpoint: str, arch: str | None, as_json: bool) -> None:
     click.echo(f"  Grad-CAM layer {ck.model.target_layer}")
     for key, value in ck.meta.items():
         click.echo(f"  {key:<14} {value}")
+
+
+def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
+    """Options given on the command line (None = not given) plus ``--set key=value`` pairs, as spec overrides."""
+    from enhancer.specs import parse_value
+
+    found = {k: v for k, v in options.items() if v is not None}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. cam.score=logit)", param_hint="--set")
+        found[key.strip()] = parse_value(value.strip())
+    return found
+
+
+def slurm_ids() -> dict[str, Any]:
+    """SLURM's job ids, for provenance (read here at the edge; library code never reads SLURM_* itself)."""
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME")
+    found = {k.lower(): os.environ[k] for k in keys if k in os.environ}
+    return {"slurm": found} if found else {}
+
+
+@main.command()
+@click.option("--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([enhance] table).")
+@click.option("--data", help="ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
+@click.option("--checkpoint", help="Classifier checkpoint (the research notebook's .pth, a state_dict or ours).")
+@click.option("--out", help="Output directory of the enhanced dataset (one dataset per directory).")
+@click.option("--arch", help="Architecture, when detection from the weights is not wanted (see `enhancer models`).")
+@click.option("--shard-id", type=int, help="Which shard to write.  [default: 0]")
+@click.option("--num-shards", type=int, help="Total number of shards (e.g. SLURM array size).  [default: 1]")
+@click.option("--batch-size", type=int, help="Images per batch.  [default: 64]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device.  [default: auto]")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), help="Image loader.  [default: auto = DALI]")
+@click.option("--num-threads", type=int, help="Loader CPU threads / workers.  [default: 2]")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast + channels_last on CUDA.  [default: off]")
+@click.option("--fields", help="Optional fields to store, comma-separated (image,cam,heatmap,crop,crop_box,"
+              "enhanced) or 'all'; index, label, pred, prob, path, orig_size are always stored.  [default: all]")
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), help="HDF5 compression.  [default: gzip]")
+@click.option("--validate", type=click.Choice(["header", "full"]), help="File check before decoding.  [default: header]")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other spec setting, e.g. cam.score=logit, crop.threshold=0.4, enhance.floor=0.2.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@reports_errors
+def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, **options: Any) -> None:
+    """Write Grad-CAM heatmaps, crops and enhanced images of every image into an HDF5 shard.
+
+    Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
+    ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
+    interrupted one is rewritten. After all shards: `enhancer merge OUT`.
+    """
+    from enhancer.enhance import run_enhance
+    from enhancer.specs import EnhanceSpec, load_spec
+
+    spec = load_spec(EnhanceSpec, job_file, table="enhance" if job_file else None,
+                     overrides=_overrides(options, settings))  # fmt: skip
+    summary = run_enhance(spec, progress=progress, extra_attrs=slurm_ids())
+    click.echo(summary.line())
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@reports_errors
+def merge(out_dir: str) -> None:
+    """Check all shards of OUT_DIR and write manifest.json, rejected.csv and the dataset card README.md.
+
+    Every scanned image must be in exactly one shard, written or rejected; missing or incomplete shards are named
+    with the command to rerun them (exit code 2).
+    """
+    from enhancer.enhance import merge_enhanced
+
+    manifest = merge_enhanced(out_dir)
+    click.echo(f"{out_dir}: {manifest.n_written} written, {manifest.n_rejected} rejected of {manifest.n_in} "
+               f"in {len(manifest.shards)} shard(s); manifest.json, rejected.csv and README.md written")  # fmt: skip
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@reports_errors
+def verify(out_dir: str) -> None:
+    """Deep check of an enhanced dataset: shard hashes against the manifest, every chunk readable, invariants.
+
+    Exit code 0 when everything holds, 1 with the list of problems otherwise.
+    """
+    from enhancer.store import verify as verify_dataset
+
+    report = verify_dataset(out_dir)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+    click.echo(f"{out_dir}: ok ({report.n_samples} samples checked)")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "png", default="grid.png", show_default=True, help="PNG file to write.")
+@click.option("-n", "--samples", default=8, show_default=True, help="Number of samples (rows).")
+@click.option("--good", default=0.85, show_default=True, help="Probability above which a correct row is 'Good'.")
+@reports_errors
+def show(out_dir: str, png: str, samples: int, good: float) -> None:
+    """Draw a PNG grid: image | heatmap overlay | crop | enhanced, titled like the original research figures."""
+    from enhancer.show import draw_grid
+
+    click.echo(f"wrote {draw_grid(out_dir, png, n=samples, good_threshold=good)}")
+
+
+@main.command("export")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--field", default="enhanced", show_default=True, help="Field to export (enhanced, crop, image, heatmap).")
+@reports_errors
+def export(out_dir: str, dest: str, field: str) -> None:
+    """Export one field of an enhanced dataset as a PNG ImageFolder (DEST/<CLASS>/<name>.png)."""
+    from enhancer.store import export_imagefolder
+
+    n = export_imagefolder(out_dir, dest, field=field)
+    click.echo(f"wrote {n} PNG files under {dest}")
+
+
+@main.command("fetch-samples")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False),
+              help="Copy from a local folder holding the 16 files instead of downloading them.")
+@reports_errors
+def fetch_samples(dest: str, source: str | None) -> None:
+    """Get the 16 real sample chest X-rays (CC BY 4.0, Kermany et al.), check their hashes, lay out as ImageFolder."""
+    from enhancer.samples import fetch_samples as fetch
+
+    click.echo(f"16 sample X-rays (8 NORMAL, 8 PNEUMONIA) ready in {fetch(dest, source=source)}")
+
+
+@main.command("demo-model")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--arch", default="resnet101", show_default=True, help="Zoo architecture.")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the weights.")
+@reports_errors
+def demo_model(path: str, arch: str, seed: int) -> None:
+    """Write a demonstration checkpoint (random weights, calibrated BatchNorm): heatmaps without a trained model.
+
+    Its maps show the pipeline working; they are not medical evidence. Use a trained checkpoint for real work.
+    """
+    from enhancer.demo_model import save_demo_checkpoint
+
+    click.echo(f"wrote demonstration checkpoint {save_demo_checkpoint(path, arch, seed=seed)} ({arch})")
 
 
 if __name__ == "__main__":

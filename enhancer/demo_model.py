@@ -1,0 +1,159 @@
+"""Untrained zoo models that still give meaningful Grad-CAMs: for tests, benchmarks and demos without a checkpoint.
+
+Usage::
+
+    python -c "from enhancer.demo_model import build_demo_model, xray_like_batch; \
+m = build_demo_model('resnet50', input_size=64); print(m(xray_like_batch(4, 64)))"
+
+Why this exists: a randomly initialised ResNet in eval mode uses BatchNorm's default running statistics
+(mean 0, var 1), so activations grow through every block (logits ~1e4-1e5), the softmax saturates and every
+Grad-CAM of the probability is zero. Two fixes make such a model a fair test subject:
+
+1. ``calibrate_batchnorm``: recompute every BatchNorm's running statistics as the plain (cumulative) average over
+   a few batches of X-ray-like inputs, so each normalisation really normalises;
+2. ``scale_head_to_unit_logits``: shift and scale the last Linear layer so the logits over a reference batch are
+   centred per class with standard deviation ~1, so predictions vary and probabilities are not saturated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from enhancer.models import SeedResNet, SeedVGG16, TinyVGG, TorchvisionResNet, build_model, preprocessing_for
+from enhancer.preprocessing import Preprocessing
+
+
+def xray_like_images(n: int, size: int = 224, *, seed: int = 0) -> torch.Tensor:
+    """(n, 1, size, size) float32 in [0, 1]: a bright body, two dark lungs with rib stripes and, in a random
+    lung of about half the images, a bright opacity. Deterministic for a given seed."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    yy, xx = yy[None], xx[None]
+
+    def ellipse(cx: torch.Tensor, cy: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
+        d = ((xx - cx[:, None, None]) / rx[:, None, None]) ** 2 + ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2
+        return torch.sigmoid((1 - d) * 8)
+
+    body = ellipse(torch.zeros(n), 0.1 + 0.1 * u(n), 0.85 + 0.1 * u(n), 1.1 + 0.1 * u(n))
+    img = 0.1 + 0.6 * body
+    for side in (-1, 1):
+        lung = ellipse(side * (0.38 + 0.08 * u(n)), -0.05 + 0.1 * u(n), 0.25 + 0.05 * u(n), 0.55 + 0.1 * u(n))
+        img = img - 0.45 * lung
+        ribs = 0.5 + 0.5 * torch.sin(yy * (18 + 4 * u(n)[:, None, None]) + 6 * u(n)[:, None, None])
+        img = img + 0.08 * lung * ribs
+    sick = (u(n) < 0.5).float()
+    side = torch.where(u(n) < 0.5, -1.0, 1.0)
+    blob = ellipse(side * (0.35 + 0.1 * u(n)), 0.1 + 0.3 * u(n), 0.1 + 0.1 * u(n), 0.1 + 0.15 * u(n))
+    img = img + 0.35 * sick[:, None, None] * blob
+    img = img + 0.03 * torch.randn(n, size, size, generator=g)
+    return img.clamp(0, 1)[:, None]
+
+
+def to_model_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """[0, 1] greyscale (N, 1, H, W) -> normalised (N, in_chans, H, W) as the loaders produce it."""
+    x = images.expand(-1, preprocessing.in_chans, -1, -1)
+    mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def xray_like_batch(n: int, size: int = 224, *, in_chans: int = 1, seed: int = 0) -> torch.Tensor:
+    """Normalised model input (n, in_chans, size, size) of ``xray_like_images`` (seed or ImageNet statistics)."""
+    arch = "resnet50" if in_chans == 1 else "tv-resnet50"
+    return to_model_input(xray_like_images(n, size, seed=seed), preprocessing_for(arch, size))
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> nn.Module:
+    """Replace every BatchNorm's running mean/var by the cumulative average over ``batches`` (train-mode
+    forwards with ``momentum=None``; Dropout stays off). Weights are untouched; returns the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for x in batches:
+        model(x)
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+    return model.eval()
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to scale")
+    return linears[-1]  # registration order: the classifier output layer in every zoo model
+
+
+@torch.no_grad()
+def scale_head_to_unit_logits(model: nn.Module, x: torch.Tensor, std: float = 1.0) -> nn.Module:
+    """Shift and scale the last Linear layer so that, on batch ``x``, each class's logit has mean 0 and the logits
+    have standard deviation ``std``. Returns the model in eval mode."""
+    model.eval()
+    z = model(x)
+    spread = float((z - z.mean(0)).std())
+    if not math.isfinite(spread) or spread == 0:
+        raise ValueError(f"logits on the reference batch have spread {spread}; calibrate BatchNorm first")
+    fc = _last_linear(model)
+    k = std / spread
+    fc.weight.mul_(k)
+    if fc.bias is not None:
+        fc.bias.sub_(z.mean(0)).mul_(k)
+    else:
+        raise ValueError("the last Linear layer has no bias; cannot centre the logits")
+    return model
+
+
+def scale_logits(model: nn.Module, factor: float) -> nn.Module:
+    """Multiply the model's logits by ``factor`` (scales the last Linear layer): same Grad-CAM shape, more or less
+    confident probabilities."""
+    fc = _last_linear(model)
+    with torch.no_grad():
+        fc.weight.mul_(factor)
+        if fc.bias is not None:
+            fc.bias.mul_(factor)
+    return model
+
+
+def build_demo_model(arch: str, *, input_size: int = 64, seed: int = 0, n_calibration: int = 16) -> nn.Module:
+    """A zoo model with random weights (``torch.manual_seed(seed)``), BatchNorm calibrated and head scaled on
+    X-ray-like inputs; eval mode."""
+    torch.manual_seed(seed)
+    model = build_model(arch, input_size=input_size)
+    in_chans = preprocessing_for(arch, input_size).in_chans
+    calibrate_batchnorm(model, [xray_like_batch(n_calibration, input_size, in_chans=in_chans, seed=seed + 1)])
+    return scale_head_to_unit_logits(model, xray_like_batch(n_calibration, input_size, in_chans=in_chans, seed=seed + 2))
+
+
+def hook_target(model: nn.Module) -> nn.Module:
+    """The submodule whose output is ``model.features(x)``: where a classic hook-based Grad-CAM attaches."""
+    if isinstance(model, SeedResNet):
+        return model.resnet.layer4
+    if isinstance(model, TorchvisionResNet):
+        return model.layer4
+    if isinstance(model, SeedVGG16 | TinyVGG):
+        return model.feature_extractor
+    raise ValueError(f"no known Grad-CAM target layer for {type(model).__name__}")
+
+
+DEMO_NOTE = (
+    "demonstration model: random weights with BatchNorm calibrated and the head scaled on synthetic X-ray-like "
+    "images; its heatmaps show the pipeline working, not medical evidence"
+)
+
+
+def save_demo_checkpoint(path: str, arch: str = "resnet101", *, seed: int = 0) -> str:
+    """Build the demonstration model for ``arch`` at its 224 input and save it in enhancer's checkpoint format,
+    marked as such in its metadata (``enhancer inspect`` shows the note)."""
+    from enhancer.checkpoints import save_checkpoint
+
+    model = build_demo_model(arch, input_size=224, seed=seed)
+    save_checkpoint(path, model, preprocessing=preprocessing_for(arch, 224), meta={"demo": True, "note": DEMO_NOTE})
+    return path

@@ -1,0 +1,263 @@
+"""Job specs: TOML -> frozen, typed dataclasses -> explicit arguments of the library functions.
+
+Usage::
+
+    spec = load_spec(EnhanceSpec, "jobs/enhance-kermany.toml", overrides={"batch_size": 32, "cam.score": "logit"})
+
+One precedence rule everywhere: command line > ``ENHANCER_*`` environment > job file > defaults. Unknown keys,
+wrong types and missing required fields are errors that name the key, the file and the valid choices.
+A job file holds one table per job kind (``[enhance]``, ``[train]``, ...) plus optional ``[slurm]`` resources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from enhancer.cam import CamSettings, CropSettings, EnhanceSettings
+
+T = TypeVar("T")
+ENV_PREFIX = "ENHANCER_"
+REQUIRED = "<required>"  # marker default of required string fields, so that any table can omit them until merged
+
+
+class SpecError(ValueError):
+    """A job spec is not valid; the message names the key and source, and how to fix it."""
+
+
+@dataclass(frozen=True)
+class EnhanceSpec:
+    """Settings of ``enhancer enhance`` (one shard of the enhanced dataset)."""
+
+    data: str = REQUIRED  # ImageFolder root or a path,label CSV
+    out: str = REQUIRED  # output directory of the enhanced dataset
+    checkpoint: str | None = None  # None: the demonstration model (``demo = true``) or an error
+    demo: bool = False  # use a calibrated demonstration model instead of a checkpoint (heatmaps are not medical)
+    arch: str | None = None  # override architecture detection
+    shard_id: int = 0
+    num_shards: int = 1
+    batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+    loader: str = "auto"  # auto | dali | torch
+    num_threads: int = 2  # DALI CPU threads / torch DataLoader workers
+    amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
+    fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
+    compression: str = "gzip"  # gzip | lzf | none
+    validate: str = "header"  # header | full: how deeply files are checked before decoding
+    source_size: int = 512  # resolution of the crop source (crops are cut from it, not from the model input)
+    queue_size: int = 4  # batches waiting for the writer thread
+    cam: CamSettings = field(default_factory=CamSettings)
+    crop: CropSettings = field(default_factory=CropSettings)
+    enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shard_id < self.num_shards:
+            raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
+        for name in ("batch_size", "source_size", "queue_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_threads < 0:
+            raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choice("loader", self.loader, ("auto", "dali", "torch"))
+        _check_choice("compression", self.compression, ("gzip", "lzf", "none"))
+        _check_choice("validate", self.validate, ("header", "full"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise SpecError(f"{name} = {value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def to_plain(obj: Any) -> Any:
+    """A spec as plain TOML/JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """A command-line or environment string as a TOML value when it is one (``32``, ``true``, ``[1, 2]``),
+    else the string itself (``resnet101``, ``/data/x``)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, key, source)
+            except SpecError as exc:
+                errors.append(str(exc))
+        raise SpecError(errors[0] if len(errors) == 1 else f"{key} ({source}): {value!r} fits none of {hint}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{key} ({source}) must be a table of settings, got {value!r}")
+        return _build(hint, value, source, prefix=f"{key}.")
+    if origin is tuple:
+        if isinstance(value, str) and args and args[-1] is Ellipsis:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise SpecError(f"{key} ({source}) must be a list, got {value!r}")
+        item_hints = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_hints) != len(value):
+            raise SpecError(f"{key} ({source}) must have {len(item_hints)} items, got {value!r}")
+        return tuple(_convert(v, h, f"{key}[{i}]", source) for i, (v, h) in enumerate(zip(value, item_hints)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"{key} ({source}) must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SpecError(f"{key} ({source}) must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise SpecError(f"{key} ({source}) must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise SpecError(f"{key} ({source}) must be a string, got {value!r}")
+    raise SpecError(f"{key} ({source}): unsupported setting type {hint}")
+
+
+def _convert_fields(cls: type, values: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """Check the keys of one layer of settings and convert their values to the declared types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        valid = ", ".join(prefix + n for n in names)
+        raise SpecError(f"unknown key {prefix}{unknown[0]} ({source}); valid keys: {valid}")
+    return {k: _convert(v, hints[k], prefix + k, source) for k, v in values.items()}
+
+
+def _build(cls: type[T], values: Mapping[str, Any], source: str, prefix: str = "") -> T:
+    kwargs = _convert_fields(cls, values, source, prefix)
+    try:
+        return cls(**kwargs)
+    except SpecError as exc:
+        raise SpecError(f"{exc} ({source})") from None
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{prefix.rstrip('.') or cls.__name__} ({source}): {exc}") from None
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"cam.score": "logit"}`` -> ``{"cam": {"score": "logit"}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"{key}: {p} is a value, not a table of settings")
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_job_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such job file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML ({exc})") from None
+
+
+def environment_overrides(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``ENHANCER_BATCH_SIZE=32`` -> ``{"batch_size": 32}``; nested keys with a double underscore
+    (``ENHANCER_CAM__SCORE=logit``). Only names of the spec's own fields are read."""
+    environ = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key.split(".")[0] in {f.name for f in dataclasses.fields(cls)}:
+            found[key] = parse_value(text)
+    return found
+
+
+def load_spec(
+    cls: type[T],
+    job_file: str | os.PathLike[str] | None = None,
+    *,
+    table: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Defaults < ``[table]`` of the job file < ``ENHANCER_*`` environment < ``overrides`` (the command line;
+    dotted keys for nested settings). Required fields still missing after merging are an error."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if job_file is not None:
+        document = read_job_file(job_file)
+        if table is not None:
+            if table not in document:
+                raise SpecError(f"{job_file}: has no [{table}] table (found: {', '.join(document) or 'nothing'})")
+            document = document[table]
+        layers.append((str(job_file), document))
+    layers.append(("environment", _nest(environment_overrides(cls, environ))))
+    layers.append(("command line", _nest(dict(overrides or {}))))
+    merged: dict[str, Any] = {}
+    for source, values in layers:
+        _convert_fields(cls, values, source)  # check each layer on its own, so an error names where it came from
+        merged = _deep_merge(merged, values)
+    spec = _build(cls, merged, " < ".join(s for s, v in layers if v) or "defaults")
+    missing = [f.name for f in dataclasses.fields(cls) if getattr(spec, f.name) == REQUIRED]
+    if missing:
+        raise SpecError(f"missing required setting(s): {', '.join(missing)} (give them in the job file or as options)")
+    return spec
+
+
+def dump_toml(table: str, values: Mapping[str, Any]) -> str:
+    """A minimal TOML writer for resolved specs (strings, numbers, booleans, lists, nested tables)."""
+    scalars = {k: v for k, v in values.items() if not isinstance(v, Mapping) and v is not None}
+    tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
+    lines = [f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for name, sub in tables.items():
+        lines += ["", dump_toml(f"{table}.{name}", sub)]
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
