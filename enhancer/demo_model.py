@@ -30,7 +30,10 @@ def xray_like_images(n: int, size: int = 224, *, seed: int = 0) -> torch.Tensor:
     """(n, 1, size, size) float32 in [0, 1]: a bright body, two dark lungs with rib stripes and, in a random
     lung of about half the images, a bright opacity. Deterministic for a given seed."""
     g = torch.Generator().manual_seed(seed)
-    u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+
+    def u(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g)
+
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     yy, xx = yy[None], xx[None]
 
@@ -129,7 +132,9 @@ def build_demo_model(arch: str, *, input_size: int = 64, seed: int = 0, n_calibr
     model = build_model(arch, input_size=input_size)
     in_chans = preprocessing_for(arch, input_size).in_chans
     calibrate_batchnorm(model, [xray_like_batch(n_calibration, input_size, in_chans=in_chans, seed=seed + 1)])
-    return scale_head_to_unit_logits(model, xray_like_batch(n_calibration, input_size, in_chans=in_chans, seed=seed + 2))
+    return scale_head_to_unit_logits(
+        model, xray_like_batch(n_calibration, input_size, in_chans=in_chans, seed=seed + 2)
+    )
 
 
 def hook_target(model: nn.Module) -> nn.Module:

@@ -1,0 +1,409 @@
+"""Batched Grad-CAM, heatmaps, Grad-CAM-guided crops and enhanced images: pure tensor code on any device.
+
+Usage::
+
+    python -c "import torch; from enhancer.models import build_model; from enhancer.cam import grad_cam; \
+r = grad_cam(build_model('tinyvgg', input_size=64).eval(), torch.randn(4, 1, 64, 64)); print(r.cam.shape)"
+
+    r = grad_cam(model.eval(), x)                       # x (N, C, H, W) normalised model input, on any device
+    heat = upsample(r.cam, x.shape[-2:])                # (N, H, W) in [0, 1]
+    rgb = colorize_jet(heat)                            # (N, 3, H, W) uint8
+    boxes = crop_boxes(heat, orig_size)                 # (N, 4) int32 xyxy in original pixels
+    crops = crop(source, boxes, orig_size, (224, 224))  # (N, 1, 224, 224) uint8 from the high-resolution source
+    enhanced = enhance(image01, heat)                   # (N, 1, H, W) uint8
+
+Grad-CAM here needs only the model's two halves (``features``: input -> target-layer activations, ``head``:
+activations -> logits; every ``enhancer.models`` zoo model has them). The trunk runs once without autograd, then
+only the head is differentiated w.r.t. the activations: the same gradient a hook + full backward pass gives, for
+about the cost of one forward pass, and the whole batch stays on the device. Nothing here does I/O or picks a
+device: every result lives on the input's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+# Stored by the shard writer next to the raw ``cam`` dataset: what one unit of the raw map means.
+RAW_CAM_SCALE_NOTE = (
+    "raw = ReLU(reduce_k(w_k * A_k)) at feature resolution, A = target-layer activations, w_k = spatial mean of "
+    "d score / d A_k, reduce = mean (seed) or sum over channels. score='logit': score = z_c, the target logit "
+    "(pytorch-grad-cam's scale). score='prob' (seed): score = log(p_c / (1 - p_c)) = z_c - logsumexp_{k!=c} z_k, "
+    "the log-odds of the target class, because d p_c = p_c (1 - p_c) d log-odds: the seed's probability-gradient "
+    "map equals raw * p_c * (1 - p_c), which underflows to exactly 0 once p_c rounds to 1 (float32 logit gap ~17, "
+    "bf16 ~6) while raw does not. Normalised maps (cam, heatmap) are identical for both forms."
+)
+
+TARGETS = ("predicted", "label")
+SCORES = ("prob", "logit")
+CHANNEL_REDUCE = ("mean", "sum")
+NORMALIZE = ("max", "minmax")
+AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _check_choice(name: str, value: Any, valid: tuple[Any, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """How the map is computed; the defaults reproduce the seed notebook.
+
+    target: ``"predicted"`` (argmax of the logits, seed), ``"label"`` (needs ``labels``) or a fixed class index.
+    score: ``"prob"`` (softmax probability, seed; computed in its non-vanishing log-odds form, see
+    ``RAW_CAM_SCALE_NOTE``) or ``"logit"``.
+    channel_reduce: ``"mean"`` (seed) or ``"sum"`` (the Grad-CAM paper / pytorch-grad-cam) over channels.
+    normalize: ``"max"`` (divide by the max, seed) or ``"minmax"`` ((raw - min) / (max - min)).
+    amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast for the trunk, applied on CUDA only (CPU autocast is slower
+    than float32 on most CPUs); the head always runs in float32.
+    channels_last: channels_last input memory format for the trunk, on CUDA only.
+    """
+
+    target: str | int = "predicted"
+    score: str = "prob"
+    channel_reduce: str = "mean"
+    normalize: str = "max"
+    amp: str | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, bool) or not (
+            self.target in TARGETS or (isinstance(self.target, int) and self.target >= 0)
+        ):
+            raise ValueError(f"target={self.target!r} is not valid; choose 'predicted', 'label' or a class index >= 0")
+        _check_choice("score", self.score, SCORES)
+        _check_choice("channel_reduce", self.channel_reduce, CHANNEL_REDUCE)
+        _check_choice("normalize", self.normalize, NORMALIZE)
+        _check_choice("amp", self.amp, tuple(AMP))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CamSettings:
+        return cls(**_known_keys(cls, d))
+
+
+@dataclass
+class CamResult:
+    """Grad-CAM of a batch; every tensor is on the input's device.
+
+    raw (N, h, w) float32: the un-normalised map at feature resolution (scale: ``RAW_CAM_SCALE_NOTE``).
+    raw_max (N,) float32: max of ``raw`` per image.
+    cam (N, h, w) float32 in [0, 1]: ``raw`` normalised per image; all zeros where ``empty``.
+    empty (N,) bool: the map has no positive evidence (max == 0; for minmax max == min) or is not finite.
+    logits, probs (N, num_classes) float32; target (N,) int64: the explained class; pred (N,) int64: the argmax.
+    """
+
+    raw: torch.Tensor
+    raw_max: torch.Tensor
+    cam: torch.Tensor
+    empty: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    target: torch.Tensor
+    pred: torch.Tensor
+
+
+def _known_keys(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+    return dict(d)
+
+
+def _targets(settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    if settings.target == "predicted":
+        return pred
+    if settings.target == "label":
+        if labels is None:
+            raise ValueError("CamSettings(target='label') needs labels=(N,) class indices; or use target='predicted'")
+        target = torch.as_tensor(labels, device=pred.device).long().reshape(-1)
+        if target.shape != pred.shape:
+            raise ValueError(f"labels has {target.numel()} entries for a batch of {pred.numel()}")
+    else:
+        target = torch.full_like(pred, int(settings.target))
+    if bool(((target < 0) | (target >= num_classes)).any()):
+        raise ValueError(f"target classes {target.unique().tolist()} out of range for {num_classes} classes")
+    return target
+
+
+def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:
+    """Per-image scalar whose gradient w.r.t. the activations gives the channel weights, (N,)."""
+    z_c = logits.gather(1, target[:, None])[:, 0]
+    if score == "logit":
+        return z_c
+    # d p_c = p_c (1 - p_c) d(log-odds): same map up to a positive per-image factor, but log-odds' gradient is a
+    # convex combination of (d z_c - d z_k), which cannot underflow when p_c rounds to 1.
+    others = logits.masked_fill(F.one_hot(target, logits.shape[1]).bool(), float("-inf"))
+    return z_c - others.logsumexp(1)
+
+
+def _normalize(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cam in [0, 1], raw_max, empty) for raw (N, h, w); empty maps give zeros, never NaN."""
+    flat = raw.flatten(1)
+    raw_max = flat.amax(1)
+    low = flat.amin(1) if mode == "minmax" else torch.zeros_like(raw_max)
+    span = raw_max - low
+    empty = ~(span > 0) | ~torch.isfinite(span)
+    safe = torch.where(empty, torch.ones_like(span), span)
+    cam = ((raw - low[:, None, None]) / safe[:, None, None]).clamp(0, 1)
+    cam = torch.where(empty[:, None, None], torch.zeros_like(cam), cam)
+    return cam, raw_max, empty
+
+
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    settings: CamSettings = CamSettings(),
+    labels: torch.Tensor | None = None,
+) -> CamResult:
+    """Grad-CAM of ``model`` (eval mode; needs ``features`` and ``head``) for a batch ``x`` (N, C, H, W).
+
+    Each image's map depends only on that image (no batch statistics). ``labels`` (N,) is needed for
+    ``target='label'``. Returns a ``CamResult`` on ``x``'s device.
+    """
+    if model.training:
+        raise ValueError("grad_cam needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
+                         "Dropout would make each map depend on the rest of the batch and on chance")  # fmt: skip
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    on_cuda = x.device.type == "cuda"
+    if settings.channels_last and on_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = (
+        torch.autocast("cuda", dtype=AMP[settings.amp])
+        if settings.amp is not None and on_cuda
+        else contextlib.nullcontext()  # leave any caller's autocast in charge of the trunk
+    )
+    with torch.no_grad(), amp:
+        feats = model.features(x)
+    # The head in float32 (float64 for a float64 model) whatever autocast the caller has on: in bf16 the logits'
+    # softmax saturates at a gap of ~6.
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        a = feats.detach()
+        a = (a if a.dtype == torch.float64 else a.float()).requires_grad_(True)
+        logits = model.head(a)
+        pred = logits.detach().argmax(1)
+        target = _targets(settings, pred, labels, logits.shape[1])
+        # Eval mode: image n's score depends on a[n] only, so one backward of the sum gives every per-image gradient.
+        (grads,) = torch.autograd.grad(_score(logits, target, settings.score).sum(), a)
+    a = a.detach()
+    weights = grads.mean((2, 3))
+    raw = torch.einsum("nc,nchw->nhw", weights, a)
+    if settings.channel_reduce == "mean":
+        raw = raw / a.shape[1]
+    raw = raw.relu().float()
+    cam, raw_max, empty = _normalize(raw, settings.normalize)
+    logits = logits.detach()
+    return CamResult(raw, raw_max, cam, empty, logits.float(), logits.softmax(1).float(), target, pred)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of maps (N, h, w) to (N, H, W) float32."""
+    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+@functools.lru_cache(maxsize=1)
+def _jet_lut() -> torch.Tensor:
+    """(256, 3) uint8 RGB: the classic (MATLAB / OpenCV ``COLORMAP_JET``) jet, channel = clip(1.5 - |4x - k|, 0, 1)
+    with k = 3, 2, 1 for red, green, blue; within 1/255 of ``cv2.applyColorMap`` (which interpolates a 64-entry
+    table). matplotlib's "jet" has a different green ramp (up to 33/255 apart)."""
+    x = torch.arange(256, dtype=torch.float64)[:, None] / 255
+    k = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    return ((1.5 - (4 * x - k).abs()).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def colorize_jet(heat: torch.Tensor) -> torch.Tensor:
+    """JET colouring of heat (N, H, W) in [0, 1] -> (N, 3, H, W) uint8 RGB, on heat's device. Levels are
+    ``uint8(255 * heat)`` (truncated, as ``cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)`` is used by
+    pytorch-grad-cam); out-of-range values are clamped and NaN counts as 0."""
+    idx = (heat.float().nan_to_num(0.0).clamp(0, 1) * 255).long()
+    return _jet_lut().to(heat.device)[idx].permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Grad-CAM-guided crop box.
+
+    threshold: pixels with heat >= threshold * max(heat) are the hot region (default 0.5: half the peak).
+    largest_region: keep only the largest 8-connected hot region (default: the box spans all hot pixels).
+    margin: each side grows by this fraction of the box's width/height, then is clipped to the image.
+    min_size: the box is at least this fraction of the original width/height; a box grown for ``min_size`` or
+    ``square`` stays centred but slides to stay inside the image.
+    square: grow the shorter side to the longer one (impossible, hence not square, when it exceeds the image).
+    size: (height, width) of the resized crop.
+    """
+
+    threshold: float = 0.5
+    largest_region: bool = False
+    margin: float = 0.1
+    min_size: float = 0.25
+    square: bool = False
+    size: tuple[int, int] = (224, 224)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold={self.threshold} must be in (0, 1] (a fraction of the map's max)")
+        if self.margin < 0:
+            raise ValueError(f"margin={self.margin} must be >= 0 (a fraction of the box size per side)")
+        if not 0.0 <= self.min_size <= 1.0:
+            raise ValueError(f"min_size={self.min_size} must be in [0, 1] (a fraction of the original side)")
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size={self.size} must be (height, width) with positive values")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "size": list(self.size)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CropSettings:
+        d = _known_keys(cls, d)
+        if "size" in d:
+            d["size"] = tuple(int(v) for v in d["size"])
+        return cls(**d)
+
+
+def largest_region(mask: torch.Tensor, max_iter: int | None = None) -> torch.Tensor:
+    """Keep each image's largest 8-connected region of mask (N, H, W) bool; ties go to the region whose
+    last pixel in raster order comes first.
+
+    Batched labelling: every pixel starts with its own raster index as label and repeatedly takes the max over
+    its 3x3 neighbourhood inside the mask, until nothing changes; each region ends up labelled by its largest
+    index. Steps ~ the longest path inside a region (a few dozen for blob-like Grad-CAM regions).
+    """
+    n, h, w = mask.shape
+    m = mask[:, None].float()
+    # float32 holds integer labels exactly up to 2**24 pixels
+    labels = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, 1, h, w) * m
+    for _ in range(max_iter or h * w):
+        new = F.max_pool2d(labels, 3, stride=1, padding=1) * m
+        if torch.equal(new, labels):
+            break
+        labels = new
+    labels = labels.long().flatten(1)
+    counts = torch.zeros(n, h * w + 1, device=mask.device).scatter_add_(1, labels, torch.ones_like(m.flatten(1)))
+    counts[:, 0] = 0  # background
+    best = counts.argmax(1)  # first maximum: deterministic tie-break
+    return (labels == best[:, None]).view(n, h, w) & mask
+
+
+def crop_boxes(heat: torch.Tensor, orig_size: torch.Tensor, settings: CropSettings = CropSettings()) -> torch.Tensor:
+    """Crop boxes from heat (N, H, W) in [0, 1] at model resolution (a squash-resize of the original).
+
+    orig_size (N, 2) int (h, w) of the original images. Returns (N, 4) int32 xyxy in original pixels, x2/y2
+    exclusive, inside the image. An empty map (max <= 0) gives the whole image.
+    """
+    n, h_m, w_m = heat.shape
+    dev = heat.device
+    heat = heat.float().nan_to_num(0.0)
+    peak = heat.flatten(1).amax(1)
+    valid = peak > 0
+    mask = (heat >= settings.threshold * peak[:, None, None]) & valid[:, None, None]
+    if settings.largest_region:
+        mask = largest_region(mask)
+    size = torch.as_tensor(orig_size, device=dev).long().reshape(n, 2)
+    oh, ow = size[:, 0], size[:, 1]
+
+    def extent(hit: torch.Tensor, n_model: int, n_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and one-past-last hot index along one axis, mapped outwards to original pixels."""
+        idx = torch.arange(n_model, device=dev)
+        lo = torch.where(hit, idx, n_model).amin(1)
+        hi = torch.where(hit, idx, -1).amax(1) + 1
+        lo = torch.where(valid, lo, 0).double() * n_orig / n_model
+        hi = torch.where(valid, hi, n_model).double() * n_orig / n_model
+        # fractional margin in the original scale, then outward rounding so every hot pixel stays inside
+        pad = settings.margin * (hi - lo)
+        return (lo - pad).floor().clamp_min(0).long(), torch.minimum((hi + pad).ceil().long(), n_orig)
+
+    x1, x2 = extent(mask.any(1), w_m, ow)
+    y1, y2 = extent(mask.any(2), h_m, oh)
+    bw = torch.maximum(x2 - x1, (settings.min_size * ow).ceil().long())
+    bh = torch.maximum(y2 - y1, (settings.min_size * oh).ceil().long())
+    if settings.square:
+        bw = bh = torch.maximum(bw, bh)
+    bw, bh = torch.minimum(bw, ow), torch.minimum(bh, oh)
+
+    def grow(lo: torch.Tensor, hi: torch.Tensor, side: torch.Tensor, n_orig: torch.Tensor) -> torch.Tensor:
+        start = lo - (side - (hi - lo)) // 2
+        return torch.minimum(start.clamp_min(0), n_orig - side)
+
+    x1, y1 = grow(x1, x2, bw, ow), grow(y1, y2, bh, oh)
+    return torch.stack([x1, y1, x1 + bw, y1 + bh], 1).int()
+
+
+def crop(
+    source: torch.Tensor, boxes: torch.Tensor, orig_size: torch.Tensor, size: tuple[int, int] = (224, 224)
+) -> torch.Tensor:
+    """Cut boxes (N, 4) xyxy in original pixels out of source (N, 1, S_h, S_w) and resize them to size (Hc, Wc).
+
+    source is the original image squash-resized to S_h x S_w (as large as the loader provides, so crops are not
+    upscaled from the model input): uint8, or float in [0, 1]. orig_size (N, 2) is the original (h, w).
+    Resampling is ``roi_align(aligned=True, sampling_ratio=0)``: bilinear at pixel centres (as
+    ``F.interpolate(bilinear, align_corners=False)`` of the sliced box) when enlarging, the mean of
+    ceil(scale)^2 bilinear samples per output pixel when shrinking (exactly area resizing for integer factors).
+    Returns (N, 1, Hc, Wc) uint8.
+    """
+    n, _, s_h, s_w = source.shape
+    src = source.float() if source.dtype == torch.uint8 else source.float() * 255
+    size_t = torch.as_tensor(orig_size, device=source.device).reshape(n, 2).float()
+    scale = torch.stack([s_w / size_t[:, 1], s_h / size_t[:, 0]], 1).repeat(1, 2)  # x, y, x, y
+    rois = torch.cat([torch.arange(n, device=source.device, dtype=torch.float)[:, None],
+                      boxes.to(source.device).float() * scale], 1)  # fmt: skip
+    out = roi_align(src, rois, output_size=tuple(size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """Enhanced image = image * (floor + (1 - floor) * heat**gamma) [* (mask_floor + (1 - mask_floor) * lung)].
+
+    floor: brightness kept where the heat is 0 (0 blacks out cold regions, 1 leaves the image unchanged).
+    gamma: > 1 narrows the emphasised regions, < 1 widens them.
+    mask_floor: brightness kept outside the lung mask when one is supplied (0: outside is black).
+    """
+
+    floor: float = 0.3
+    gamma: float = 1.0
+    mask_floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("floor", "mask_floor"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma={self.gamma} must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnhanceSettings:
+        return cls(**_known_keys(cls, d))
+
+
+def enhance(
+    image: torch.Tensor,
+    heat: torch.Tensor,
+    settings: EnhanceSettings = EnhanceSettings(),
+    lung_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Emphasise the Grad-CAM regions of image (N, 1, H, W) float in [0, 1] with heat (N, H, W) in [0, 1] (the
+    upsampled ``cam``) and an optional lung_mask (N, H, W) (bool or probability). Returns (N, 1, H, W) uint8."""
+    if heat.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"heat {tuple(heat.shape)} and image {tuple(image.shape)} sizes differ; upsample(cam, "
+                         "image.shape[-2:]) first")  # fmt: skip
+    weight = settings.floor + (1 - settings.floor) * heat.float().nan_to_num(0.0).clamp(0, 1) ** settings.gamma
+    if lung_mask is not None:
+        if lung_mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"lung_mask {tuple(lung_mask.shape)} and image {tuple(image.shape)} sizes differ")
+        weight = weight * (settings.mask_floor + (1 - settings.mask_floor) * lung_mask.float().clamp(0, 1))
+    out = image.float() * weight[:, None]
+    return (out * 255).round().clamp(0, 255).to(torch.uint8)
