@@ -1,0 +1,237 @@
+"""The enhance job end to end: shards, fields, provenance, equality with enhancer.cam, resume, sharding, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from enhancer import cam
+from enhancer.checkpoints import load_checkpoint
+from enhancer.cli import main
+from enhancer.data import make_loader, scan
+from enhancer.enhance import merge_enhanced, run_enhance
+from enhancer.specs import EnhanceSpec
+from enhancer.store import EnhancedDataset, StoreError, verify
+
+ALL_FIELDS = ("index", "label", "pred", "prob", "path", "orig_size", "image", "cam", "heatmap", "crop", "crop_box",
+              "enhanced")  # fmt: skip
+
+
+def _read_all(out_dir: Path) -> dict[int, dict[str, np.ndarray]]:
+    """Every sample of a merged dataset by its scan index."""
+    ds = EnhancedDataset(out_dir, fields=ALL_FIELDS)
+    samples = {}
+    for i in range(len(ds)):
+        s = ds[i]
+        samples[int(s["index"])] = {k: (np.asarray(v) if k != "path" else v) for k, v in s.items()}
+    return samples
+
+
+def _enhance(data, out, checkpoint, **kw) -> None:
+    run_enhance(EnhanceSpec(data=str(data), out=str(out), checkpoint=str(checkpoint), batch_size=kw.pop("batch_size", 8),
+                            **kw), progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def resnet101_run(tmp_path_factory, kermany_dir, demo_checkpoints):
+    out = tmp_path_factory.mktemp("enh") / "resnet101"
+    _enhance(kermany_dir, out, demo_checkpoints["resnet101"], batch_size=8, loader="dali")
+    merge_enhanced(out)
+    return out
+
+
+def test_end_to_end_resnet101_on_the_real_samples(resnet101_run, kermany_dir, demo_checkpoints):
+    out = resnet101_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["n_written"], manifest["n_rejected"], manifest["n_in"]) == (16, 0, 16)
+    assert (out / "README.md").read_text().count("PNEUMONIA") >= 1
+    assert (out / "rejected.csv").read_text().strip() == "index,path,code,message"
+    assert verify(out).ok
+    [shard] = sorted(out.glob("shard-*.h5"))
+    with h5py.File(shard, "r") as f:
+        expected = {
+            "image": ((16, 1, 224, 224), np.uint8), "cam": ((16, 7, 7), np.float32),
+            "heatmap": ((16, 224, 224), np.uint8), "crop": ((16, 1, 224, 224), np.uint8),
+            "crop_box": ((16, 4), np.int32), "enhanced": ((16, 1, 224, 224), np.uint8),
+            "label": ((16,), np.int16), "pred": ((16,), np.int16), "prob": ((16, 2), np.float32),
+            "orig_size": ((16, 2), np.int32),
+        }  # fmt: skip
+        for name, (shape, dtype) in expected.items():
+            assert f[name].shape == shape and f[name].dtype == dtype, name
+            assert f[name].chunks == (1, *shape[1:]), name
+        assert f["path"].shape == (16,)
+        attrs = dict(f.attrs)
+        assert attrs["complete"] and attrs["n_samples"] == 16
+        assert attrs["architecture"] == "resnet101" and attrs["target_layer"] == "resnet.layer4"
+        assert attrs["checkpoint_sha256"] == load_checkpoint(demo_checkpoints["resnet101"]).sha256
+        for key in ("gradcam", "raw_cam_scale", "preprocessing", "crop_settings", "enhance_settings",
+                    "package_version", "code_revision", "created", "spec"):  # fmt: skip
+            assert key in attrs, key
+        assert json.loads(attrs["gradcam"])["score"] == "prob"
+    samples = _read_all(out)
+    assert sorted(samples) == list(range(16))
+    labels = [samples[i]["label"] for i in range(16)]
+    assert labels == [0] * 8 + [1] * 8
+    assert all(Path(samples[i]["path"]).parent.name == ("NORMAL" if i < 8 else "PNEUMONIA") for i in range(16))
+    heat = np.stack([samples[i]["heatmap"] for i in range(16)])
+    assert heat.max() == 255 and (heat.reshape(16, -1).std(1) > 5).all(), "heatmaps must be non-trivial"
+    boxes = np.stack([samples[i]["crop_box"] for i in range(16)])
+    sizes = np.stack([samples[i]["orig_size"] for i in range(16)])
+    assert (boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 3] <= sizes[:, 0]).all()
+    assert (sizes.min(0) >= [500, 900]).all(), "orig_size is (height, width) of the full-resolution files"
+
+
+def test_stored_maps_equal_enhancer_cam_run_directly(resnet101_run, kermany_dir, demo_checkpoints):
+    samples = _read_all(resnet101_run)
+    ck = load_checkpoint(demo_checkpoints["resnet101"])
+    found = scan(str(kermany_dir))
+    loader = make_loader(list(found.samples), ck.preprocessing, batch_size=16, loader="dali", device="cpu")
+    [batch] = list(loader)
+    result = cam.grad_cam(ck.model, batch.image)
+    heat = cam.upsample(result.cam, (224, 224))
+    for row, index in enumerate(batch.index.tolist()):
+        np.testing.assert_allclose(samples[index]["cam"], result.raw[row].numpy(), rtol=1e-5, atol=1e-7)
+        direct = (heat[row] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        assert np.abs(samples[index]["heatmap"].astype(int) - direct.astype(int)).max() <= 1
+        np.testing.assert_allclose(samples[index]["prob"], result.probs[row].numpy(), rtol=1e-5, atol=1e-6)
+        assert samples[index]["pred"] == int(result.pred[row])
+
+
+def test_shard_counts_give_the_same_dataset(tmp_path, kermany_dir, demo_checkpoints):
+    runs = {}
+    for n in (1, 3, 4):
+        out = tmp_path / f"n{n}"
+        for i in range(n):
+            _enhance(kermany_dir, out, demo_checkpoints["tinyvgg"], shard_id=i, num_shards=n, batch_size=5)
+        manifest = merge_enhanced(out)
+        assert manifest.n_written == 16 and len(manifest.shards) == n
+        runs[n] = _read_all(out)
+    for n in (3, 4):
+        for index, sample in runs[1].items():
+            other = runs[n][index]
+            assert other["path"] == sample["path"]
+            np.testing.assert_allclose(other["cam"], sample["cam"], rtol=1e-5, atol=1e-6)
+            for field in ("image", "heatmap", "crop", "enhanced", "crop_box"):
+                assert np.abs(other[field].astype(int) - sample[field].astype(int)).max() <= 1, field
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "enhancer.cli", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_to_the_same_result(tmp_path, kermany_dir, demo_checkpoints):
+    checkpoint = str(demo_checkpoints["tinyvgg"])
+    args = ["enhance", "--data", str(kermany_dir), "--checkpoint", checkpoint, "--batch-size", "2",
+            "--num-shards", "2", "--no-progress"]  # fmt: skip
+    reference = tmp_path / "reference"
+    for shard_id in ("0", "1"):
+        assert _cli(*args, "--out", str(reference), "--shard-id", shard_id).wait(timeout=300) == 0
+    merge_enhanced(reference)
+    rng = random.Random(7)
+    killed = tmp_path / "killed"
+    for attempt in range(3):
+        proc = _cli(*args, "--out", str(killed), "--shard-id", "0")
+        deadline = time.monotonic() + 120
+        while not list(killed.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert not list(killed.glob("shard-00000-*.h5")) or attempt > 0, "a killed shard must never look complete"
+    for shard_id in ("0", "1"):
+        assert _cli(*args, "--out", str(killed), "--shard-id", shard_id).wait(timeout=300) == 0
+    merge_enhanced(killed)
+    assert not list(killed.glob("*.tmp"))
+    got, want = _read_all(killed), _read_all(reference)
+    assert sorted(got) == sorted(want) == list(range(16))
+    for index in want:
+        for field, value in want[index].items():
+            if field == "path":
+                assert got[index][field] == value
+            else:
+                np.testing.assert_array_equal(got[index][field], value, err_msg=field)
+
+
+def test_corrupt_image_is_rejected_and_the_rest_written(tmp_path, kermany_dir, demo_checkpoints):
+    data = tmp_path / "data"
+    shutil.copytree(kermany_dir, data)
+    good = (data / "PNEUMONIA" / "person1946_bacteria_4874.jpeg").read_bytes()
+    (data / "PNEUMONIA" / "person1142_bacteria_3086.jpeg").write_bytes(good[: len(good) // 3])  # truncated
+    (data / "NORMAL" / "notes.jpeg").write_text("not an image")
+    out = tmp_path / "out"
+    _enhance(data, out, demo_checkpoints["tinyvgg"])
+    manifest = merge_enhanced(out)
+    assert (manifest.n_in, manifest.n_written, manifest.n_rejected) == (18, 16, 2)
+    rejected = (out / "rejected.csv").read_text()
+    assert "person1142_bacteria_3086.jpeg" in rejected and "notes.jpeg" in rejected
+
+
+def test_rerun_skips_a_complete_shard(tmp_path, kermany_dir, demo_checkpoints):
+    out = tmp_path / "out"
+    _enhance(kermany_dir, out, demo_checkpoints["tinyvgg"])
+    [shard] = out.glob("shard-*.h5")
+    before = shard.stat().st_mtime_ns
+    summary = run_enhance(EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"])),
+                          progress=False)  # fmt: skip
+    assert summary.skipped and summary.n_written == 16 and shard.stat().st_mtime_ns == before
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, kermany_dir, demo_checkpoints):
+    runner = CliRunner()
+    base = ["enhance", "--data", str(kermany_dir), "--no-progress"]
+    missing = runner.invoke(main, [*base, "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "nope.pth: no such checkpoint file" in missing.output
+    no_checkpoint = runner.invoke(main, [*base, "--out", str(tmp_path / "o")])
+    assert no_checkpoint.exit_code == 2 and "no checkpoint given" in no_checkpoint.output
+    out = tmp_path / "out"
+    _enhance(kermany_dir, out, demo_checkpoints["tinyvgg"])
+    other = runner.invoke(main, [*base, "--checkpoint", str(demo_checkpoints["resnet101"]), "--out", str(out)])
+    assert other.exit_code == 2 and "holds another enhanced dataset" in other.output
+    assert "checkpoint_sha256" in other.output
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("x")
+    refused = runner.invoke(main, [*base, "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--out", str(foreign)])
+    assert refused.exit_code == 2 and "thesis.docx" in refused.output
+
+
+def test_merge_names_missing_shards(tmp_path, kermany_dir, demo_checkpoints):
+    out = tmp_path / "out"
+    _enhance(kermany_dir, out, demo_checkpoints["tinyvgg"], shard_id=0, num_shards=3)
+    result = CliRunner().invoke(main, ["merge", str(out)])
+    assert result.exit_code == 2
+    assert "--shard-id 1" in result.output and "--shard-id 2" in result.output
+
+
+def test_full_disk_fails_clearly_and_leaves_no_complete_shard(tmp_path, kermany_dir, demo_checkpoints):
+    out = tmp_path / "out"
+    limit = "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); " \
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "  # fmt: skip
+    code = limit + "from enhancer.cli import main; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "enhance", "--data", str(kermany_dir), "--checkpoint",
+         str(demo_checkpoints["tinyvgg"]), "--out", str(out), "--batch-size", "4", "--no-progress",
+         "--compression", "none"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "shard-00000-of-00001.h5" in message and "Traceback" not in message, message[-2000:]
+    assert not list(out.glob("shard-*.h5"))
+    with pytest.raises(StoreError):
+        merge_enhanced(out)
