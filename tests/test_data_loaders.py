@@ -190,3 +190,14 @@ def test_gpu_parity_and_accounting(
     batches, decode_rejected, _ = run(loader_name, ok, batch_size=4, device="cuda")
     assert len(samples) == sum(len(b) for b in batches) + len(rej) + len(decode_rejected)
     assert [os.path.basename(r.path) for r in decode_rejected] == ["g_bad_huffman.jpeg"]
+
+
+@pytest.mark.parametrize("loader_name", LOADERS)
+def test_file_vanishing_after_validation_is_reported_missing(
+    loader_name: str, tmp_path: Path, real_samples: list[Sample]
+) -> None:
+    gone = Sample(50, str(tmp_path / "deleted.jpeg"), 1)
+    samples = [real_samples[0], gone, real_samples[1]]
+    batches, rejected, _ = run(loader_name, samples, batch_size=8)
+    assert cat(batches, "index").tolist() == [0, 1]
+    assert [(r.index, r.code) for r in rejected] == [(50, "missing")]

@@ -94,7 +94,7 @@ def _build_pipeline(
             antialias=True,
             dtype=types.UINT8,
         )
-        source = fn.transpose(source, perm=[2, 0, 1])
+        # (S, S, 1) HWC has the same memory layout as (1, S, S) CHW: the loader only reshapes, no transpose op
         return image, source, shape, index
 
     pipe = pipeline()
@@ -103,14 +103,16 @@ def _build_pipeline(
 
 
 def _to_torch(tensor_list: Any, device: torch.device) -> torch.Tensor:
-    """Copy a uniform DALI TensorList into a new torch tensor on ``device``."""
+    """Copy a uniform DALI TensorList (CPU or GPU) into a new torch tensor, then place it on ``device``."""
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    from nvidia.dali.tensors import TensorGPU
 
     dense = tensor_list.as_tensor()
-    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
-    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    feed_ndarray(dense, out, cuda_stream=stream)
-    return out
+    on_gpu = isinstance(dense, TensorGPU)
+    where = device if on_gpu else torch.device("cpu")
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=where)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(where) if on_gpu else None)
+    return out.to(device, non_blocking=True)
 
 
 class DaliLoader(Loader):
@@ -164,13 +166,13 @@ class DaliLoader(Loader):
                 out.append(alias)
         return out
 
-    def _pipeline(self, samples: Sequence[Sample], batch_size: int) -> Any:
+    def _pipeline(self, samples: Sequence[Sample], batch_size: int, *, cpu: bool = False) -> Any:
         return _build_pipeline(
             self._dali_paths(samples),
             [s.index for s in samples],
             batch_size=batch_size,
             num_threads=self.num_threads,
-            device_id=self.device_id,
+            device_id=None if cpu else self.device_id,
             preprocessing=self.preprocessing,
             source_size=self.source_size,
             dtype=self.dtype,
@@ -189,28 +191,39 @@ class DaliLoader(Loader):
         shape = _to_torch(shape_tl, torch.device("cpu"))[:n, :2].to(torch.int64)
         return Batch(
             image=_to_torch(image_tl, self.device)[:n],
-            source=_to_torch(source_tl, self.device)[:n],
+            source=_to_torch(source_tl, self.device)[:n].view(n, 1, self.source_size, self.source_size),
             orig_size=shape.contiguous(),
             index=index,
             label=torch.tensor([self._labels[int(i)] for i in index], dtype=torch.int64),
         )
 
+    def _try_decode(self, group: Sequence[Sample], *, cpu: bool = False) -> Batch | Exception:
+        try:
+            return self._batch(self._pipeline(group, len(group), cpu=cpu).run(), group)
+        except Exception as exc:  # noqa: BLE001 - the caller isolates the bad file(s)
+            return exc
+
     def _decode_group(self, group: Sequence[Sample]) -> Iterator[Batch]:
         """Decode ``group`` in one small pipeline; on failure split it in halves until each bad file is alone."""
-        try:
-            outputs = self._pipeline(group, len(group)).run()
-            yield self._batch(outputs, group)
+        result = self._try_decode(group)
+        if isinstance(result, Batch):
+            yield result
             return
-        except Exception as exc:  # noqa: BLE001 - a failed decode becomes a recorded rejection
-            if len(group) == 1:
-                code, message = classify_decode_error(exc, group[0].path)
-                rejection = Rejection.of(group[0], code, message)
-                log.warning("%s: rejected %s at decode time: %s (%s)", self.name, rejection.path, code, message)
-                self.rejected.append(rejection)
+        if len(group) > 1:
+            half = len(group) // 2
+            yield from self._decode_group(group[:half])
+            yield from self._decode_group(group[half:])
+            return
+        if self.device_id is not None:  # nvJPEG may refuse what libjpeg-turbo reads: try the CPU operators
+            retry = self._try_decode(group, cpu=True)
+            if isinstance(retry, Batch):
+                yield retry
                 return
-        half = len(group) // 2
-        yield from self._decode_group(group[:half])
-        yield from self._decode_group(group[half:])
+            log.debug("%s: CPU retry of %s failed too: %s", self.name, group[0].path, retry)
+        code, message = classify_decode_error(result, group[0].path)
+        rejection = Rejection.of(group[0], code, message)
+        log.warning("%s: rejected %s at decode time: %s (%s)", self.name, rejection.path, code, message)
+        self.rejected.append(rejection)
 
     def __iter__(self) -> Iterator[Batch]:
         self.rejected = []

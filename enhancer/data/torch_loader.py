@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from enhancer.data.batch import Batch, Loader, normalise
-from enhancer.data.decode import classify_decode_error, to_grey
+from enhancer.data.decode import classify_decode_error, load_grey, to_grey
 from enhancer.data.scan import Sample
 from enhancer.data.validate import Rejection
 from enhancer.preprocessing import Preprocessing
@@ -52,8 +52,8 @@ class _CpuDataset(Dataset):
             with Image.open(s.path) as im:
                 grey = to_grey(im)
             height, width = self.size
-            model = np.asarray(grey.resize((width, height), Image.BILINEAR))
-            source = np.asarray(grey.resize((self.source_size, self.source_size), Image.BILINEAR))
+            model = np.array(grey.resize((width, height), Image.BILINEAR))
+            source = np.array(grey.resize((self.source_size, self.source_size), Image.BILINEAR))
             return {"i": i, "model": model, "source": source, "orig": (grey.height, grey.width)}
         except Exception as exc:  # noqa: BLE001 - reported to the main process as a rejection
             return {"i": i, "error": classify_decode_error(exc, s.path)}
@@ -170,7 +170,14 @@ class TorchLoader(Loader):
         for data, s in zip(jpegs, samples, strict=True):
             try:
                 out.append(decode_jpeg(data, mode=ImageReadMode.GRAY, device=self.device))
+                continue
+            except Exception as exc:  # noqa: BLE001 - nvJPEG may refuse what libjpeg-turbo reads: try PIL
+                gpu_error = exc
+            try:
+                grey = np.array(load_grey(s.path))
+                out.append(torch.from_numpy(grey).to(self.device).unsqueeze(0))
             except Exception as exc:  # noqa: BLE001 - recorded as a rejection
+                log.debug("%s: GPU decode of %s failed too: %s", self.name, s.path, gpu_error)
                 self._reject(s, *classify_decode_error(exc, s.path))
                 out.append(None)
         return out

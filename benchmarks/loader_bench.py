@@ -1,0 +1,160 @@
+"""Loader throughput, side by side: DALI on CPU threads, the torch DataLoader, and single-process PIL.
+
+Usage::
+
+    .venv/bin/python benchmarks/loader_bench.py                       # 512 files, batch 64, 2 threads/workers
+    .venv/bin/python benchmarks/loader_bench.py --n 2048 --threads 8 --device cuda
+
+The 16 real validation X-rays (``../shared/data/kermany-val``) are symlinked into a temporary ImageFolder until
+there are ``--n`` files; every contender runs the real hot path (``enhancer.data.make_loader``: decode, grey,
+224x224 model input normalised, 512x512 uint8 crop source) after one warm-up pass over the first batches.
+"single-process PIL" is the torch loader with 0 workers (the same outputs, decoded in the main process);
+"seed transform" is the original notebook's per-image torchvision pipeline (model input only), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+from PIL import Image
+from torchvision import transforms as T
+
+from enhancer.data import make_loader, scan, validate
+from enhancer.data.dali_loader import dali_available
+from enhancer.preprocessing import SEED_PREPROCESSING
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/kermany-val"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    versions = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    versions += [f"torchvision {torchvision.__version__}", f"Pillow {PIL.__version__}", f"numpy {np.__version__}"]
+    if dali_available():
+        import nvidia.dali
+
+        versions.append(f"nvidia-dali {nvidia.dali.__version__}")
+    return (
+        f"machine: {platform.node()} {platform.system()} {platform.release()} {platform.machine()}; CPU {cpu}; "
+        f"{os.cpu_count()} cores; GPU {gpu}; load average {os.getloadavg()[0]:.2f} (1 min, at start)\n"
+        f"versions: {', '.join(versions)}"
+    )
+
+
+def make_copies(src: Path, dst: Path, n: int) -> None:
+    """ImageFolder under ``dst`` with ``n`` symlinks cycling over the images of ``src``."""
+    originals = [s for s in scan(src).samples]
+    names = scan(src).class_names
+    for name in names:
+        (dst / name).mkdir(parents=True)
+    for i in range(n):
+        s = originals[i % len(originals)]
+        os.symlink(s.path, dst / names[s.label] / f"{i:05d}_{os.path.basename(s.path)}")
+
+
+def time_loader(samples: list, warmup: int, **kw: object) -> tuple[str, float, int]:
+    make_loader(samples[:warmup], SEED_PREPROCESSING, **kw).__iter__().__next__()
+    loader = make_loader(samples, SEED_PREPROCESSING, **kw)
+    start = time.perf_counter()
+    n = sum(len(batch) for batch in loader)
+    return loader.name, time.perf_counter() - start, n
+
+
+def time_seed_transform(samples: list, batch_size: int) -> tuple[str, float, int]:
+    tf = T.Compose(
+        [
+            T.Grayscale(1),
+            T.Resize((224, 224)),
+            T.ToTensor(),
+            T.Normalize(SEED_PREPROCESSING.mean, SEED_PREPROCESSING.std),
+        ]
+    )
+    tf(Image.open(samples[0].path))
+    start = time.perf_counter()
+    n = 0
+    for b in range(0, len(samples), batch_size):
+        n += len(torch.stack([tf(Image.open(s.path)) for s in samples[b : b + batch_size]]))
+    return "seed transform (PIL, 1 process)", time.perf_counter() - start, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="ImageFolder to replicate (default: %(default)s)"
+    )
+    parser.add_argument("--n", type=int, default=512, help="number of files (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="DALI threads / DataLoader workers (default: %(default)s)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="rounds over all contenders; the best round counts (default: %(default)s)"
+    )
+    args = parser.parse_args()
+
+    print(machine())
+    with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+        make_copies(args.data, Path(tmp), args.n)
+        samples, rejected = validate(scan(tmp).samples, level="header", workers=args.threads)
+        assert not rejected, rejected
+        common = {"batch_size": args.batch_size, "device": args.device}
+        contenders: list[tuple[str, Callable[[], tuple[str, float, int]]]] = []
+        if dali_available():
+            contenders.append(
+                (
+                    f"DALI, {args.threads} threads",
+                    lambda: time_loader(samples, args.batch_size, loader="dali", num_threads=args.threads, **common),
+                )
+            )
+        contenders += [
+            (
+                f"torch DataLoader, {args.threads} workers",
+                lambda: time_loader(samples, args.batch_size, loader="torch", num_threads=args.threads, **common),
+            ),
+            (
+                "single-process PIL",
+                lambda: time_loader(samples, args.batch_size, loader="torch", num_threads=0, **common),
+            ),
+            ("seed transform, 224 only", lambda: time_seed_transform(samples, args.batch_size)),
+        ]
+        best: dict[str, tuple[str, float, int]] = {}
+        for _ in range(args.repeat):  # interleaved rounds, best of each: robust to other load on a shared machine
+            for label, fn in contenders:
+                name, seconds, n = fn()
+                assert n == len(samples), (label, n)
+                if label not in best or seconds < best[label][1]:
+                    best[label] = (name, seconds, n)
+        rows = [(label, *best[label]) for label, _ in contenders]
+    baseline = next(n / s for label, _, s, n in rows if label == "single-process PIL")
+    print(
+        f"\n{args.n} files ({len(scan(args.data).samples)} real X-rays repeated), batch {args.batch_size}, "
+        f"outputs: 224x224 model input + 512x512 crop source\n"
+    )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min; other processes share these cores)\n")
+    print("| loader | name | images/s | seconds | vs single-process PIL |")
+    print("|---|---|---:|---:|---:|")
+    for label, name, seconds, n in rows:
+        print(f"| {label} | {name} | {n / seconds:.1f} | {seconds:.2f} | {n / seconds / baseline:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
