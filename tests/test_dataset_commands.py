@@ -1,0 +1,92 @@
+"""The commands around an enhanced dataset: fetch-samples, verify, show, export."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from enhancer.cli import main
+from enhancer.enhance import merge_enhanced, run_enhance
+from enhancer.samples import SAMPLE_SHA256, verify_samples
+from enhancer.show import CELL, TITLE_H
+from enhancer.specs import EnhanceSpec
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, kermany_dir, demo_checkpoints):
+    out = tmp_path_factory.mktemp("ds") / "enhanced"
+    run_enhance(EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"])),
+                progress=False)  # fmt: skip
+    merge_enhanced(out)
+    return out
+
+
+def test_fetch_samples_from_a_local_copy_checks_hashes(tmp_path, kermany_dir):
+    dest = tmp_path / "samples"
+    result = CliRunner().invoke(main, ["fetch-samples", str(dest), "--from", str(kermany_dir)])
+    assert result.exit_code == 0, result.output
+    assert verify_samples(dest) == []
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.jpeg")) == sorted(SAMPLE_SHA256)
+    assert "CC BY 4.0" in (dest / "ATTRIBUTION.md").read_text()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in kermany_dir.rglob("*.jpeg"):
+        shutil.copy(path, flat / path.name)
+    (flat / "NORMAL2-IM-1427-0001.jpeg").write_bytes(b"tampered")
+    bad = CliRunner().invoke(main, ["fetch-samples", str(tmp_path / "other"), "--from", str(flat)])
+    assert bad.exit_code == 2 and "not the published ones" in bad.output
+    assert not (tmp_path / "other" / "NORMAL").exists()
+
+
+@pytest.mark.slow
+def test_fetch_samples_from_the_package_index(tmp_path):
+    dest = tmp_path / "samples"
+    result = CliRunner().invoke(main, ["fetch-samples", str(dest)])
+    assert result.exit_code == 0, result.output
+    for rel, digest in SAMPLE_SHA256.items():
+        assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder left behind"
+
+
+def test_verify_passes_then_catches_a_damaged_shard(tmp_path, dataset):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    assert CliRunner().invoke(main, ["verify", str(copy)]).exit_code == 0
+    [shard] = copy.glob("shard-*.h5")
+    with h5py.File(shard, "r+") as f:
+        f["heatmap"][0] = 0
+    result = CliRunner().invoke(main, ["verify", str(copy)])
+    assert result.exit_code == 1 and "sha256" in result.output
+
+
+def test_show_draws_rows_and_leaves_wrong_predictions_blank(tmp_path, dataset):
+    png = tmp_path / "grid.png"
+    result = CliRunner().invoke(main, ["show", str(dataset), "--out", str(png), "-n", "6"])
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(Image.open(png).convert("RGB"))
+    assert grid.shape == (TITLE_H + 6 * (CELL + TITLE_H), 4 * CELL, 3)
+    with h5py.File(next(dataset.glob("shard-*.h5")), "r") as f:
+        label, pred = f["label"][:], f["pred"][:]
+    order = [i for pair in zip(range(8), range(8, 16)) for i in pair][:6]  # alternating classes
+    for row, i in enumerate(order):
+        top = TITLE_H + row * (CELL + TITLE_H) + TITLE_H
+        cells = grid[top : top + CELL]
+        if pred[i] != label[i]:
+            assert (cells == 255).all(), f"row {row} (sample {i}) is a wrong prediction and must stay blank"
+        else:
+            assert cells.std() > 10, f"row {row} (sample {i}) must show images"
+
+
+def test_export_writes_a_png_imagefolder(tmp_path, dataset):
+    dest = tmp_path / "png"
+    result = CliRunner().invoke(main, ["export", str(dataset), str(dest), "--field", "crop"])
+    assert result.exit_code == 0, result.output
+    files = sorted(dest.rglob("*.png"))
+    assert len(files) == 16 and {p.parent.name for p in files} == {"NORMAL", "PNEUMONIA"}
+    assert Image.open(files[0]).size == (224, 224)
