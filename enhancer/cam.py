@@ -283,8 +283,11 @@ def largest_region(mask: torch.Tensor, max_iter: int | None = None) -> torch.Ten
     m = mask[:, None].float()
     # float32 holds integer labels exactly up to 2**24 pixels
     labels = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, 1, h, w) * m
-    for _ in range(max_iter or h * w):
-        new = F.max_pool2d(labels, 3, stride=1, padding=1) * m
+    check_every = 8  # each convergence check is a device -> host sync
+    for _ in range(0, max_iter or h * w, check_every):
+        new = labels
+        for _ in range(check_every):
+            new = F.max_pool2d(new, 3, stride=1, padding=1) * m
         if torch.equal(new, labels):
             break
         labels = new
@@ -317,8 +320,9 @@ def crop_boxes(heat: torch.Tensor, orig_size: torch.Tensor, settings: CropSettin
         idx = torch.arange(n_model, device=dev)
         lo = torch.where(hit, idx, n_model).amin(1)
         hi = torch.where(hit, idx, -1).amax(1) + 1
-        lo = torch.where(valid, lo, 0).double() * n_orig / n_model
-        hi = torch.where(valid, hi, n_model).double() * n_orig / n_model
+        # integer products first: float32 division is then exact whenever the true quotient is an integer
+        lo = (torch.where(valid, lo, 0) * n_orig).float() / n_model
+        hi = (torch.where(valid, hi, n_model) * n_orig).float() / n_model
         # fractional margin in the original scale, then outward rounding so every hot pixel stays inside
         pad = settings.margin * (hi - lo)
         return (lo - pad).floor().clamp_min(0).long(), torch.minimum((hi + pad).ceil().long(), n_orig)
