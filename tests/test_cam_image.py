@@ -198,3 +198,42 @@ def test_enhance_formula_and_lung_mask() -> None:
         with pytest.raises(ValueError):
             EnhanceSettings(**bad)
     assert EnhanceSettings.from_dict(EnhanceSettings(floor=0.1).to_dict()) == EnhanceSettings(floor=0.1)
+
+
+def _flood_fill_largest(mask: torch.Tensor) -> list[int]:
+    """Reference: size of the largest 8-connected region per image, by breadth-first search."""
+    sizes = []
+    for m in mask.tolist():
+        h, w = len(m), len(m[0])
+        seen = [[False] * w for _ in range(h)]
+        best = 0
+        for y0 in range(h):
+            for x0 in range(w):
+                if not m[y0][x0] or seen[y0][x0]:
+                    continue
+                seen[y0][x0], stack, size = True, [(y0, x0)], 0
+                while stack:
+                    y, x = stack.pop()
+                    size += 1
+                    for yy in range(max(y - 1, 0), min(y + 2, h)):
+                        for xx in range(max(x - 1, 0), min(x + 2, w)):
+                            if m[yy][xx] and not seen[yy][xx]:
+                                seen[yy][xx] = True
+                                stack.append((yy, xx))
+                best = max(best, size)
+        sizes.append(best)
+    return sizes
+
+
+def test_largest_region_matches_flood_fill_on_random_and_winding_masks() -> None:
+    g = torch.Generator().manual_seed(0)
+    blobs = upsample(torch.rand(4, 5, 5, generator=g), (30, 30)) > 0.6
+    noise = torch.rand(3, 30, 30, generator=g) > 0.45
+    snake = torch.zeros(1, 30, 30, dtype=torch.bool)  # one path that turns 14 times
+    snake[0, ::4] = True
+    for k, row in enumerate(range(0, 28, 4)):
+        snake[0, row : row + 4, 29 if k % 2 == 0 else 0] = True
+    mask = torch.cat([blobs, noise, snake])
+    kept = largest_region(mask)
+    assert kept.sum((1, 2)).tolist() == _flood_fill_largest(mask)
+    assert not (kept & ~mask).any()
