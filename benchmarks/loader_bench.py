@@ -95,6 +95,49 @@ def time_seed_transform(samples: list, batch_size: int) -> tuple[str, float, int
     return "seed transform (PIL, 1 process)", time.perf_counter() - start, n
 
 
+def per_image_costs(paths: list[str], source_size: int, rounds: int = 5) -> list[tuple[str, float, float]]:
+    """Single-thread ms/image of decode, +224 resize, +source resize: DALI CPU operators vs Pillow (best of rounds)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    def dali(stage: int) -> float:
+        @pipeline_def(batch_size=len(paths), num_threads=1, device_id=None, exec_async=False, exec_pipelined=False)
+        def pipe() -> tuple:
+            encoded, _ = fn.readers.file(files=paths)
+            grey = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)
+            outs = [grey]
+            for size in (224, source_size)[:stage]:
+                outs.append(
+                    fn.resize(grey, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+                )
+            return tuple(outs)
+
+        p = pipe()
+        p.build()
+        p.run()
+        return best(p.run)
+
+    def pil(stage: int) -> float:
+        def run() -> None:
+            for path in paths:
+                with Image.open(path) as im:
+                    im.load()
+                    for size in (224, source_size)[:stage]:
+                        im.resize((size, size), Image.BILINEAR)
+
+        return best(run)
+
+    def best(fn_: Callable[[], object]) -> float:
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn_()
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times) / len(paths)
+
+    labels = ("decode", "decode + 224 resize", f"decode + 224 + {source_size} resize")
+    return [(label, dali(stage), pil(stage)) for stage, label in enumerate(labels)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -154,6 +197,13 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for label, name, seconds, n in rows:
         print(f"| {label} | {name} | {n / seconds:.1f} | {seconds:.2f} | {n / seconds / baseline:.2f}x |")
+    if dali_available():
+        paths = [s.path for s in scan(args.data).samples]
+        print("\nper-image CPU cost, one thread (ms/image, best of 5 passes over the real images)\n")
+        print("| stage | DALI CPU operators | Pillow |")
+        print("|---|---:|---:|")
+        for label, dali_ms, pil_ms in per_image_costs(paths, 512):
+            print(f"| {label} | {dali_ms:.2f} | {pil_ms:.2f} |")
 
 
 if __name__ == "__main__":

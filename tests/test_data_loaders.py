@@ -201,3 +201,9 @@ def test_file_vanishing_after_validation_is_reported_missing(
     batches, rejected, _ = run(loader_name, samples, batch_size=8)
     assert cat(batches, "index").tolist() == [0, 1]
     assert [(r.index, r.code) for r in rejected] == [(50, "missing")]
+
+
+@pytest.mark.parametrize("loader_name", LOADERS)
+def test_empty_sample_list(loader_name: str) -> None:
+    loader = make_loader([], SEED_PREPROCESSING, loader=loader_name)
+    assert len(loader) == 0 and list(loader) == [] and loader.rejected == []

@@ -50,7 +50,11 @@ def normalise(grey: torch.Tensor, preprocessing: Preprocessing, dtype: torch.dty
 
 
 class Loader:
-    """Base of the loaders: iterable of ``Batch``; ``rejected`` collects decode-time failures during iteration."""
+    """Base of the loaders: iterable of ``Batch``.
+
+    ``rejected`` collects the decode-time failures of the current (or last) pass and ``n_loaded`` counts the rows
+    yielded; both restart with every pass, so ``len(samples) == n_loaded + len(rejected)`` after a full pass.
+    """
 
     name: str = "loader"
 
