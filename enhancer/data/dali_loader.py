@@ -146,7 +146,7 @@ class DaliLoader(Loader):
         else:
             self.device_id = None
         self.name = "dali-gpu" if self.device_id is not None else "dali-cpu"
-        self.num_threads = num_threads
+        self.num_threads = max(1, num_threads)  # DALI needs at least one worker thread
         self.source_size = source_size
         self.dtype = dtype
         self._labels = {s.index: s.label for s in self.samples}
@@ -194,13 +194,17 @@ class DaliLoader(Loader):
                 f"DALI returned samples {index.tolist()[:8]}... but {want.tolist()[:8]}... were expected"
             )
         shape = _to_torch(shape_tl, torch.device("cpu"))[:n, :2].to(torch.int64)
-        return Batch(
+        batch = Batch(
             image=_to_torch(image_tl, self.device)[:n],
             source=_to_torch(source_tl, self.device)[:n].view(n, 1, self.source_size, self.source_size),
             orig_size=shape.contiguous(),
             index=index,
             label=torch.tensor([self._labels[int(i)] for i in index], dtype=torch.int64),
         )
+        if self.device.type == "cuda":
+            # DALI may reuse its output buffers on the next run(): finish the copies out of them first
+            torch.cuda.current_stream(self.device).synchronize()
+        return batch
 
     def _try_decode(self, group: Sequence[Sample], *, cpu: bool = False) -> Batch | Exception:
         try:
