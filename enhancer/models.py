@@ -94,6 +94,16 @@ def _one_channel_conv_like(conv: nn.Conv2d) -> nn.Conv2d:
     return stem
 
 
+def _layer_groups(resnet: tv_resnet.ResNet) -> dict[str, list[nn.Module]]:
+    """Trainable groups of a torchvision ResNet's stages: ``layer1``..``layer4`` and each block, ``layer4[2]``."""
+    groups: dict[str, list[nn.Module]] = {}
+    for i in range(1, 5):
+        layer = getattr(resnet, f"layer{i}")
+        groups[f"layer{i}"] = [layer]
+        groups.update({f"layer{i}[{j}]": [block] for j, block in enumerate(layer)})
+    return groups
+
+
 class SeedResNet(nn.Module):
     """The seed's ResNet: a 1-channel stem ``conv1`` in front of a torchvision ResNet (whose own 3-channel
     ``resnet.conv1`` stays unused in the state_dict), the ImageNet ``resnet.fc`` kept, and an MLP head
@@ -126,16 +136,7 @@ class SeedResNet(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Module]]:
         r = self.resnet
-        groups: dict[str, list[nn.Module]] = {
-            "head": [self.dense_neural_network],
-            "fc": [r.fc],
-            "stem": [self.conv1, r.bn1],
-        }
-        for i in range(1, 5):
-            layer = getattr(r, f"layer{i}")
-            groups[f"layer{i}"] = [layer]
-            groups.update({f"layer{i}[{j}]": [block] for j, block in enumerate(layer)})
-        return groups
+        return {"head": [self.dense_neural_network], "fc": [r.fc], "stem": [self.conv1, r.bn1], **_layer_groups(r)}
 
 
 class TorchvisionResNet(tv_resnet.ResNet):
@@ -154,12 +155,7 @@ class TorchvisionResNet(tv_resnet.ResNet):
         return self.head(self.features(x))
 
     def param_groups(self) -> dict[str, list[nn.Module]]:
-        groups: dict[str, list[nn.Module]] = {"head": [self.fc], "fc": [self.fc], "stem": [self.conv1, self.bn1]}
-        for i in range(1, 5):
-            layer = getattr(self, f"layer{i}")
-            groups[f"layer{i}"] = [layer]
-            groups.update({f"layer{i}[{j}]": [block] for j, block in enumerate(layer)})
-        return groups
+        return {"head": [self.fc], "fc": [self.fc], "stem": [self.conv1, self.bn1], **_layer_groups(self)}
 
 
 class SeedVGG16(nn.Module):
