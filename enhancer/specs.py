@@ -74,6 +74,101 @@ class EnhanceSpec:
         return to_plain(self)
 
 
+@dataclass(frozen=True)
+class TrainSpec:
+    """Settings of ``enhancer train``: the seed recipe, early-stopped on a validation split of the training data."""
+
+    data: str = REQUIRED  # ImageFolder root (its train/ sub-folder when there is one) or an enhanced dataset dir
+    out: str = REQUIRED  # run directory: last.pt (resume), best.pt, metrics.csv/.jsonl, curves.png
+    field: str = "enhanced"  # image field of an enhanced dataset: enhanced | crop | image
+    arch: str | None = None  # None: the init checkpoint's architecture, else resnet101 (the seed's best)
+    head: str | None = None  # seed head of a fresh ResNet (220k, 10k, 15k); None: the architecture's default
+    input_size: int | None = None  # None: the init checkpoint's, else 224
+    init: str = "auto"  # auto (imagenet when the arch has weights, else random) | imagenet | random | CHECKPOINT
+    unfreeze: tuple[str, ...] = ()  # trainable groups (head, fc, layer4, layer4[2], all); empty: arch default
+    unfreeze_schedule: tuple[str, ...] = ()  # groups added one at a time, every `unfreeze_every` epochs
+    unfreeze_every: int = 0  # e.g. 3 with ["layer4[2]", "layer4[1]", "layer4[0]"]: one more block every 3 epochs
+    epochs: int = 20
+    batch_size: int = 32  # global batch: split evenly over the DDP ranks
+    lr: float = 1e-4  # RAdam
+    weight_decay: float = 1e-3
+    t_max: int = 15  # CosineAnnealingLR period in epochs (stepped per epoch, as the seed did)
+    patience: int = 5  # early stopping on the validation loss, best weights restored
+    min_delta: float = 0.001
+    val_fraction: float = 0.1  # stratified, seeded validation split carved from the training data
+    seed: int = 0
+    augment: bool = True  # the seed's training augmentations (rotation, flip, jitter, affine, perspective, crop)
+    crop_fraction: float = 0.75  # the seed's centre crop 168/224
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 4  # DataLoader worker processes per rank (decode + augmentation)
+    amp: bool = True  # bf16 autocast + channels_last on CUDA; ignored on CPU
+    resume: bool | None = None  # None: resume when out/last.pt exists; true: require it; false: refuse an old run
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "t_max"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "unfreeze_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise SpecError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise SpecError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if not 0 < self.crop_fraction <= 1:
+            raise SpecError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.unfreeze_schedule and not self.unfreeze_every:
+            raise SpecError("unfreeze_schedule needs unfreeze_every (epochs between two unfreezing steps) >= 1")
+        _check_choice("field", self.field, ("enhanced", "crop", "image"))
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    """Settings of ``enhancer evaluate``: loss, accuracy, sensitivity, specificity, AUROC, confusion matrix."""
+
+    data: str = REQUIRED  # ImageFolder root (its test/ sub-folder when there is one) or an enhanced dataset dir
+    checkpoint: str = REQUIRED  # the research notebook's .pth files work unchanged
+    arch: str | None = None  # override architecture detection
+    field: str = "enhanced"  # image field of an enhanced dataset
+    batch_size: int = 64
+    device: str = "auto"
+    num_workers: int = 2
+    json: str | None = None  # also write the report as JSON to this file
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise SpecError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
+        _check_choice("field", self.field, ("enhanced", "crop", "image"))
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+@dataclass(frozen=True)
+class CycleSpec:
+    """Settings of ``enhancer cycle``: K rounds of enhance -> train on the enhanced data -> evaluate.
+    ``[cycle.enhance]`` and ``[cycle.train]`` tune the steps; their data/out/checkpoint/init are set per round."""
+
+    data: str = REQUIRED  # ImageFolder the rounds enhance and train on (its train/ sub-folder when there is one)
+    test: str = REQUIRED  # held-out ImageFolder evaluated after every round (never used for training)
+    checkpoint: str = REQUIRED  # the model of round 0
+    out: str = REQUIRED  # round-1/, round-2/, ... and summary.md / summary.json
+    rounds: int = 1
+    enhance_test: bool = False  # also evaluate on the test set enhanced by the round's starting model (train.field)
+    enhance: EnhanceSpec = dataclasses.field(default_factory=EnhanceSpec)
+    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise SpecError(f"rounds must be >= 1, got {self.rounds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise SpecError(f"{name} = {value!r} is not valid; choose one of {', '.join(valid)}")

@@ -1,0 +1,130 @@
+"""The research cycle, K rounds: enhance the training data with the current model -> fine-tune on the enhanced
+data -> evaluate on a held-out test folder; a summary table across rounds.
+
+Usage::
+
+    enhancer cycle --data /data/chest_xray --test /data/chest_xray --checkpoint ResNet-101_GradCAM_Cropped_v4.pth \\
+        --out cycles/c1 --rounds 2 --set train.epochs=5
+
+    from enhancer.cycle import run_cycle
+    summary = run_cycle(CycleSpec(data=..., test=..., checkpoint=..., out=...)); print(summary.markdown)
+
+Layout of ``out``: ``round-0/eval.json`` (the starting checkpoint on the test set), and per round ``round-K/enhanced``
+(the enhanced dataset made with round K-1's model), ``round-K/train`` (the fine-tuning run; its ``best.pt`` is the
+model of round K), ``round-K/eval.json``; then ``summary.md`` and ``summary.json``. A rerun skips the finished
+steps: complete shards and merged datasets are kept and the training run resumes from ``last.pt``.
+The cycle runs in one process (the training step does not start DDP here; use ``enhancer train`` for that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enhancer.enhance import merge_enhanced, run_enhance
+from enhancer.provenance import provenance
+from enhancer.specs import CycleSpec, EvaluateSpec
+from enhancer.train import fit, run_evaluate
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("round", "loss", "accuracy", "sensitivity", "specificity", "auroc", "best_epoch", "checkpoint")
+
+
+@dataclass(frozen=True)
+class CycleSummary:
+    out: str
+    rows: list[dict[str, Any]]
+    markdown: str
+
+
+def split_dir(path: str, split: str) -> str:
+    """``path/split`` when that folder exists (the seed's train/test/val layout), else ``path``."""
+    return str(Path(path) / split) if (Path(path) / split).is_dir() else path
+
+
+def _enhance(spec: CycleSpec, data: str, out: Path, checkpoint: str) -> Path:
+    if (out / "manifest.json").is_file():
+        return out  # merged by an earlier run of this cycle
+    espec = dataclasses.replace(spec.enhance, data=data, out=str(out), checkpoint=checkpoint, demo=False,
+                                shard_id=0, num_shards=1)  # fmt: skip
+    run_enhance(espec, progress=False)
+    merge_enhanced(out)
+    return out
+
+
+def _evaluate(spec: CycleSpec, data: str, checkpoint: str, json_path: Path, field: str = "enhanced") -> dict[str, Any]:
+    espec = EvaluateSpec(data=data, checkpoint=checkpoint, field=field, device=spec.train.device,
+                         num_workers=min(spec.train.num_workers, 2), json=str(json_path))  # fmt: skip
+    return run_evaluate(espec)["metrics"]
+
+
+def _row(k: int, metrics: dict[str, Any], checkpoint: str, best_epoch: int | None, **extra: Any) -> dict[str, Any]:
+    return {"round": k, **{c: metrics.get(c) for c in COLUMNS[1:6]}, "best_epoch": best_epoch,
+            "checkpoint": checkpoint, "confusion_matrix": metrics["confusion_matrix"], **extra}  # fmt: skip
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    def cell(c: str, v: Any) -> str:
+        if v is None:
+            return "n/a"
+        if c in ("accuracy", "sensitivity", "specificity"):
+            return f"{100 * v:.2f}"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    has_enh = any("enhanced_test_accuracy" in r for r in rows)
+    cols = [*COLUMNS[:-1], *(["enhanced_test_accuracy"] if has_enh else []), COLUMNS[-1]]
+    head = ["round", "test loss", "acc %", "sens %", "spec %", "AUROC", "best epoch",
+            *(["acc % (enhanced test)"] if has_enh else []), "checkpoint"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [cell("accuracy" if c == "enhanced_test_accuracy" else c, r.get(c)) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_cycle(spec: CycleSpec, *, on_line: Callable[[str], None] | None = None) -> CycleSummary:
+    """Run (or finish) ``spec.rounds`` rounds; returns the summary, also written to ``out/summary.{md,json}``."""
+    say = on_line or (lambda line: log.info("%s", line))
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_data = split_dir(spec.data, "train")
+    test_data = split_dir(spec.test, "test")
+    checkpoint = str(Path(spec.checkpoint).resolve())
+    (out / "round-0").mkdir(exist_ok=True)
+    metrics = _evaluate(spec, test_data, checkpoint, out / "round-0" / "eval.json")
+    rows = [_row(0, metrics, checkpoint, None)]
+    say(f"round 0 (starting model): test accuracy {_pct(metrics['accuracy'])}")
+    for k in range(1, spec.rounds + 1):
+        rd = out / f"round-{k}"
+        enhanced = _enhance(spec, train_data, rd / "enhanced", checkpoint)
+        say(f"round {k}: enhanced {train_data} with {checkpoint} -> {enhanced}")
+        extra: dict[str, Any] = {}
+        if spec.enhance_test:
+            test_enh = _enhance(spec, test_data, rd / "test-enhanced", checkpoint)
+        tspec = dataclasses.replace(spec.train, data=str(enhanced), out=str(rd / "train"), init=checkpoint)
+        result = fit(tspec)
+        checkpoint = str((rd / "train" / "best.pt").resolve())
+        say(f"round {k}: {result.line()}")
+        metrics = _evaluate(spec, test_data, checkpoint, rd / "eval.json")
+        if spec.enhance_test:
+            enh_metrics = _evaluate(spec, str(test_enh), checkpoint, rd / "eval-enhanced-test.json", spec.train.field)
+            extra = {"enhanced_test_accuracy": enh_metrics["accuracy"], "enhanced_test_loss": enh_metrics["loss"]}
+        rows.append(_row(k, metrics, checkpoint, result.best_epoch, **extra))
+        say(f"round {k}: test accuracy {_pct(metrics['accuracy'])}")
+    table = markdown_table(rows)
+    document = {"rounds": rows, "spec": spec.to_dict(), **provenance()}
+    (out / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "summary.md").write_text(f"# Cycle summary: {out}\n\nTest set: {test_data}\n\n{table}\n")
+    return CycleSummary(str(out), rows, table)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"

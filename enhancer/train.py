@@ -1,0 +1,490 @@
+"""Shared training and evaluation: the seed recipe, on an ImageFolder or the enhanced HDF5 dataset, with DDP.
+
+Usage::
+
+    enhancer train --data /data/chest_xray --arch resnet101 --init imagenet --out runs/r101        # one process
+    enhancer train --data enhanced/ --field enhanced --init runs/r101/best.pt --out runs/r101-enh   # fine-tune
+    torchrun --nproc-per-node 4 -m enhancer.cli train --data /data/chest_xray --out runs/ddp        # DDP, 1 box
+    srun enhancer train --job jobs/train.toml                       # SLURM (MASTER_ADDR/PORT set in the script)
+    enhancer evaluate --data /data/chest_xray --checkpoint ResNet-101_GradCAM_Cropped_v4.pth --json test.json
+
+    from enhancer.train import fit, run_evaluate
+    result = fit(TrainSpec(data="...", out="runs/r1"))
+
+The recipe (seed notebook, flaws fixed): RAdam lr 1e-4 weight decay 1e-3, CosineAnnealingLR(T_max=15) stepped per
+epoch, global batch 32, up to 20 epochs, early stopping with patience 5 / min_delta 0.001 on the **validation**
+loss (a stratified, seeded split of the training data; the test set is never looked at) and the best weights
+restored at the end. Unreadable images are counted per epoch, reported and listed in ``unreadable.csv``.
+
+Run directory: ``last.pt`` (everything needed to resume: weights, optimizer, scheduler, epoch, early-stopping
+state, history), ``best.pt`` (the best weights: the result), ``metrics.csv`` / ``metrics.jsonl`` (one row per
+epoch), ``curves.png``, ``unreadable.csv``, ``summary.json``. A rerun with the same ``out`` resumes from
+``last.pt``; each epoch's randomness is seeded from (seed, epoch, rank), so 1 epoch + resume 1 epoch gives the same
+weights as 2 epochs. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from enhancer.augment import eval_transform, train_transform
+from enhancer.checkpoints import load_checkpoint, save_checkpoint
+from enhancer.curves import draw_curves
+from enhancer.data.loader import resolve_device
+from enhancer.distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown
+from enhancer.metrics import classification_metrics, format_metrics
+from enhancer.models import ZOO, ModelError, SeedResNet, build_model, count_parameters, preprocessing_for, set_trainable
+from enhancer.preprocessing import Preprocessing
+from enhancer.provenance import provenance
+from enhancer.specs import EvaluateSpec, SpecError, TrainSpec
+from enhancer.training_data import ItemBatch, Source, Unreadable, collate_skipping, open_source, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs without the monitored loss improving on the best by more than
+    ``min_delta`` (patience 0: never stop early). Epochs are counted from 1."""
+
+    patience: int
+    min_delta: float
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def update(self, value: float | None, epoch: int) -> bool:
+        """Record one epoch's loss; True when it is the new best."""
+        value = math.inf if value is None or not math.isfinite(value) else value
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        self.stopped = self.patience > 0 and self.bad_epochs >= self.patience
+        return False
+
+
+@dataclass
+class FitResult:
+    run_dir: str
+    epochs_run: int  # epochs completed in total (including those of resumed runs)
+    best_epoch: int
+    stopped_early: bool
+    history: list[dict[str, Any]]
+    model: nn.Module  # the best weights, on the CPU, eval mode
+    unreadable: list[Unreadable] = field(default_factory=list)
+    is_main: bool = True
+
+    def line(self) -> str:
+        best = self.history[self.best_epoch - 1] if self.best_epoch else {}
+        how = "stopped early" if self.stopped_early else "finished"
+        return (f"{self.run_dir}: {how} after {self.epochs_run} epoch(s); best epoch {self.best_epoch} "
+                f"(val loss {_num(best.get('val_loss'))}, val acc {_num(best.get('val_acc'))}) -> "
+                f"{Path(self.run_dir) / 'best.pt'}; {len({u.path for u in self.unreadable})} unreadable image(s)")  # fmt: skip
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def trainable_groups(base: Sequence[str], schedule: Sequence[str], every: int, epoch: int) -> tuple[str, ...]:
+    """Groups trained in (0-based) ``epoch``: ``base`` plus one more of ``schedule`` every ``every`` epochs."""
+    added = list(schedule[: epoch // every]) if every else []
+    return tuple(dict.fromkeys([*base, *added]))
+
+
+def initial_model(spec: TrainSpec) -> tuple[nn.Module, Preprocessing, str]:
+    """The model a fresh run starts from: a checkpoint (seed files load as they are), ImageNet or random."""
+    if spec.init not in ("auto", "imagenet", "random"):
+        ck = load_checkpoint(spec.init, arch=spec.arch, head=spec.head)
+        preprocessing = ck.preprocessing
+        if spec.input_size and spec.input_size != ck.config.input_size:
+            if ck.config.arch == "tinyvgg":
+                raise ModelError(f"{spec.init}: tinyvgg was built for input {ck.config.input_size}, its classifier "
+                                 f"cannot take {spec.input_size}; drop input_size")  # fmt: skip
+            preprocessing = dataclasses.replace(preprocessing, size=(spec.input_size, spec.input_size))
+            ck.model.config = dataclasses.replace(ck.config, input_size=spec.input_size)
+        return ck.model, preprocessing, f"{spec.init} ({ck.source_format} format, sha256 {ck.sha256[:16]})"
+    arch = spec.arch or "resnet101"
+    if arch not in ZOO:
+        raise ModelError(f"unknown architecture {arch!r}; valid: {', '.join(ZOO)}")
+    mode = spec.init if spec.init != "auto" else ("imagenet" if ZOO[arch].imagenet_weights else "random")
+    size = spec.input_size or 224
+    return build_model(arch, head=spec.head, input_size=size, init=mode), preprocessing_for(arch, size), mode
+
+
+def _prepare(model: nn.Module, groups: Sequence[str]) -> None:
+    set_trainable(model, groups)
+    if isinstance(model, SeedResNet):
+        # The torchvision 3-channel conv1 stays in the state_dict but never runs; DDP would wait for its gradient.
+        model.resnet.conv1.requires_grad_(False)
+
+
+def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.backend == "nccl" else None)
+
+
+def _loader(dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, device: str,
+            sampler: Any = None) -> DataLoader:  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        pin_memory=device.startswith("cuda"),
+        generator=torch.Generator().manual_seed(seed),  # worker seeds: augmentations reproducible with workers
+        drop_last=False,  # every sample is used; DistributedSampler pads ranks to equal length
+    )
+
+
+def _inputs(batch: ItemBatch, device: str, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = batch.images.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, batch.labels.to(device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, device: str,
+                    ctx: DistContext, amp: bool = False, channels_last: bool = False,
+                    input_shape: tuple[int, int, int] = (1, 224, 224)) -> dict[str, Any]:  # fmt: skip
+    """One pass over ``loader``: mean cross-entropy per batch, one optimizer step per batch. Returns the loss and
+    accuracy over all ranks and the unreadable items (every rank's)."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    failed: list[Unreadable] = []
+    for batch in loader:
+        failed += batch.failed
+        if batch.images is None:
+            if not ctx.distributed:
+                continue
+            # Every item of this rank's batch failed: the other ranks still step, so take part with a dummy input
+            # whose loss counts zero (DDP needs the same number of backward passes on every rank).
+            x, y, weight = (
+                torch.zeros((1, *input_shape), device=device),
+                torch.zeros(1, dtype=torch.int64, device=device),
+                0.0,
+            )
+        else:
+            (x, y), weight = _inputs(batch, device, channels_last), 1.0
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y) * weight
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if weight:
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            n += len(y)
+    total_loss, total_correct, total_n = all_reduce_sum(ctx, [loss_sum.item(), float(correct.item()), float(n)])
+    failed = [f for part in all_gather_objects(ctx, failed) for f in part]
+    return {
+        "loss": total_loss / total_n if total_n else None,
+        "accuracy": total_correct / total_n if total_n else None,
+        "n": int(total_n),
+        "failed": failed,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, device: str, ctx: DistContext | None = None,
+             class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), amp: bool = False,
+             channels_last: bool = False) -> tuple[dict[str, Any], list[Unreadable]]:  # fmt: skip
+    """Metrics of ``model`` on ``loader`` (each rank passes its own part; results combine over ranks):
+    loss (mean cross-entropy), accuracy, sensitivity, specificity, AUROC, confusion matrix. Also returns the
+    unreadable items."""
+    ctx = ctx or DistContext()
+    model.eval()
+    labels: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
+    loss_sum = 0.0
+    failed: list[Unreadable] = []
+    for batch in loader:
+        failed += batch.failed
+        if batch.images is None:
+            continue
+        x, y = _inputs(batch, device, channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        labels.append(y.cpu())
+        probs.append(logits.softmax(1).cpu())
+    mine = (torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+            torch.cat(probs) if probs else torch.zeros(0, len(class_names)), loss_sum, failed)  # fmt: skip
+    parts = all_gather_objects(ctx, mine)
+    all_labels = torch.cat([p[0] for p in parts]).numpy()
+    all_probs = torch.cat([p[1] for p in parts]).numpy()
+    n = len(all_labels)
+    total_loss = sum(p[2] for p in parts) / n if n else None
+    metrics = classification_metrics(all_labels, all_probs, loss=total_loss, class_names=class_names)
+    return metrics, [f for p in parts for f in p[3]]
+
+
+def _resume_decision(spec: TrainSpec, last: Path) -> bool:
+    if spec.resume is True and not last.exists():
+        raise SpecError(f"resume = true but {last} does not exist; drop --resume to start a new run there")
+    if spec.resume is False and last.exists():
+        raise SpecError(f"{last.parent} already holds a run (last.pt); choose another --out, or resume it "
+                        "(drop --no-resume)")  # fmt: skip
+    return last.exists()
+
+
+def _write_epoch_files(run: Path, history: list[dict[str, Any]], unreadable: list[Unreadable], best: int) -> None:
+    scalars = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in history]
+    with open(run / "metrics.csv.tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(scalars[0]))
+        writer.writeheader()
+        writer.writerows(scalars)
+    os.replace(run / "metrics.csv.tmp", run / "metrics.csv")
+    with open(run / "metrics.jsonl.tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    os.replace(run / "metrics.jsonl.tmp", run / "metrics.jsonl")
+    with open(run / "unreadable.csv.tmp", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "index", "path", "reason"])
+        writer.writerows([u[0], u[1].index, u[1].path, u[1].reason] for u in unreadable)
+    os.replace(run / "unreadable.csv.tmp", run / "unreadable.csv")
+    draw_curves(history, run / "curves.png", best_epoch=best or None)
+
+
+def fit(spec: TrainSpec, *, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        ctx: DistContext | None = None) -> FitResult:  # fmt: skip
+    """Train as ``spec`` says (resuming ``spec.out/last.pt`` when it exists) and return the best model.
+
+    Without ``ctx`` the process group comes from the launcher's environment (torchrun, srun) and is left again at
+    the end. ``on_epoch`` is called on rank 0 with each epoch's record."""
+    own = ctx is None
+    ctx = ctx or init_distributed(spec.device)
+    try:
+        return _fit(spec, ctx, on_epoch)
+    finally:
+        if own:
+            shutdown(ctx)  # _fit's DDP model is gone by now: the order that avoids gloo's abort at exit
+
+
+def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]], None] | None) -> FitResult:
+    run = Path(spec.out)
+    last, best_path = run / "last.pt", run / "best.pt"
+    resuming = _resume_decision(spec, last)
+    if spec.batch_size % ctx.world_size:
+        raise SpecError(f"batch_size {spec.batch_size} (global) must divide evenly over {ctx.world_size} ranks")
+    source = open_source(spec.data, split="train", field=spec.field)
+    torch.manual_seed(spec.seed)  # a fresh random init is reproducible too
+    state: dict[str, Any] = {}
+    if resuming:
+        ck = load_checkpoint(last)
+        model, preprocessing, init_desc = ck.model, ck.preprocessing, ck.meta.get("init", "")
+        state = ck.meta["train_state"]
+        _warn_changed(ck.meta.get("spec", {}), spec)
+    else:
+        model, preprocessing, init_desc = initial_model(spec)
+    _check_classes(model, source)
+    train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed)
+    size = tuple(preprocessing.size)
+    transform = train_transform(preprocessing, crop_fraction=spec.crop_fraction) if spec.augment else \
+        eval_transform(preprocessing)  # fmt: skip
+    train_ds = source.dataset(transform, train_idx, size=size)
+    val_ds = source.dataset(eval_transform(preprocessing), val_idx[ctx.rank :: ctx.world_size], size=size)
+
+    device = ctx.device
+    cuda = device.startswith("cuda")
+    amp, channels_last = spec.amp and cuda, spec.amp and cuda
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Every parameter is in the optimizer from the start: frozen ones get no gradient and are skipped by it, so
+    # unfreezing later needs no new optimizer and the state stays aligned on resume.
+    optimizer = torch.optim.RAdam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.t_max)
+    stopper = EarlyStopping(spec.patience, spec.min_delta)
+    history: list[dict[str, Any]] = []
+    unreadable: list[tuple[int, Unreadable]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    if resuming:
+        optimizer.load_state_dict(ck.raw["optimizer_state_dict"])
+        scheduler.load_state_dict(ck.raw["scheduler_state_dict"])
+        stopper = EarlyStopping(**state["early_stopping"])
+        stopper.patience, stopper.min_delta = spec.patience, spec.min_delta
+        history = list(ck.meta.get("history", []))
+        unreadable = [(e, Unreadable(**u)) for e, u in state.get("unreadable", [])]
+        if best_path.exists():
+            best_state = load_checkpoint(best_path).model.state_dict()
+        log.info("resuming %s after epoch %d", run, state["epoch"])
+        del ck
+    start = int(state.get("epoch", 0))
+    base = spec.unfreeze or ZOO[model.config.arch].default_trainable
+    if ctx.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        log.info("training on %s: %d train / %d validation samples", source.describe(), len(train_idx), len(val_idx))
+    groups: tuple[str, ...] | None = None
+    net = model
+    epoch = start
+    for epoch in range(start, spec.epochs):
+        if stopper.stopped:
+            break
+        started = time.perf_counter()
+        wanted = trainable_groups(base, spec.unfreeze_schedule, spec.unfreeze_every, epoch)
+        if wanted != groups:
+            net = model  # drop the old DDP wrapper first: it holds the old set of trainable parameters
+            _prepare(model, wanted)
+            net, groups = _wrap(model, ctx), wanted
+        # Seeded per (seed, epoch, rank): dropout and augmentation do not depend on what ran before, which makes
+        # a resumed run equal to an uninterrupted one.
+        torch.manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
+        sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=spec.seed, drop_last=False)  # fmt: skip
+        sampler.set_epoch(epoch)
+        train_loader = _loader(train_ds, batch_size=spec.batch_size // ctx.world_size, sampler=sampler,
+                               num_workers=spec.num_workers, seed=spec.seed + epoch, device=device)  # fmt: skip
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(net, train_loader, optimizer, device=device, ctx=ctx, amp=amp,
+                                channels_last=channels_last, input_shape=(preprocessing.in_chans, *size))  # fmt: skip
+        val_loader = _loader(val_ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed,
+                             device=device)  # fmt: skip
+        metrics, val_failed = evaluate(model, val_loader, device=device, ctx=ctx, class_names=source.class_names,
+                                       amp=amp, channels_last=channels_last)  # fmt: skip
+        scheduler.step()
+        failed = stats["failed"] + val_failed
+        unreadable += [(epoch + 1, u) for u in failed]
+        improved = stopper.update(metrics["loss"], epoch + 1)
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": stats["loss"],
+            "train_acc": stats["accuracy"],
+            "val_loss": metrics["loss"],
+            "val_acc": metrics["accuracy"],
+            "val_sensitivity": metrics["sensitivity"],
+            "val_specificity": metrics["specificity"],
+            "val_auroc": metrics["auroc"],
+            "n_train": stats["n"],
+            "n_val": metrics["n"],
+            "n_unreadable": len(failed),
+            "trainable": "+".join(groups),
+            "trainable_params": count_parameters(model)[1],
+            "seconds": round(time.perf_counter() - started, 3),
+            "best": improved,
+            "val_confusion_matrix": metrics["confusion_matrix"],
+        }
+        history.append(record)
+        if improved:
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if failed:
+            shown = ", ".join(u.path for u in failed[:5]) + (" ..." if len(failed) > 5 else "")
+            log.warning("epoch %d: %d unreadable image(s) skipped: %s (all listed in %s)", epoch + 1, len(failed),
+                        shown, run / "unreadable.csv")  # fmt: skip
+        if ctx.is_main:
+            meta = _meta(spec, history, metrics, init_desc, source, len(train_idx), len(val_idx))
+            if improved:
+                save_checkpoint(best_path, model, preprocessing=preprocessing, class_names=source.class_names,
+                                meta=meta)  # fmt: skip
+            train_state = {
+                "epoch": epoch + 1,
+                "early_stopping": dataclasses.asdict(stopper),
+                "trainable": list(groups),
+                "unreadable": [(e, dataclasses.asdict(u)) for e, u in unreadable],
+            }
+            save_checkpoint(last, model, preprocessing=preprocessing, class_names=source.class_names,
+                            meta={**meta, "train_state": train_state}, optimizer_state=optimizer.state_dict(),
+                            scheduler_state=scheduler.state_dict())  # fmt: skip
+            _write_epoch_files(run, history, unreadable, stopper.best_epoch)
+            if on_epoch is not None:
+                on_epoch({**record, "unreadable": [u.path for u in failed]})
+    del net  # the DDP wrapper must be gone before the process group is destroyed
+    if best_state is not None:
+        model.load_state_dict(best_state)  # restore the best weights (early stopping or not)
+    model = model.to("cpu").eval()
+    result = FitResult(str(run), len(history), stopper.best_epoch, stopper.stopped, history, model,
+                       [u for _, u in unreadable], ctx.is_main)  # fmt: skip
+    if ctx.is_main:
+        summary = {"run_dir": str(run), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                   "stopped_early": result.stopped_early, "best": history[result.best_epoch - 1] if result.best_epoch
+                   else None, "n_unreadable": len(unreadable), "spec": spec.to_dict(), **provenance()}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("%s", result.line())
+    return result
+
+
+def _meta(spec: TrainSpec, history: list[dict[str, Any]], metrics: dict[str, Any], init: str, source: Source,
+          n_train: int, n_val: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        "epoch": history[-1]["epoch"],
+        "history": history,
+        "metrics": {"validation": metrics},
+        "spec": spec.to_dict(),
+        "init": init,
+        "data": {"root": source.root, "kind": source.kind, "field": source.field, "n_train": n_train, "n_val": n_val},
+        **provenance(),
+    }
+
+
+def _check_classes(model: nn.Module, source: Source) -> None:
+    n = model.config.num_classes
+    if n != len(source.class_names):
+        raise ModelError(f"the model has {n} outputs but {source.root} has {len(source.class_names)} classes "
+                         f"({', '.join(source.class_names)}); train a model with num_classes matching the data")  # fmt: skip
+
+
+def _warn_changed(saved: dict[str, Any], spec: TrainSpec) -> None:
+    ignore = {"epochs", "resume", "num_workers", "device", "patience", "min_delta"}
+    changed = sorted(k for k, v in spec.to_dict().items() if k not in ignore and k in saved and saved[k] != v)
+    if changed:
+        log.warning("resuming with changed settings %s; the run continues with the new values", changed)
+
+
+def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
+    """Evaluate a checkpoint (any format the loader accepts) on a dataset; write ``spec.json`` when set."""
+    ck = load_checkpoint(spec.checkpoint, arch=spec.arch)
+    source = open_source(spec.data, split="test", field=spec.field)
+    _check_classes(ck.model, source)
+    if tuple(source.class_names) != tuple(ck.class_names):
+        log.warning("class names differ: checkpoint %s, data %s; labels are matched by index",
+                    ck.class_names, source.class_names)  # fmt: skip
+    device = resolve_device(spec.device)
+    model = ck.model.to(device).eval()
+    ds = source.dataset(eval_transform(ck.preprocessing), size=tuple(ck.preprocessing.size))
+    loader = _loader(ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=0, device=device)
+    started = time.perf_counter()
+    metrics, failed = evaluate(model, loader, device=device, class_names=source.class_names)
+    report = {
+        "checkpoint": os.path.abspath(ck.path),
+        "checkpoint_sha256": ck.sha256,
+        "checkpoint_format": ck.source_format,
+        "architecture": ck.config.arch,
+        "data": source.describe(),
+        "metrics": metrics,
+        "unreadable": [dataclasses.asdict(u) for u in failed],
+        "seconds": round(time.perf_counter() - started, 3),
+        **provenance(),
+    }
+    if failed:
+        log.warning("%d unreadable image(s) not evaluated: %s", len(failed), ", ".join(u.path for u in failed[:5]))
+    if spec.json:
+        Path(spec.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec.json).write_text(json.dumps(report, indent=2) + "\n")
+    log.info("%s", format_metrics(metrics))
+    return report

@@ -1,0 +1,217 @@
+"""Training and evaluation inputs: an ImageFolder or the enhanced HDF5 dataset, with unreadable items counted.
+
+Usage::
+
+    from enhancer.training_data import open_source, stratified_split, collate_skipping
+    src = open_source("/data/chest_xray", split="train")          # or an enhanced dataset dir, field="enhanced"
+    train_idx, val_idx = stratified_split(src.labels, val_fraction=0.1, seed=0)
+    ds = src.dataset(transform, train_idx)                          # items: (x, label, index) or Unreadable
+    loader = DataLoader(ds, batch_size=32, collate_fn=collate_skipping)
+    for batch in loader: batch.images, batch.labels, batch.failed
+
+A folder root holding ``train/`` (``test/`` for evaluation) is read from that sub-folder, the seed's layout;
+any other folder is itself the ImageFolder. A directory with ``manifest.json`` is an enhanced dataset, read through
+``EnhancedDataset`` with one image field (``enhanced``, ``crop`` or ``image``).
+
+An item that cannot be read (a corrupt JPEG, a vanished file, a damaged HDF5 chunk) becomes an ``Unreadable``
+marker instead of an exception: the collate function drops it from the batch and keeps it in ``batch.failed``,
+so the training loop counts and reports every one and a single bad file never ends a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from enhancer.data.decode import classify_decode_error, to_grey
+from enhancer.data.scan import scan
+
+log = logging.getLogger(__name__)
+
+IMAGE_FIELDS = ("enhanced", "crop", "image")
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class DataError(ValueError):
+    """Training data cannot be used as given; the message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Marker for an item that could not be read: ``index`` into the source, its path and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+@dataclass
+class ItemBatch:
+    images: torch.Tensor | None  # (N, C, H, W) float, None when every item of the batch failed
+    labels: torch.Tensor  # (N,) int64
+    indices: torch.Tensor  # (N,) int64 source indices
+    failed: list[Unreadable]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def collate_skipping(items: list[Any]) -> ItemBatch:
+    """Stack the readable items; keep the unreadable ones aside for counting (never dropped silently)."""
+    failed = [it for it in items if isinstance(it, Unreadable)]
+    good = [it for it in items if not isinstance(it, Unreadable)]
+    return ItemBatch(
+        images=torch.stack([g[0] for g in good]) if good else None,
+        labels=torch.tensor([g[1] for g in good], dtype=torch.int64),
+        indices=torch.tensor([g[2] for g in good], dtype=torch.int64),
+        failed=failed,
+    )
+
+
+class FolderDataset(Dataset):
+    """Image files decoded with PIL to grey, squash-resized to ``size`` (the seed's ``Resize``), transformed."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], indices: Sequence[int],
+                 size: tuple[int, int], transform: Transform) -> None:  # fmt: skip
+        self.paths, self.labels, self.indices = paths, labels, list(indices)
+        self.size, self.transform = size, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | Unreadable:
+        index = self.indices[i]
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                grey = to_grey(im).resize((self.size[1], self.size[0]), Image.BILINEAR)
+        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a counted, reported marker
+            code, message = classify_decode_error(exc, path)
+            return Unreadable(index, path, f"{code}: {message}")
+        x = torch.from_numpy(np.array(grey, dtype=np.uint8)).unsqueeze(0)
+        return self.transform(x), int(self.labels[index]), index
+
+
+class EnhancedFieldDataset(Dataset):
+    """One image field of an enhanced dataset (uint8 ``(1, H, W)``) with its label, transformed."""
+
+    def __init__(self, out_dir: str, field: str, labels: np.ndarray, indices: Sequence[int],
+                 transform: Transform) -> None:  # fmt: skip
+        from enhancer.store import EnhancedDataset
+
+        self.out_dir, self.field, self.labels = out_dir, field, labels
+        self.indices, self.transform = list(indices), transform
+        self.store = EnhancedDataset(out_dir, fields=(field,))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | Unreadable:
+        index = self.indices[i]
+        try:
+            x = self.store[index][self.field]
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk or shard is counted and reported, not fatal
+            return Unreadable(index, f"{self.out_dir}#{index}", f"{type(exc).__name__}: {exc}")
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        return self.transform(x), int(self.labels[index]), index
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where samples come from: ``labels`` and ``paths`` are indexed by source index."""
+
+    kind: str  # "folder" or "enhanced"
+    root: str
+    labels: np.ndarray
+    paths: list[str]  # image files of a folder source; empty for an enhanced dataset (read per item)
+    class_names: tuple[str, ...]
+    field: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def dataset(self, transform: Transform, indices: Sequence[int] | None = None,
+                size: tuple[int, int] = (224, 224)) -> Dataset:  # fmt: skip
+        """A Dataset over ``indices`` (all samples by default); ``size`` is the model input size."""
+        indices = range(len(self)) if indices is None else indices
+        if self.kind == "enhanced":
+            return EnhancedFieldDataset(self.root, self.field or "enhanced", self.labels, indices, transform)
+        return FolderDataset(self.paths, self.labels, indices, size, transform)
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{n} {int((self.labels == c).sum())}" for c, n in enumerate(self.class_names))
+        what = f"enhanced dataset (field {self.field})" if self.kind == "enhanced" else "image folder"
+        return f"{self.root}: {what}, {len(self)} samples ({counts})"
+
+
+def is_enhanced_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def open_source(path: str | os.PathLike[str], *, split: str | None = "train", field: str = "enhanced") -> Source:
+    """An enhanced dataset directory, or an ImageFolder (``path/split`` when that folder exists)."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such dataset; give an ImageFolder root or an enhanced dataset directory")
+    if is_enhanced_dir(root):
+        return _open_enhanced(root, field)
+    if field not in (None, "enhanced", "image"):
+        log.info("--field %s applies to enhanced datasets; %s is an image folder, field ignored", field, root)
+    if split and (root / split).is_dir():
+        root = root / split
+    found = scan(str(root))
+    if not found.samples:
+        raise DataError(f"{root}: no image files found; expected <root>/<CLASS>/<file> (e.g. NORMAL/, PNEUMONIA/)")
+    if set(found.class_names) & {"train", "test", "val"}:
+        raise DataError(f"{root}: its sub-folders look like splits ({', '.join(found.class_names)}), not classes; "
+                        f"point at the split folder or make sure {root}/{split} exists")  # fmt: skip
+    return Source(
+        kind="folder",
+        root=str(root),
+        labels=np.array([s.label for s in found.samples], dtype=np.int64),
+        paths=[s.path for s in found.samples],
+        class_names=tuple(found.class_names),
+    )
+
+
+def _open_enhanced(root: Path, field: str) -> Source:
+    from enhancer.store import EnhancedDataset
+
+    if field not in IMAGE_FIELDS:
+        raise DataError(f"field {field!r} cannot train a classifier; choose one of {', '.join(IMAGE_FIELDS)}")
+    ds = EnhancedDataset(root, fields=(field,))  # raises StoreError naming the fields it has
+    ds.close()
+    if not len(ds):
+        raise DataError(f"{root}: the enhanced dataset holds no samples")
+    return Source(kind="enhanced", root=str(root), labels=ds.labels.copy(), paths=[],
+                  class_names=tuple(ds.class_names), field=field)  # fmt: skip
+
+
+def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices), sorted; per class ``round(n * val_fraction)`` go to validation, at
+    least one and never all of a class with two or more samples. Same labels and seed, same split."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(members.size)]
+        n_val = min(max(round(members.size * val_fraction), 1), members.size - 1) if members.size >= 2 else 0
+        val += members[:n_val].tolist()
+        train += members[n_val:].tolist()
+    if not val:
+        raise DataError("the validation split is empty: every class has a single sample; add data")
+    return sorted(train), sorted(val)
