@@ -15,6 +15,7 @@ DALI is imported lazily, only when a DALI loader runs.
 """
 
 from enhancer.data.batch import Batch, Loader
+from enhancer.data.errors import DataError
 from enhancer.data.loader import make_loader
 from enhancer.data.scan import Sample, Scan, scan, scan_csv, scan_folder
 from enhancer.data.sharding import shard
@@ -23,6 +24,7 @@ from enhancer.data.validate import REJECTION_CODES, Rejection, validate
 __all__ = [
     "REJECTION_CODES",
     "Batch",
+    "DataError",
     "Loader",
     "Rejection",
     "Sample",

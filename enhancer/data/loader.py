@@ -18,6 +18,7 @@ import torch
 
 from enhancer.data.batch import DTYPES, Loader
 from enhancer.data.dali_loader import DaliLoader, dali_available
+from enhancer.data.errors import DataError
 from enhancer.data.scan import Sample
 from enhancer.data.torch_loader import TorchLoader
 from enhancer.preprocessing import Preprocessing
@@ -32,11 +33,11 @@ def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when CUDA is available, else ``cpu``; ``cuda`` without CUDA is an error."""
     kind = device.split(":")[0]
     if kind not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} (or cuda:N)")
+        raise DataError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} (or cuda:N)")
     if kind == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
+        raise DataError(f"device {device!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
     return device
 
 
@@ -56,16 +57,16 @@ def make_loader(
     ``num_threads`` is DALI's CPU thread count or the torch loader's worker count (0 = decode in-process).
     """
     if loader not in LOADERS:
-        raise ValueError(f"unknown loader {loader!r}; valid: {', '.join(LOADERS)}")
+        raise DataError(f"unknown loader {loader!r}; valid: {', '.join(LOADERS)}")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+        raise DataError(f"dtype must be one of {DTYPES}, got {dtype}")
     if source_size < 1:
-        raise ValueError(f"source_size must be >= 1, got {source_size}")
+        raise DataError(f"source_size must be >= 1, got {source_size}")
     device = resolve_device(device)
     if loader == "auto":
         loader = "dali" if dali_available() and dtype != torch.bfloat16 else "torch"
     elif loader == "dali" and not dali_available():
-        raise ValueError("loader='dali' but nvidia-dali cannot be imported; install nvidia-dali-cuda130 or use 'torch'")
+        raise DataError("loader='dali' but nvidia-dali cannot be imported; install nvidia-dali-cuda130 or use 'torch'")
     cls = DaliLoader if loader == "dali" else TorchLoader
     made = cls(
         samples,

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from enhancer.data.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
         raise FileNotFoundError(f"dataset root {root_s!r} is not a directory; pass an ImageFolder root or a .csv list")
     classes = sorted(e.name for e in os.scandir(root_s) if e.is_dir() and not _is_hidden(e.name))
     if not classes:
-        raise ValueError(f"no class folders in {root_s!r}; expected <root>/<CLASS>/<image files>")
+        raise DataError(f"no class folders in {root_s!r}; expected <root>/<CLASS>/<image files>")
     samples: list[Sample] = []
     for label, name in enumerate(classes):
         files = sorted(_walk_files(os.path.join(root_s, name)), key=lambda p: os.path.relpath(p, root_s))
@@ -89,26 +91,26 @@ def scan_csv(csv_path: str | os.PathLike[str]) -> Scan:
     with open(csv_s, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"path", "label"} <= {f.strip() for f in reader.fieldnames}:
-            raise ValueError(f"{csv_s}: the header must name the columns 'path,label', got {reader.fieldnames}")
+            raise DataError(f"{csv_s}: the header must name the columns 'path,label', got {reader.fieldnames}")
         rows = [({k.strip(): (v or "").strip() for k, v in row.items() if k is not None}) for row in reader]
     paths, raw_labels = [], []
     for line, row in enumerate(rows, start=2):
         if not row["path"] or not row["label"]:
-            raise ValueError(f"{csv_s}:{line}: empty path or label in {row}")
+            raise DataError(f"{csv_s}:{line}: empty path or label in {row}")
         paths.append(os.path.normpath(os.path.join(base, row["path"])))
         raw_labels.append(row["label"])
     is_int = [lab.lstrip("-").isdigit() for lab in raw_labels]
     if all(is_int):
         labels = [int(lab) for lab in raw_labels]
         if labels and min(labels) < 0:
-            raise ValueError(f"{csv_s}: integer labels must be >= 0, got {min(labels)}")
+            raise DataError(f"{csv_s}: integer labels must be >= 0, got {min(labels)}")
         class_names = tuple(str(i) for i in range(max(labels) + 1)) if labels else ()
     elif not any(is_int):
         class_names = tuple(sorted(set(raw_labels)))
         lookup = {name: i for i, name in enumerate(class_names)}
         labels = [lookup[lab] for lab in raw_labels]
     else:
-        raise ValueError(f"{csv_s}: labels mix integers and class names; use one kind")
+        raise DataError(f"{csv_s}: labels mix integers and class names; use one kind")
     samples = tuple(Sample(i, p, lab) for i, (p, lab) in enumerate(zip(paths, labels, strict=True)))
     log.info("scanned %s: %d files in %d classes", csv_s, len(samples), len(class_names))
     return Scan(root=base, samples=samples, class_names=class_names)
@@ -121,6 +123,6 @@ def scan(path: str | os.PathLike[str]) -> Scan:
         return scan_folder(p)
     if p.suffix.lower() == ".csv":
         return scan_csv(p)
-    raise ValueError(
+    raise DataError(
         f"cannot scan {os.fspath(p)!r}: expected an ImageFolder directory or a .csv file list (path,label)"
     )

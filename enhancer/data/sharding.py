@@ -15,15 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+from enhancer.data.errors import DataError
+
 T = TypeVar("T")
 
 
 def shard_bounds(n: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     """``[start, stop)`` of shard ``shard_id`` of ``num_shards`` over ``n`` items."""
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        raise DataError(f"num_shards must be >= 1, got {num_shards}")
     if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id must be in [0, {num_shards - 1}] for num_shards={num_shards}, got {shard_id}")
+        raise DataError(f"shard_id must be in [0, {num_shards - 1}] for num_shards={num_shards}, got {shard_id}")
     return shard_id * n // num_shards, (shard_id + 1) * n // num_shards
 
 

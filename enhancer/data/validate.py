@@ -39,6 +39,7 @@ from enhancer.data.decode import (
     classify_decode_error,
     to_grey,
 )
+from enhancer.data.errors import DataError
 from enhancer.data.scan import Sample
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,9 @@ def validate(
     ``len(accepted) + len(rejected) == len(samples)`` always holds.
     """
     if level not in LEVELS:
-        raise ValueError(f"unknown validation level {level!r}; valid: {', '.join(LEVELS)}")
+        raise DataError(f"unknown validation level {level!r}; valid: {', '.join(LEVELS)}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise DataError(f"workers must be >= 1, got {workers}")
     samples = list(samples)
 
     def one(s: Sample) -> Rejection | None:
