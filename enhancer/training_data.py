@@ -33,16 +33,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from enhancer.data.decode import classify_decode_error, to_grey
+from enhancer.data.errors import DataError  # the data layer's user-input error; the CLI reports it (exit code 2)
 from enhancer.data.scan import scan
 
 log = logging.getLogger(__name__)
 
 IMAGE_FIELDS = ("enhanced", "crop", "image")
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-class DataError(ValueError):
-    """Training data cannot be used as given; the message names the path and the fix."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,65 @@
+"""The research cycle end to end on the real samples: enhance -> train on the enhanced data -> evaluate, summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from enhancer.cli import main
+from enhancer.cycle import markdown_table
+
+
+@pytest.fixture(scope="module")
+def split_samples(tmp_path_factory, kermany_dir) -> tuple[Path, Path]:
+    """The 16 real images as a training folder (5 + 5) and a held-out test folder (3 + 3)."""
+    root = tmp_path_factory.mktemp("cycle-data")
+    for cls in ("NORMAL", "PNEUMONIA"):
+        files = sorted((kermany_dir / cls).iterdir())
+        for part, chosen in (("train", files[:5]), ("test", files[5:])):
+            (root / part / cls).mkdir(parents=True)
+            for f in chosen:
+                shutil.copy(f, root / part / cls / f.name)
+    return root / "train", root / "test"
+
+
+def test_one_round_on_the_real_samples(tmp_path, split_samples):
+    from enhancer.demo_model import save_demo_checkpoint
+
+    train, test = split_samples
+    start = save_demo_checkpoint(str(tmp_path / "demo-tinyvgg.pt"), "tinyvgg")  # not the shared fixture: no ResNet
+    out = tmp_path / "cycle"
+    args = ["cycle", "--data", str(train), "--test", str(test), "--checkpoint", str(start),
+            "--out", str(out), "--rounds", "1", "--set", "train.epochs=1", "--set", "train.batch_size=4",
+            "--set", "train.num_workers=0", "--set", "train.device=cpu", "--set", "train.val_fraction=0.2",
+            "--set", "enhance.batch_size=8", "--set", "enhance.device=cpu", "--set", "enhance.loader=torch",
+            "--set", "enhance.num_threads=0"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "round-1" / "enhanced" / "manifest.json").is_file()
+    assert (out / "round-1" / "train" / "best.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rounds"]
+    assert [r["round"] for r in rows] == [0, 1]
+    assert all(sum(map(sum, r["confusion_matrix"])) == 6 for r in rows)  # the 6 held-out images each round
+    assert rows[1]["checkpoint"].endswith("round-1/train/best.pt") and rows[1]["best_epoch"] == 1
+    ck_meta = json.loads((out / "round-1" / "eval.json").read_text())
+    assert ck_meta["checkpoint"] == rows[1]["checkpoint"]
+    md = (out / "summary.md").read_text()
+    assert "| round |" in md and md.count("\n| ") >= 3 and "| 1 |" in md
+    assert "| round | test loss | acc %" in result.output
+
+    # A rerun finds every step done: the enhanced data is kept, the training run is already complete.
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((out / "summary.json").read_text())["rounds"]
+    assert rerun[1]["accuracy"] == rows[1]["accuracy"]
+
+
+def test_summary_table_undefined_values():
+    table = markdown_table([{"round": 0, "loss": 0.5, "accuracy": 1.0, "sensitivity": None, "specificity": 1.0,
+                             "auroc": None, "best_epoch": None, "checkpoint": "a.pt"}])  # fmt: skip
+    assert table.splitlines()[2] == "| 0 | 0.5000 | 100.00 | n/a | 100.00 | n/a | n/a | a.pt |"
