@@ -393,7 +393,7 @@ def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]],
         history.append(record)
         if improved:
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if failed:
+        if failed and ctx.is_main:
             shown = ", ".join(u.path for u in failed[:5]) + (" ..." if len(failed) > 5 else "")
             log.warning("epoch %d: %d unreadable image(s) skipped: %s (all listed in %s)", epoch + 1, len(failed),
                         shown, run / "unreadable.csv")  # fmt: skip

@@ -289,3 +289,25 @@ def test_resume_flags(folder, tmp_path):
     with pytest.raises(SpecError, match="already holds a run"):
         fit(tiny_spec(folder, tmp_path / "run", resume=False))
     assert dataclasses.replace(tiny_spec(folder, tmp_path), resume=None).resume is None
+
+
+def test_seed_resnet101_checkpoint_fine_tunes_with_the_seed_trainable_groups(folder, tmp_path):
+    from tests.seed_reference import NotebookResNet
+
+    torch.manual_seed(0)
+    seed_file = tmp_path / "ResNet-101_GradCAM_Cropped_v4.pth"
+    save_seed_checkpoint(NotebookResNet(101), seed_file)
+    # Small inputs keep this quick; ResNets take any input size (layer4 is 2x2 at 64).
+    result = fit(tiny_spec(folder, tmp_path / "ft", epochs=1, init=str(seed_file), arch=None, input_size=64,
+                           batch_size=10))  # fmt: skip
+    h = result.history[0]
+    assert h["trainable"] == "head+fc+layer4"  # the seed's choice for its best model
+    assert 14_000_000 < h["trainable_params"] < 17_500_000  # layer4 (~15M) + fc (2M) + head (220k)
+    ck = load_checkpoint(tmp_path / "ft" / "best.pt")
+    assert ck.config.arch == "resnet101" and ck.config.head == "220k" and ck.preprocessing.size == (64, 64)
+    before = read_checkpoint_file(seed_file)["model_state_dict"]
+    after = ck.model.state_dict()
+    for frozen in ("conv1.weight", "resnet.layer1.0.conv1.weight", "resnet.layer3.22.conv3.weight"):
+        assert torch.equal(after[frozen], before[frozen]), frozen
+    for trained in ("resnet.layer4.2.conv3.weight", "resnet.fc.weight", "dense_neural_network.8.weight"):
+        assert not torch.equal(after[trained], before[trained]), trained
