@@ -162,21 +162,112 @@ def slurm_ids() -> dict[str, Any]:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other spec setting, e.g. cam.score=logit, crop.threshold=0.4, enhance.floor=0.2.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--workers", default=1, show_default=True, help="Processes on this machine, one per GPU (N on the "
+              "CPU); worker k writes shards k, k+N, ... of --num-shards (default N). Logs in OUT/logs/.")
 @reports_errors
-def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, **options: Any) -> None:
+def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, workers: int, **options: Any) -> None:
     """Write Grad-CAM heatmaps, crops and enhanced images of every image into an HDF5 shard.
 
     Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
     ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
-    interrupted one is rewritten. After all shards: `enhancer merge OUT`.
+    interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
     """
     from enhancer.enhance import run_enhance
     from enhancer.specs import EnhanceSpec, load_spec
 
     spec = load_spec(EnhanceSpec, job_file, table="enhance" if job_file else None,
                      overrides=_overrides(options, settings))  # fmt: skip
-    summary = run_enhance(spec, progress=progress, extra_attrs=slurm_ids())
+    if workers > 1:
+        import dataclasses
+
+        from enhancer.launch import run_enhance_workers
+
+        if options["shard_id"] is not None:
+            raise click.BadParameter("give either --workers (all shards) or --shard-id (one)", param_hint="--workers")
+        spec = dataclasses.replace(spec, num_shards=max(spec.num_shards, workers))
+        for line in _stoppable(run_enhance_workers, spec, workers):
+            click.echo(line)
+        return
+    summary = _stoppable(run_enhance, spec, progress=progress, extra_attrs=slurm_ids())
     click.echo(summary.line())
+
+
+def _stoppable(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``func`` with SIGTERM/SIGUSR1 (SLURM's cancel, requeue and time-limit warning) turned into a clean stop:
+    the shard being written is discarded, never completed; exit code 128 + the signal."""
+    from enhancer.jobs import Preempted, stop_on_signals
+    from enhancer.launch import WorkerError
+
+    try:
+        with stop_on_signals():
+            return func(*args, **kwargs)
+    except Preempted as exc:
+        click.echo(f"{exc}: the shard being written was discarded; run the command again (or let SLURM requeue "
+                   "the task) to write it; complete shards are skipped", err=True)  # fmt: skip
+        raise SystemExit(128 + exc.signum) from None
+    except WorkerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("run")
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting of the job table (batch_size=16, cam.score=logit) or of [slurm] (slurm.time=1:00:00).")
+@click.option("--workers", default=1, show_default=True, help="Processes on this machine (enhance: one per GPU, or N on the CPU).")
+@click.option("--check", is_flag=True, help="Only validate the job file and print the resolved spec.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@reports_errors
+def run_job_file(job_file: str, settings: tuple[str, ...], workers: int, check: bool, progress: bool) -> None:
+    """Run a job file (jobs/*.toml) on this machine; its table says what it is ([enhance], ...).
+
+    An enhance job writes every shard (in one process, or in --workers processes) and merges them. Settings: --set
+    > ENHANCER_* environment (ENHANCER_SLURM__<KEY> for [slurm]) > the job file > defaults.
+    """
+    from enhancer.jobs import RunContext, load_job, run_job
+
+    job = load_job(job_file, _overrides({}, settings))
+    if check:
+        click.echo(job.resolved_toml(), nl=False)
+        return
+    context = RunContext(workers=workers, progress=progress, extra_attrs=slurm_ids(), on_line=click.echo)
+    for line in _stoppable(run_job, job, context):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting, e.g. slurm.partition=gpu, slurm.array_throttle=20, num_shards=200.")
+@click.option("--shards", help="Submit only these shards (comma-separated), e.g. those `enhancer merge` names as "
+              "missing.  [default: all]")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch commands; submit nothing.")
+@reports_errors
+def submit(job_file: str, settings: tuple[str, ...], shards: str | None, dry_run: bool) -> None:
+    """Submit a job file to SLURM: an enhance job as an array (one shard per task) plus a merge after it succeeds.
+
+    Partition, account, GPU type, CPUs, memory, time, throttle and the environment to activate come from the job's
+    [slurm] table, ENHANCER_SLURM__<KEY> variables (e.g. ENHANCER_SLURM__ACCOUNT) or --set slurm.<key>=VALUE.
+    """
+    from enhancer.jobs import load_job
+    from enhancer.slurm import SubmitError, watch_lines
+
+    job = load_job(job_file, _overrides({}, settings))
+    if job.kind.submit is None:
+        raise EnhancerError(f"{job_file}: [{job.kind.table}] jobs have no SLURM submission; run them with `enhancer run`")
+    options: dict[str, Any] = {"dry_run": dry_run}
+    if shards:
+        try:
+            options["shards"] = [int(s) for s in shards.split(",") if s.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{shards!r} is not a comma-separated list of shard ids", param_hint="--shards")
+    try:
+        submitted = job.kind.submit(job, **options)
+    except SubmitError as exc:
+        raise click.ClickException(str(exc)) from None
+    for s in submitted if dry_run else ():
+        click.echo(s.shell())
+    for line in watch_lines(submitted):
+        click.echo(line)
 
 
 @main.command()
