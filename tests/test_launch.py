@@ -82,3 +82,15 @@ def test_a_failed_worker_names_its_shard(tmp_path, kermany_dir, demo_checkpoints
     assert "shard 0 (exit 2" in result.output and "shard 1 (exit 2" in result.output
     assert "--shard-id 0 and --shard-id 1" in result.output
     assert "no such checkpoint file" in (out / "logs" / "worker-0.log").read_text()
+
+
+def test_run_job_file_locally_writes_every_shard_and_merges(tmp_path, kermany_dir, demo_checkpoints,
+                                                            tinyvgg_reference):  # fmt: skip
+    out = tmp_path / "run"
+    job = Path(__file__).resolve().parents[1] / "jobs" / "enhance-kermany.toml"
+    result = CliRunner().invoke(main, ["run", str(job), "--no-progress", "--set", f"data={kermany_dir}",
+                                       "--set", f"checkpoint={demo_checkpoints['tinyvgg']}", "--set", f"out={out}",
+                                       "--set", "num_shards=2", "--set", "device=cpu", "--set", "amp=false"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "merged 16 written, 0 rejected of 16 in 2 shard(s)" in result.output
+    assert_same_dataset(out, tinyvgg_reference)
