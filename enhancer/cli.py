@@ -159,6 +159,12 @@ def slurm_ids() -> dict[str, Any]:
               "enhanced) or 'all'; index, label, pred, prob, path, orig_size are always stored.  [default: all]")
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), help="HDF5 compression.  [default: gzip]")
 @click.option("--validate", type=click.Choice(["header", "full"]), help="File check before decoding.  [default: header]")
+@click.option("--lung-model", help="Lung-segmentation U-Net weights (the public VGG11-encoder model's state_dict): "
+              "stores lung_mask, lung_energy, lung_hit.  [default: none]")
+@click.option("--lung-mask-in-enhanced/--no-lung-mask-in-enhanced", default=None,
+              help="Also suppress outside the lungs in the enhanced image (needs --lung-model).  [default: off]")
+@click.option("--boxes", help="Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: "
+              "stores box_energy, box_hit, box_iou.  [default: none]")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other spec setting, e.g. cam.score=logit, crop.threshold=0.4, enhance.floor=0.2.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")

@@ -11,8 +11,9 @@ Usage::
 
 Layout of ``out``: ``round-0/eval.json`` (the starting checkpoint on the test set), and per round ``round-K/enhanced``
 (the enhanced dataset made with round K-1's model), ``round-K/train`` (the fine-tuning run; its ``best.pt`` is the
-model of round K), ``round-K/eval.json``; then ``summary.md`` and ``summary.json``. A rerun skips the finished
-steps: complete shards and merged datasets are kept and the training run resumes from ``last.pt``.
+model of round K), ``round-K/eval.json``, ``round-K/localisation`` (with a lung model or boxes in ``[cycle.enhance]``:
+the test set's localisation metrics for the round's model, next to its accuracy in the summary); then ``summary.md``
+and ``summary.json``. A rerun skips the finished steps: complete shards and merged datasets are kept and the training run resumes from ``last.pt``.
 The cycle runs in one process (the training step does not start DDP here; use ``enhancer train`` for that).
 """
 
@@ -34,6 +35,9 @@ from enhancer.train import fit, run_evaluate
 log = logging.getLogger(__name__)
 
 COLUMNS = ("round", "loss", "accuracy", "sensitivity", "specificity", "auroc", "best_epoch", "checkpoint")
+# Localisation of each round's model on the test set (enhance.lung_model / enhance.boxes): column -> header
+LOCALISATION = {"lung_energy": "lung energy", "lung_hit": "lung hit %", "box_energy": "box energy",
+                "box_hit": "box hit %", "box_iou": "box IoU"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,20 @@ def _enhance(spec: CycleSpec, data: str, out: Path, checkpoint: str) -> Path:
     return out
 
 
+def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> dict[str, Any]:
+    """Localisation means of ``checkpoint`` on the test set (``enhancer.localisation``), when the cycle's enhance
+    settings name a lung model or boxes: an enhance pass storing only the measured fields, then its merge summary."""
+    if not (spec.enhance.lung_model or spec.enhance.boxes):
+        return {}
+    if not (out / "manifest.json").is_file():
+        espec = dataclasses.replace(spec.enhance, data=test_data, out=str(out), checkpoint=checkpoint, demo=False,
+                                    shard_id=0, num_shards=1, fields=(), lung_mask_in_enhanced=False)  # fmt: skip
+        run_enhance(espec, progress=False)
+        merge_enhanced(out)
+    summary = json.loads((out / "manifest.json").read_text()).get("localisation", {})
+    return {k: summary[k]["mean"] for k in LOCALISATION if k in summary}
+
+
 def _evaluate(spec: CycleSpec, data: str, checkpoint: str, json_path: Path, field: str = "enhanced") -> dict[str, Any]:
     espec = EvaluateSpec(data=data, checkpoint=checkpoint, field=field, device=spec.train.device,
                          num_workers=min(spec.train.num_workers, 2), json=str(json_path))  # fmt: skip
@@ -80,12 +98,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         return str(v)
 
     has_enh = any("enhanced_test_accuracy" in r for r in rows)
-    cols = [*COLUMNS[:-1], *(["enhanced_test_accuracy"] if has_enh else []), COLUMNS[-1]]
+    loc = [c for c in LOCALISATION if any(c in r for r in rows)]
+    cols = [*COLUMNS[:-1], *(["enhanced_test_accuracy"] if has_enh else []), *loc, COLUMNS[-1]]
     head = ["round", "test loss", "acc %", "sens %", "spec %", "AUROC", "best epoch",
-            *(["acc % (enhanced test)"] if has_enh else []), "checkpoint"]  # fmt: skip
+            *(["acc % (enhanced test)"] if has_enh else []), *(LOCALISATION[c] for c in loc), "checkpoint"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [cell("accuracy" if c == "enhanced_test_accuracy" else c, r.get(c)) for c in cols]
+        cells = [cell("accuracy" if c in ("enhanced_test_accuracy", "lung_hit", "box_hit") else c, r.get(c))
+                 for c in cols]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -100,7 +120,8 @@ def run_cycle(spec: CycleSpec, *, on_line: Callable[[str], None] | None = None) 
     checkpoint = str(Path(spec.checkpoint).resolve())
     (out / "round-0").mkdir(exist_ok=True)
     metrics = _evaluate(spec, test_data, checkpoint, out / "round-0" / "eval.json")
-    rows = [_row(0, metrics, checkpoint, None)]
+    loc = _localise(spec, test_data, out / "round-0" / "localisation", checkpoint)
+    rows = [_row(0, metrics, checkpoint, None, **loc)]
     say(f"round 0 (starting model): test accuracy {_pct(metrics['accuracy'])}")
     for k in range(1, spec.rounds + 1):
         rd = out / f"round-{k}"
@@ -117,6 +138,7 @@ def run_cycle(spec: CycleSpec, *, on_line: Callable[[str], None] | None = None) 
         if spec.enhance_test:
             enh_metrics = _evaluate(spec, str(test_enh), checkpoint, rd / "eval-enhanced-test.json", spec.train.field)
             extra = {"enhanced_test_accuracy": enh_metrics["accuracy"], "enhanced_test_loss": enh_metrics["loss"]}
+        extra.update(_localise(spec, test_data, rd / "localisation", checkpoint))
         rows.append(_row(k, metrics, checkpoint, result.best_epoch, **extra))
         say(f"round {k}: test accuracy {_pct(metrics['accuracy'])}")
     table = markdown_table(rows)

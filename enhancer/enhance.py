@@ -5,6 +5,8 @@ Usage::
     from enhancer.enhance import run_enhance
     from enhancer.specs import EnhanceSpec
     summary = run_enhance(EnhanceSpec(data="val/", out="enhanced/", checkpoint="ResNet-101_GradCAM_Cropped_v4.pth"))
+    # + lung masks and localisation metrics (lung_energy, lung_hit; box_* with an annotated box CSV):
+    run_enhance(EnhanceSpec(..., lung_model="UNet_LungSegmentation.pt", boxes="stage_2_train_labels.csv"))
 
 One call writes one shard (``spec.shard_id`` of ``spec.num_shards``); ``enhancer merge`` joins them. Everything per
 batch stays on the model's device; only finished arrays cross to the host, and the HDF5 writing runs in a
@@ -14,6 +16,7 @@ background thread behind a bounded queue. A complete shard is skipped on a rerun
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -26,15 +29,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer import cam
+from enhancer import cam, localisation
 from enhancer.checkpoints import LoadedCheckpoint, load_checkpoint
 from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
+from enhancer.localisation import BoxTable, read_boxes
+from enhancer.lungs import LungModel, LungModelError, load_lung_model, lung_masks
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
 from enhancer.store.layout import check_output_dir, read_shard_attrs
+from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ class OutputSettings:
     crop: cam.CropSettings
     enhance: cam.EnhanceSettings
     preprocessing: Preprocessing
+    lung_mask_in_enhanced: bool = False  # multiply the enhanced image by the lung mask (enhance.mask_floor outside)
+    amp: bool = False  # bf16 autocast for the lung U-Net on CUDA
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,12 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def compute_outputs(model: nn.Module, batch: Batch, settings: OutputSettings) -> dict[str, torch.Tensor]:
-    """Every stored field of one batch, computed on the batch's device (only the selected optional fields)."""
+def compute_outputs(model: nn.Module, batch: Batch, settings: OutputSettings, *, lungs: LungModel | None = None,
+                    gt_boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
+
+    ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
+    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
     device = batch.image.device
     result = cam.grad_cam(model, batch.image, settings.cam, labels=batch.label.to(device))
     size = tuple(batch.image.shape[-2:])
@@ -115,8 +127,20 @@ def compute_outputs(model: nn.Module, batch: Batch, settings: OutputSettings) ->
             out["crop_box"] = boxes
         if "crop" in wanted:
             out["crop"] = cam.crop(batch.source, boxes, orig_size, settings.crop.size)
+    lung = None
+    if lungs is not None:
+        lung = lung_masks(lungs, batch.source, size, amp=settings.amp)
+        out["lung_mask"] = lung.to(torch.uint8)
+        out["lung_energy"] = localisation.energy_inside(heat, lung)
+        out["lung_hit"] = localisation.pointing_hit(heat, lung)
+    if gt_boxes is not None:
+        gt = localisation.boxes_mask(gt_boxes.to(device), orig_size, size)
+        out["box_energy"] = localisation.energy_inside(heat, gt)
+        out["box_hit"] = localisation.pointing_hit(heat, gt)
+        out["box_iou"] = localisation.box_iou(heat, gt, threshold=settings.crop.threshold)
     if "enhanced" in wanted:
-        out["enhanced"] = cam.enhance(grey, heat, settings.enhance)
+        mask = lung if settings.lung_mask_in_enhanced else None
+        out["enhanced"] = cam.enhance(grey, heat, settings.enhance, lung_mask=mask)
     return out
 
 
@@ -146,12 +170,25 @@ def output_settings(spec: EnhanceSpec, ck: LoadedCheckpoint, device: str) -> Out
     if spec.amp and device.startswith("cuda"):
         cam_settings = dataclasses.replace(cam_settings, amp="bf16", channels_last=True)
     return OutputSettings(
-        fields=resolve_fields(spec.fields),
+        fields=measured_fields(spec),
         cam=cam_settings,
         crop=spec.crop,
         enhance=spec.enhance,
         preprocessing=ck.preprocessing,
+        lung_mask_in_enhanced=spec.lung_mask_in_enhanced,
+        amp=spec.amp and device.startswith("cuda"),
     )
+
+
+def measured_fields(spec: EnhanceSpec) -> tuple[str, ...]:
+    """The selected fields plus the measured ones the spec's inputs allow (lung model, boxes)."""
+    chosen = resolve_fields(spec.fields)
+    for names, given, option in ((LUNG_FIELDS, spec.lung_model, "--lung-model"), (BOX_FIELDS, spec.boxes, "--boxes")):
+        asked = [f for f in chosen if f in names]
+        if asked and not given:
+            raise SpecError(f"fields {asked} need {option} FILE; give it or leave them out of --fields")
+    extra = (*(LUNG_FIELDS if spec.lung_model else ()), *(BOX_FIELDS if spec.boxes else ()))
+    return resolve_fields((*chosen, *extra))
 
 
 def feature_size(model: nn.Module, preprocessing: Preprocessing, device: str) -> tuple[int, int]:
@@ -162,8 +199,15 @@ def feature_size(model: nn.Module, preprocessing: Preprocessing, device: str) ->
 
 
 def dataset_attrs(spec: EnhanceSpec, ck: LoadedCheckpoint, settings: OutputSettings, n_total: int,
-                  class_names: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                  class_names: Sequence[str], extra: dict[str, Any], lungs: LungModel | None = None,
+                  boxes: BoxTable | None = None) -> dict[str, Any]:  # fmt: skip
     """Provenance stored in every shard. ``identity`` holds what must agree between the shards of one dataset."""
+    measured: dict[str, Any] = {}
+    if lungs is not None:
+        measured["lung_model"] = {**lungs.describe(), "in_enhanced": settings.lung_mask_in_enhanced}
+    if boxes is not None:
+        measured["boxes"] = {"path": boxes.source, "sha256": _file_sha256(boxes.source), "images": len(boxes),
+                             "iou_threshold": settings.crop.threshold}  # fmt: skip
     identity = {
         "data": os.path.abspath(spec.data),
         "n_total": n_total,
@@ -174,6 +218,7 @@ def dataset_attrs(spec: EnhanceSpec, ck: LoadedCheckpoint, settings: OutputSetti
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
         "preprocessing": settings.preprocessing.to_dict(),
+        **({"localisation": {k: {"sha256": v["sha256"]} for k, v in measured.items()}} if measured else {}),
     }
     return {
         "identity": identity,
@@ -191,6 +236,7 @@ def dataset_attrs(spec: EnhanceSpec, ck: LoadedCheckpoint, settings: OutputSetti
         "data_root": os.path.abspath(spec.data),
         "n_total": n_total,
         "spec": spec.to_dict(),
+        **({"localisation": {**measured, "definitions": localisation.NOTE}} if measured else {}),
         **provenance(),
         **extra,
     }
@@ -207,7 +253,9 @@ def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[s
     found = scan(spec.data)
     device = resolve_device(spec.device)
     settings = output_settings(spec, ck, device)
-    attrs = dataset_attrs(spec, ck, settings, len(found.samples), found.class_names, extra_attrs or {})
+    lungs = _load_lungs(spec)
+    boxes = _load_boxes(spec)
+    attrs = dataset_attrs(spec, ck, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes)
     check_output_dir(out_dir, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
@@ -216,6 +264,8 @@ def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[s
                               int(done.get("n_rejected", 0)), 0.0, "-", device)  # fmt: skip
     ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
     model = ck.model.to(device).eval()
+    if lungs is not None:
+        lungs.to(device)
     if settings.cam.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(ok, ck.preprocessing, batch_size=spec.batch_size, loader=spec.loader, device=device,
@@ -225,14 +275,17 @@ def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[s
     shapes = per_sample_shapes(settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1],
                                C=ck.config.num_classes)  # fmt: skip
     paths = {s.index: storable_path(s.path) for s in ok}
+    sources = {s.index: s.path for s in ok}
     writer = AsyncShardWriter(out_dir, spec.shard_id, spec.num_shards, maxsize=spec.queue_size, copy=False,
                               shapes=shapes, fields=settings.fields, compression=spec.compression, attrs=attrs,
                               expected=len(mine), overwrite=True)  # fmt: skip
     with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1) as bar:
         writer.add_rejected(_rows(rejected))
         for batch in loader:
-            outputs = compute_outputs(model, batch, settings)
-            writer.put(_host_arrays(outputs, [paths[int(i)] for i in batch.index]))
+            names = [paths[int(i)] for i in batch.index]
+            batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
+            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes)
+            writer.put(_host_arrays(outputs, names))
             bar.update(len(batch))
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
@@ -241,6 +294,32 @@ def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[s
                              time.perf_counter() - started, loader.name, device, writer.blocked_s)  # fmt: skip
     log.info("%s", summary.line())
     return summary
+
+
+def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
+    if spec.lung_model is None:
+        return None
+    try:
+        return load_lung_model(spec.lung_model)
+    except LungModelError as exc:
+        raise SpecError(f"lung_model: {exc}") from None
+
+
+def _load_boxes(spec: EnhanceSpec) -> BoxTable | None:
+    if spec.boxes is None:
+        return None
+    try:
+        return read_boxes(spec.boxes)
+    except ValueError as exc:
+        raise SpecError(f"boxes: {exc}") from None
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:

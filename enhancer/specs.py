@@ -53,11 +53,16 @@ class EnhanceSpec:
     validate: str = "header"  # header | full: how deeply files are checked before decoding
     source_size: int = 512  # resolution of the crop source (crops are cut from it, not from the model input)
     queue_size: int = 4  # batches waiting for the writer thread
+    lung_model: str | None = None  # lung-segmentation U-Net (VGG11 encoder) state_dict: lung_mask + lung metrics
+    lung_mask_in_enhanced: bool = False  # enhanced = image x heat weight x lung weight (enhance.mask_floor outside)
+    boxes: str | None = None  # box CSV (RSNA patientId,x,y,width,height,Target or path,x0,y0,x1,y1): box metrics
     cam: CamSettings = field(default_factory=CamSettings)
     crop: CropSettings = field(default_factory=CropSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
 
     def __post_init__(self) -> None:
+        if self.lung_mask_in_enhanced and not self.lung_model:
+            raise SpecError("lung_mask_in_enhanced needs lung_model (--lung-model FILE, the lung U-Net's weights)")
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
         for name in ("batch_size", "source_size", "queue_size"):

@@ -18,6 +18,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from enhancer.data.dicom import DicomError, is_dicom_path, load_dicom_grey
+
 # Modes that are converted to 8-bit grey. 16-bit greyscale PNG / TIFF open as "I;16*" (older Pillow: "I").
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
@@ -37,7 +39,10 @@ def to_grey(im: Image.Image) -> Image.Image:
 
 
 def load_grey(path: str) -> Image.Image:
-    """Decode ``path`` fully into an 8-bit greyscale PIL image (no EXIF rotation, like the seed's ``ImageFolder``)."""
+    """Decode ``path`` fully into an 8-bit greyscale PIL image (no EXIF rotation, like the seed's ``ImageFolder``).
+    DICOM files (``.dcm``) are decoded with pydicom (``enhancer.data.dicom``: window, MONOCHROME1 inversion)."""
+    if is_dicom_path(path):
+        return load_dicom_grey(path)
     with Image.open(path) as im:
         return to_grey(im)
 
@@ -50,6 +55,8 @@ def classify_decode_error(exc: BaseException, path: str) -> tuple[str, str]:
         return "unreadable", f"cannot read the file: {exc}"
     if isinstance(exc, Image.DecompressionBombError):
         return "too_large", str(exc)
+    if isinstance(exc, DicomError):
+        return exc.code, str(exc)
     text = str(exc).strip().splitlines()
     message = " ".join(line.strip() for line in text if line.strip())[:500] or type(exc).__name__
     if "truncated" in message.lower() or "premature end" in message.lower():

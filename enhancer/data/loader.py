@@ -6,7 +6,8 @@ Usage::
     loader = make_loader(samples, preprocessing, batch_size=64, loader="auto", device="auto")
     print(loader.name, len(loader))   # e.g. "dali-cpu", 3
 
-``loader="auto"`` is DALI when it can be imported, else torch; ``device="auto"`` is CUDA when available.
+``loader="auto"`` is DALI when it can be imported and no sample is DICOM (``.dcm``: only the torch loader decodes
+it), else torch; ``device="auto"`` is CUDA when available.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from enhancer.data.batch import DTYPES, Loader
 from enhancer.data.dali_loader import DaliLoader, dali_available
+from enhancer.data.dicom import is_dicom_path
 from enhancer.data.errors import DataError
 from enhancer.data.scan import Sample
 from enhancer.data.torch_loader import TorchLoader
@@ -63,8 +65,12 @@ def make_loader(
     if source_size < 1:
         raise DataError(f"source_size must be >= 1, got {source_size}")
     device = resolve_device(device)
+    dicom = [s.path for s in samples if is_dicom_path(s.path)]
     if loader == "auto":
-        loader = "dali" if dali_available() and dtype != torch.bfloat16 else "torch"
+        loader = "dali" if dali_available() and dtype != torch.bfloat16 and not dicom else "torch"
+    elif loader == "dali" and dicom:
+        raise ValueError(f"loader='dali' cannot decode DICOM ({len(dicom)} .dcm files, e.g. {dicom[0]}); use "
+                         "loader='torch' or 'auto' (which picks torch for DICOM)")
     elif loader == "dali" and not dali_available():
         raise DataError("loader='dali' but nvidia-dali cannot be imported; install nvidia-dali-cuda130 or use 'torch'")
     cls = DaliLoader if loader == "dali" else TorchLoader

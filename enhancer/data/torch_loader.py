@@ -11,7 +11,8 @@ CPU (``torch-cpu``): each worker decodes with PIL and resizes with PIL's bilinea
 GPU (``torch-gpu``, the path for GPU machines without DALI): workers only read the file bytes (and decode with PIL
 the files nvJPEG cannot take: non-JPEG, CMYK); the main process decodes the JPEGs of a batch in one
 ``torchvision.io.decode_jpeg(device="cuda")`` call and resizes on the GPU (bilinear, antialiased). A file that fails
-to decode is recorded in ``loader.rejected`` and its batch-mates go on.
+to decode is recorded in ``loader.rejected`` and its batch-mates go on. DICOM files (``.dcm``) are decoded on the CPU
+with pydicom in both modes (``enhancer.data.dicom``); this is the only loader that reads them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from enhancer.data.batch import Batch, Loader, normalise
 from enhancer.data.decode import classify_decode_error, load_grey, to_grey
+from enhancer.data.dicom import is_dicom_path
 from enhancer.data.scan import Sample
 from enhancer.data.validate import Rejection
 from enhancer.preprocessing import Preprocessing
@@ -49,8 +51,7 @@ class _CpuDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         try:
-            with Image.open(s.path) as im:
-                grey = to_grey(im)
+            grey = load_grey(s.path)
             height, width = self.size
             model = np.array(grey.resize((width, height), Image.BILINEAR))
             source = np.array(grey.resize((self.source_size, self.source_size), Image.BILINEAR))
@@ -71,6 +72,9 @@ class _GpuDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         try:
+            if is_dicom_path(s.path):
+                grey = load_grey(s.path)
+                return {"i": i, "grey": torch.from_numpy(np.asarray(grey).copy()), "orig": (grey.height, grey.width)}
             with Image.open(s.path) as im:
                 if im.format == "JPEG" and im.mode in _NVJPEG_MODES:
                     with open(s.path, "rb") as fh:

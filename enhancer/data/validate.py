@@ -15,9 +15,11 @@ Levels:
   pixels: decompression-bomb guard), ``truncated`` (a JPEG without its end marker or a PNG without ``IEND``).
 - ``full`` additionally decodes every file with PIL: ``truncated`` / ``decode_error``.
 
-RGB, RGBA, CMYK, palette and 16-bit inputs are accepted: the loaders convert them to 8-bit grey. A file can still
-fail at decode time after ``header`` validation (corrupt entropy data, bogus Huffman tables): the loaders isolate
-such files and report them in ``loader.rejected`` without losing their batch-mates.
+RGB, RGBA, CMYK, palette and 16-bit inputs are accepted: the loaders convert them to 8-bit grey. DICOM files
+(``.dcm``) are checked from their header with pydicom (``full``: decoded too); a DICOM file without the suffix is
+rejected as ``unsupported`` with the fix (rename it). A file can still fail at decode time after ``header``
+validation (corrupt entropy data, bogus Huffman tables): the loaders isolate such files and report them in
+``loader.rejected`` without losing their batch-mates.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from enhancer.data.decode import (
     classify_decode_error,
     to_grey,
 )
+from enhancer.data.dicom import check_dicom_header, has_dicom_magic, is_dicom_path, load_dicom_grey
 from enhancer.data.errors import DataError
 from enhancer.data.scan import Sample
 
@@ -92,6 +95,8 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
         return Rejection.of(sample, "unreadable", "not a regular file")
     if st.st_size == 0:
         return Rejection.of(sample, "empty", "zero-byte file")
+    if is_dicom_path(path):
+        return _check_dicom(sample, level, max_pixels)
     try:
         with Image.open(path) as im:
             fmt, mode, (width, height) = im.format, im.mode, im.size
@@ -115,10 +120,25 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
             if level == "full":
                 to_grey(im)
     except UnidentifiedImageError:
+        if has_dicom_magic(path):
+            return Rejection.of(sample, "unsupported", "a DICOM file without the .dcm suffix; rename it to *.dcm")
         return Rejection.of(sample, "not_image", f"not a recognised image file ({st.st_size} bytes)")
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded rejection, never a silent skip
         code, message = classify_decode_error(exc, path)
         return Rejection.of(sample, code, message)
+    return None
+
+
+def _check_dicom(sample: Sample, level: str, max_pixels: int) -> Rejection | None:
+    """DICOM: the header read by pydicom (``stop_before_pixels``); ``full`` also decodes the pixels."""
+    problem = check_dicom_header(sample.path, max_pixels=max_pixels)
+    if problem:
+        return Rejection.of(sample, *problem)
+    if level == "full":
+        try:
+            load_dicom_grey(sample.path, max_pixels=max_pixels)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded rejection
+            return Rejection.of(sample, *classify_decode_error(exc, sample.path))
     return None
 
 

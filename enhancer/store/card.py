@@ -36,6 +36,15 @@ def render_card(m: Manifest) -> str:
     lines += ["", "| class | samples (label) | predicted |", "|---|---:|---:|"]
     for name in names:
         lines.append(f"| {name} | {m.class_counts['label'].get(name, 0)} | {m.class_counts['pred'].get(name, 0)} |")
+    if m.localisation:
+        lines += ["", "## Localisation", "",
+                  "Means over the samples where a metric is defined (hits: pointing-game hit rate); definitions in the",
+                  "shards' `localisation` attribute.", "",
+                  "| metric | all (n) | " + " | ".join(f"{c} (n)" for c in names) + " |",
+                  "|---|---:|" + "---:|" * len(names)]  # fmt: skip
+        for metric, st in m.localisation.items():
+            cells = [_mean_n(st)] + [_mean_n(st["by_class"].get(c, {"mean": None, "n": 0})) for c in names]
+            lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Fields",
@@ -97,3 +106,7 @@ def render_card(m: Manifest) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _mean_n(st: dict) -> str:
+    return f"{st['mean']:.3f} ({st['n']})" if st.get("mean") is not None else f"n/a ({st.get('n', 0)})"

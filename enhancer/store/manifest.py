@@ -31,6 +31,7 @@ import numpy as np
 
 from enhancer.store.schema import (
     FIELDS,
+    METRIC_FIELDS,
     REJECTED_COLUMNS,
     REJECTED_GROUP,
     RESERVED_ATTRS,
@@ -84,6 +85,8 @@ class Manifest:
     rejected_codes: dict[str, int]
     provenance: dict[str, Any]
     created: str
+    # metric field -> {"mean", "n", "by_class": {class: {"mean", "n"}}} over defined samples (hits: the hit rate)
+    localisation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -218,6 +221,7 @@ def merge(
     field_info: dict[str, dict[str, Any]] = {}
     filters: dict[str, Any] = {}
     labels, preds, written, rejected_rows = [], [], [], []
+    metrics: dict[str, list[np.ndarray]] = {}
     for i in range(num_shards):
         path = out_dir / shard_name(i, num_shards)
         with h5py.File(path, "r", locking=False) as f:
@@ -243,6 +247,8 @@ def merge(
             written.append(idx)
             labels.append(f["label"][:])
             preds.append(f["pred"][:])
+            for name in (n for n in names if n in METRIC_FIELDS):
+                metrics.setdefault(name, []).append(f[name][:])
             g = f[REJECTED_GROUP]
             cols = {c: g[c][:] for c in REJECTED_COLUMNS}
             for k in range(len(cols["index"])):
@@ -303,6 +309,7 @@ def merge(
         rejected_codes=dict(sorted(Counter(r[2] for r in rejected_rows).items())),
         provenance=common,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        localisation=summarise_localisation({k: np.concatenate(v) for k, v in metrics.items()}, label_all, class_names),
     )
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -317,6 +324,27 @@ def merge(
         "merged %d shards in %s: %d written, %d rejected", num_shards, out_dir, manifest.n_written, manifest.n_rejected
     )
     return manifest
+
+
+def summarise_localisation(
+    metrics: dict[str, np.ndarray], labels: np.ndarray, class_names: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """Mean of each metric field over the samples where it is defined (float: finite; hit: not -1), overall and per
+    label class; ``n`` counts the defined samples. For hits the mean is the pointing-game hit rate."""
+
+    def stats(v: np.ndarray) -> dict[str, Any]:
+        ok = v != -1 if v.dtype.kind in "iu" else np.isfinite(v)
+        return {"mean": float(v[ok].astype(np.float64).mean()) if ok.any() else None, "n": int(ok.sum())}
+
+    out: dict[str, Any] = {}
+    for name in (n for n in METRIC_FIELDS if n in metrics):
+        v = metrics[name]
+        by_class = {}
+        for c in np.unique(labels).tolist():
+            key = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+            by_class[key] = stats(v[labels == c])
+        out[name] = {**stats(v), "by_class": by_class}
+    return out
 
 
 def _s(v: Any) -> str:

@@ -14,6 +14,8 @@ Layout of one shard (HDF5, default ``libver`` so HDF5 1.10/1.14 readers open it)
 - group ``rejected`` with 1-D datasets ``index`` (int64), ``path``, ``code``, ``message`` (utf-8 strings): the
   inputs of this shard that were not written, with the reason. Keeping them inside the shard makes them part of
   the same atomic rename as the samples, so a complete shard always carries its rejections;
+- measured fields (``LUNG_FIELDS`` with a lung model, ``BOX_FIELDS`` with a box file; see
+  ``enhancer.localisation`` for the metric definitions): float metrics are NaN and hits -1 where undefined;
 - file attributes: ``schema_version``, ``complete``, ``n_samples``, ``n_rejected``, ``expected`` (-1 = unknown),
   ``shard_id``, ``num_shards``, ``fields`` (JSON list) plus the caller's provenance. Provenance values that are not
   str/int/float/bool (dicts, lists, None) are stored as JSON strings; their keys are listed in ``json_attrs``.
@@ -51,6 +53,7 @@ class Field:
     shape: tuple[int | str, ...]
     required: bool
     doc: str
+    measured: bool = False  # written when the job has the input it needs (a lung model, boxes), not via --fields
 
 
 _FIELD_LIST = [
@@ -66,10 +69,21 @@ _FIELD_LIST = [
     Field("crop", "uint8", (1, "Hc", "Wc"), False, "Grad-CAM-guided crop resized to Hc x Wc"),
     Field("crop_box", "int32", (4,), False, "crop box x0, y0, x1, y1 in original pixels"),
     Field("enhanced", "uint8", (1, "H", "W"), False, "enhanced image: salient regions kept, the rest suppressed"),
+    Field("lung_mask", "uint8", ("H", "W"), False, "lung segmentation at model resolution, 1 = lung", True),
+    Field("lung_energy", "float32", (), False, "share of the Grad-CAM energy inside the lung mask; NaN: undefined", True),
+    Field("lung_hit", "int8", (), False, "pointing game: map maximum inside the lungs 1, outside 0, undefined -1", True),
+    Field("box_energy", "float32", (), False, "share of the Grad-CAM energy inside the annotated boxes; NaN: undefined",
+          True),
+    Field("box_hit", "int8", (), False, "pointing game on the annotated boxes: 1 hit, 0 miss, -1 undefined", True),
+    Field("box_iou", "float32", (), False, "IoU of the thresholded map's box with the annotated boxes; NaN: undefined",
+          True),
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
 REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if f.required)
-OPTIONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if not f.required)
+OPTIONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if not f.required and not f.measured)
+LUNG_FIELDS: tuple[str, ...] = ("lung_mask", "lung_energy", "lung_hit")  # written with a lung model
+BOX_FIELDS: tuple[str, ...] = ("box_energy", "box_hit", "box_iou")  # written with a box file
+METRIC_FIELDS: tuple[str, ...] = ("lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou")
 SIZE_NAMES = ("H", "W", "h", "w", "Hc", "Wc", "C")
 
 # Attributes the store owns; provenance passed by callers may not use these names.
@@ -96,7 +110,8 @@ def resolve_fields(fields: Iterable[str] | str | None) -> tuple[str, ...]:
     """Required fields plus the selected optional ones, in table order.
 
     ``fields`` may be None (all optional fields), ``"all"``, a comma-separated string as given to ``--fields``,
-    or an iterable of names. Required fields may be listed but are always included.
+    or an iterable of names. Required fields may be listed but are always included. ``"all"`` and None leave out the
+    measured fields (lung mask, localisation metrics): the job adds those when it has their inputs.
     """
     if fields is None:
         chosen = set(OPTIONAL_FIELDS)

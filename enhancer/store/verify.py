@@ -170,6 +170,18 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
     if "cam" in data and n:
         for r in rows[~np.isfinite(data["cam"].reshape(n, -1)).all(axis=1)]:
             problem("cam", f"{name} row {r}: cam contains NaN or inf")
+    for key in ("lung_energy", "box_energy", "box_iou"):
+        if key in data and n:
+            v = data[key]
+            for r in rows[~(np.isnan(v) | ((v >= 0) & (v <= 1)))]:
+                problem(key, f"{name} row {r}: {key} {v[r]} is neither NaN (undefined) nor in [0, 1]")
+    for key in ("lung_hit", "box_hit"):
+        if key in data and n:
+            for r in rows[~np.isin(data[key], (-1, 0, 1))]:
+                problem(key, f"{name} row {r}: {key} {data[key][r]} is not -1 (undefined), 0 or 1")
+    if "lung_mask" in data and n:
+        for r in rows[(data["lung_mask"].reshape(n, -1) > 1).any(axis=1)]:
+            problem("lung_mask", f"{name} row {r}: lung_mask has values other than 0 and 1")
     idx = data["index"]
     uniq, counts = np.unique(idx, return_counts=True)
     if (counts > 1).any():
