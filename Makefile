@@ -35,7 +35,8 @@ test: $(STAMP) test-tools
 
 # The demo: fetch the 16 sample X-rays, enhance them with the seed ResNet-101 architecture, merge, draw a grid.
 # CHECKPOINT=path/to/ResNet-101_GradCAM_Cropped_v4.pth uses a trained model; without one a demonstration model
-# (random weights, calibrated BatchNorm) is made, and its heatmaps say nothing medical.
+# (random weights, BatchNorm calibrated and output layer fitted on the samples) is made; its heatmaps say nothing
+# medical.
 DEMO_DIR ?= demo-output
 CHECKPOINT ?=
 DEMO_CHECKPOINT := $(if $(CHECKPOINT),$(CHECKPOINT),$(DEMO_DIR)/demo-resnet101.pt)
@@ -46,7 +47,8 @@ demo: $(STAMP)
 	@if [ -z "$(CHECKPOINT)" ]; then \
 	  echo "No CHECKPOINT given: using a DEMONSTRATION model (random weights, calibrated BatchNorm); its heatmaps"; \
 	  echo "show the pipeline working, not medical evidence. Run 'make demo CHECKPOINT=your.pth' for a real model."; \
-	  [ -f $(DEMO_CHECKPOINT) ] || $(BIN)/enhancer demo-model $(DEMO_CHECKPOINT) --arch resnet101; fi
+	  [ -f $(DEMO_CHECKPOINT) ] || $(BIN)/enhancer demo-model $(DEMO_CHECKPOINT) --arch resnet101 \
+	    --data $(DEMO_DIR)/samples; fi
 	$(BIN)/enhancer inspect $(DEMO_CHECKPOINT)
 	$(BIN)/enhancer enhance --data $(DEMO_DIR)/samples --checkpoint $(DEMO_CHECKPOINT) --out $(DEMO_OUT) --batch-size 16
 	$(BIN)/enhancer merge $(DEMO_OUT)

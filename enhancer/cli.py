@@ -32,12 +32,12 @@ def reports_errors(func: F) -> F:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from enhancer.checkpoints import CheckpointError
+        from enhancer.data import DataError
         from enhancer.distributed import DistributedError
         from enhancer.models import ModelError
         from enhancer.samples import FetchError
         from enhancer.specs import SpecError
         from enhancer.store import StoreError
-        from enhancer.training_data import DataError
 
         try:
             return func(*args, **kwargs)
@@ -469,15 +469,18 @@ def fetch_samples(dest: str, source: str | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--arch", default="resnet101", show_default=True, help="Zoo architecture.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the weights.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False),
+              help="ImageFolder to calibrate on and fit the output layer to (e.g. the samples).  "
+              "[default: synthetic X-ray-like images]")
 @reports_errors
-def demo_model(path: str, arch: str, seed: int) -> None:
+def demo_model(path: str, arch: str, seed: int, data: str | None) -> None:
     """Write a demonstration checkpoint (random weights, calibrated BatchNorm): heatmaps without a trained model.
 
     Its maps show the pipeline working; they are not medical evidence. Use a trained checkpoint for real work.
     """
     from enhancer.demo_model import save_demo_checkpoint
 
-    click.echo(f"wrote demonstration checkpoint {save_demo_checkpoint(path, arch, seed=seed)} ({arch})")
+    click.echo(f"wrote demonstration checkpoint {save_demo_checkpoint(path, arch, seed=seed, data=data)} ({arch})")
 
 
 if __name__ == "__main__":
