@@ -6,10 +6,17 @@ module as ``common`` (their own folder is on ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import subprocess
+import sys
+import threading
+import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -57,3 +64,120 @@ def make_copies(src: Path, dst: Path, n: int) -> None:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def own_peak_rss_mib() -> float:
+    """Peak resident memory of this process image only (``VmHWM``). Unlike ``peak_rss_mib`` (``ru_maxrss``), it is
+    not inherited: on Linux a child started by fork + exec reports its parent's high-water mark as its own
+    ``ru_maxrss`` when that is larger, which hides the child's real figure."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+            ppid = int(rest.rsplit(")", 1)[1].split()[1])  # the command name in (...) may hold spaces
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        parents.setdefault(ppid, []).append(int(pid))
+    found, todo = [], [root]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class TreeMemory:
+    """Context manager sampling the proportional set size (PSS: shared pages split among their users) of this
+    process and all its descendants (DataLoader workers, validation pools) every ``interval`` seconds; ``peak_mib``
+    is the largest sum seen. Forked workers share most of their parent's pages, so summing their RSS would count
+    those pages several times; PSS counts each page once."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak_mib = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
+
+    def sample(self) -> float:
+        me = os.getpid()
+        mib = sum(_pss_kib(pid) for pid in (me, *_descendants(me))) / 1024
+        self.peak_mib = max(self.peak_mib, mib)
+        return mib
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> Self:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def forward_only(data: Path, checkpoint: Path, *, batch_size: int, device: str, threads: int, loader: str = "auto",
+                 amp: bool = False) -> tuple[int, float, str]:  # fmt: skip
+    """The ceiling of any Grad-CAM job: the enhance job's loader feeding ``model(x)`` under ``inference_mode``,
+    nothing stored. ``amp``: bf16 autocast + channels_last on CUDA, as the enhance job's ``amp``. Returns (images,
+    seconds, loader name), timed from the checkpoint file to the last prediction on the host."""
+    from enhancer.checkpoints import load_checkpoint
+    from enhancer.data import make_loader, scan
+
+    start = time.perf_counter()
+    ck = load_checkpoint(checkpoint)
+    model = ck.model.to(device).eval()
+    on_cuda = device.startswith("cuda")
+    if amp and on_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    made = make_loader(list(scan(data).samples), ck.preprocessing, batch_size=batch_size, loader=loader,
+                       device=device, num_threads=threads)  # fmt: skip
+    n = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and on_cuda else nullcontext()
+    with torch.inference_mode(), autocast:
+        for batch in made:
+            x = batch.image.contiguous(memory_format=torch.channels_last) if amp and on_cuda else batch.image
+            model(x).argmax(1).cpu()  # the host needs the predictions: this also waits for the device
+            n += len(batch)
+    return n, time.perf_counter() - start, made.name
+
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """A worker's figures, as the last stdout line its parent reads (``run_worker``)."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_worker(script: Path, args: list[str]) -> dict[str, Any]:
+    """Run ``script args`` in a fresh interpreter (so its peak RSS is its own) and return what it ``emit_result``-ed.
+    The worker's stderr goes straight to ours; a failure raises with the tail of its stdout."""
+    proc = subprocess.run([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stdout.splitlines()[-20:])
+        raise RuntimeError(f"benchmark worker {' '.join(args[:2])} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])

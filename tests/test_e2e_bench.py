@@ -1,0 +1,91 @@
+"""The end-to-end benchmark's classic pipeline does the same work as the enhance job, so its figures compare like
+for like: same heatmaps (pytorch-grad-cam vs ``enhancer.cam`` with the same settings), same crop-box rules, every
+sample written; and the harness's memory figures are the worker's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from enhancer import cam
+from enhancer.data import scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import classic_pipeline
+import common
+
+
+def _four_images(src: Path, dst: Path) -> Path:
+    """An ImageFolder with two images of each class (ImageFolder refuses empty class folders)."""
+    found = scan(src)
+    for label, name in enumerate(found.class_names):
+        (dst / name).mkdir(parents=True)
+        for s in [s for s in found.samples if s.label == label][:2]:
+            os.symlink(s.path, dst / name / os.path.basename(s.path))
+    return dst
+
+
+def test_box_rules_match_crop_boxes() -> None:
+    torch.manual_seed(0)
+    heat = torch.rand(6, 224, 224) ** 4  # peaky maps: boxes smaller than the image
+    heat[1] = 0  # empty map: the whole image
+    heat[2, 100:110, 30:60] = 1.5  # one hot spot: min_size and sliding at work
+    orig = torch.tensor([[1000, 1300], [800, 600], [224, 224], [2000, 1500], [517, 931], [300, 2000]])
+    for settings in (cam.CropSettings(), cam.CropSettings(threshold=0.8, margin=0.3, min_size=0.1, square=True)):
+        ours = cam.crop_boxes(heat.clamp(0, 1), orig, settings).tolist()
+        theirs = [classic_pipeline.box_from_heatmap(h.clamp(0, 1).numpy(), tuple(o.tolist()), settings)
+                  for h, o in zip(heat, orig, strict=True)]  # fmt: skip
+        assert [tuple(b) for b in ours] == theirs
+
+
+def test_classic_outputs_match_enhancer(kermany_dir: Path, demo_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    data = _four_images(kermany_dir, tmp_path / "data")
+    result = classic_pipeline.compare_with_enhancer(data, demo_checkpoints["tinyvgg"], batch_size=4,
+                                                    shipped_loader=False)  # fmt: skip
+    assert result.n == 4 and result.n_nonempty == 4, result.line()
+    assert result.heatmap_max_abs <= classic_pipeline.HEATMAP_ATOL, result.line()
+    assert result.passed and result.line().startswith("PASS")
+    assert result.crop_box_max_px <= 2, result.line()  # same rules; float rounding may move an edge by a pixel
+
+
+def test_run_classic_writes_every_sample(kermany_dir: Path, demo_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    data = _four_images(kermany_dir, tmp_path / "data")
+    out = tmp_path / "classic.h5"
+    assert classic_pipeline.run_classic(data, demo_checkpoints["tinyvgg"], out, batch_size=3, workers=0) == 4
+    with h5py.File(out, "r") as f:
+        assert f["heatmap"].shape == (4, 224, 224) and f["crop"].shape == (4, 1, 224, 224)
+        assert f["enhanced"].shape == (4, 1, 224, 224) and f["crop_box"].shape == (4, 4)
+        assert f["label"][:].tolist() == [0, 0, 1, 1]
+        assert all(f["heatmap"][i].max() == 255 for i in range(4))  # min-max scaled, non-trivial maps
+        boxes, sizes = f["crop_box"][:], f["orig_size"][:]
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 3] <= sizes[:, 0]).all()
+        assert [Path(p.decode()).name for p in f["path"][:]] == sorted(os.listdir(data / "NORMAL")) + sorted(
+            os.listdir(data / "PNEUMONIA")
+        )
+
+
+def test_worker_memory_is_its_own() -> None:
+    # ru_maxrss of a fork + exec child can report the parent's high-water mark: the harness's figure must not
+    ballast = np.ones(1024 * 2**20 // 8)  # ~1 GiB resident in this (parent) process while the child runs
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import common; "
+        "common.emit_result({'own': common.own_peak_rss_mib()})"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(Path(common.__file__).parent)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    own = json.loads(out.splitlines()[-1][len(common.RESULT_PREFIX) :])["own"]
+    assert 0 < own < 1000, own  # torch and enhancer imported, but none of the parent's gigabyte
+    del ballast
+    with common.TreeMemory(interval=0.05) as tree:
+        pass
+    assert tree.peak_mib > 0
