@@ -13,7 +13,6 @@ refused before any of it runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from enhancer import __version__
+from enhancer.hashing import file_sha256
 from enhancer.models import (
     DEFAULT_CLASS_NAMES,
     RESNET_BLOCKS,
@@ -59,14 +59,6 @@ class LoadedCheckpoint:
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # optimizer/scheduler state for resuming
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:

@@ -16,7 +16,6 @@ background thread behind a bounded queue. A complete shard is skipped on a rerun
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from enhancer import cam, localisation
 from enhancer.checkpoints import LoadedCheckpoint, load_checkpoint
 from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
+from enhancer.hashing import file_sha256
 from enhancer.localisation import BoxTable, read_boxes
 from enhancer.lungs import LungModel, LungModelError, load_lung_model, lung_masks
 from enhancer.preprocessing import Preprocessing
@@ -206,7 +206,7 @@ def dataset_attrs(spec: EnhanceSpec, ck: LoadedCheckpoint, settings: OutputSetti
     if lungs is not None:
         measured["lung_model"] = {**lungs.describe(), "in_enhanced": settings.lung_mask_in_enhanced}
     if boxes is not None:
-        measured["boxes"] = {"path": boxes.source, "sha256": _file_sha256(boxes.source), "images": len(boxes),
+        measured["boxes"] = {"path": boxes.source, "sha256": file_sha256(boxes.source), "images": len(boxes),
                              "iou_threshold": settings.crop.threshold}  # fmt: skip
     identity = {
         "data": os.path.abspath(spec.data),
@@ -312,14 +312,6 @@ def _load_boxes(spec: EnhanceSpec) -> BoxTable | None:
         return read_boxes(spec.boxes)
     except ValueError as exc:
         raise SpecError(f"boxes: {exc}") from None
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:

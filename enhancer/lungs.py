@@ -24,7 +24,6 @@ argmax. Our own files (``save_lung_checkpoint``) may record a different input si
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from enhancer.hashing import file_sha256
 
 INPUT_SIZE = 512  # the public model's training resolution
 INPUT_SHIFT = 0.5  # x = grey01 - 0.5 (its LungDataset: to_tensor(image) - 0.5)
@@ -130,14 +131,6 @@ class LungModel:
                 "architecture": "PretrainedUNet(1, 2, batch_norm=True, upscale_mode='bilinear'), VGG11 encoder"}  # fmt: skip
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_lung_checkpoint(path: str | os.PathLike[str], net: LungUNet, *, input_size: int = INPUT_SIZE) -> str:
     """Write ``net`` with its input size (our format; a plain state_dict of the public model loads too)."""
     torch.save({"format": FORMAT, "state_dict": net.state_dict(), "input_size": int(input_size)}, path)
@@ -183,7 +176,7 @@ def load_lung_model(path: str | os.PathLike[str]) -> LungModel:
                              "the expected file is PretrainedUNet(1, 2, batch_norm=True, upscale_mode='bilinear')'s "
                              "state_dict")  # fmt: skip
     net.load_state_dict(state, strict=True)
-    return LungModel(net.eval(), input_size, path, _sha256(path))
+    return LungModel(net.eval(), input_size, path, file_sha256(path))
 
 
 def lung_input(source: torch.Tensor, input_size: int) -> torch.Tensor:

@@ -10,7 +10,6 @@ there, or copied from a local folder, and laid out as an ImageFolder (NORMAL/, P
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from enhancer.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,6 @@ def class_of(file_name: str) -> str:
     raise FetchError(f"cannot tell the class of sample file {file_name!r}")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def verify_samples(dest: str | os.PathLike[str]) -> list[str]:
     """Problems with the samples under ``dest`` (missing files, wrong hashes); empty when all 16 are right."""
     dest = Path(dest)
@@ -73,7 +70,7 @@ def verify_samples(dest: str | os.PathLike[str]) -> list[str]:
         path = dest / rel
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif _sha256(path) != digest:
+        elif file_sha256(path) != digest:
             problems.append(f"{path}: sha256 differs from the published file")
     return problems
 

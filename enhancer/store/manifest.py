@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from enhancer.hashing import file_sha256
 from enhancer.store.schema import (
     FIELDS,
     METRIC_FIELDS,
@@ -153,14 +153,6 @@ def detect_num_shards(out_dir: str | os.PathLike, num_shards: int | None = None)
             f"{out_dir} mixes shards of different --num-shards {sorted(totals)}; keep one dataset per directory"
         )
     return totals.pop()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -288,7 +280,7 @@ def merge(
                 n_samples=s["n_samples"],
                 n_rejected=s["n_rejected"],
                 offset=offset,
-                sha256=_sha256(path),
+                sha256=file_sha256(path),
                 size=path.stat().st_size,
                 attrs={k: v for k, v in prov_dicts[i].items() if k not in common},
             )

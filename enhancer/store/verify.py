@@ -22,7 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from enhancer.store.manifest import Manifest, _sha256, detect_num_shards
+from enhancer.hashing import file_sha256
+from enhancer.store.manifest import Manifest, detect_num_shards
 from enhancer.store.schema import FIELDS, REJECTED_GROUP, STR, StoreError, parse_shard_name
 from enhancer.store.writer import is_complete
 
@@ -74,7 +75,7 @@ def verify(out_dir: str | os.PathLike) -> VerifyReport:
         if not path.is_file():
             report.problems.append(f"{s.file} is listed in the manifest but missing; rerun shard {s.shard_id}")
             continue
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest != s.sha256:
             report.problems.append(
                 f"{s.file}: sha256 {digest[:12]}... does not match the manifest ({s.sha256[:12]}...): the file changed "
