@@ -24,7 +24,7 @@ from enhancer.cli import main
 from enhancer.data import make_loader, scan
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.specs import EnhanceSpec
-from enhancer.store import EnhancedDataset, StoreError, verify
+from enhancer.store import EnhancedDataset, StoreError, is_complete, verify
 
 ALL_FIELDS = ("index", "label", "pred", "prob", "path", "orig_size", "image", "cam", "heatmap", "crop", "crop_box",
               "enhanced")  # fmt: skip
@@ -133,10 +133,19 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
 
 
+def _repeated_samples(src: Path, dst: Path, times: int) -> Path:
+    """An ImageFolder of symlinks: every file of ``src`` ``times`` times (a longer job from the same images)."""
+    for path in sorted(src.rglob("*.jpeg")):
+        (dst / path.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(times):
+            (dst / path.parent.name / f"{k}-{path.name}").symlink_to(path)
+    return dst
+
+
 @pytest.mark.slow
 def test_killed_job_resumes_to_the_same_result(tmp_path, kermany_dir, demo_checkpoints):
-    checkpoint = str(demo_checkpoints["tinyvgg"])
-    args = ["enhance", "--data", str(kermany_dir), "--checkpoint", checkpoint, "--batch-size", "2",
+    data = _repeated_samples(kermany_dir, tmp_path / "data", 3)  # 48 files: long enough to be killed mid-shard
+    args = ["enhance", "--data", str(data), "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--batch-size", "1",
             "--num-shards", "2", "--no-progress"]  # fmt: skip
     reference = tmp_path / "reference"
     for shard_id in ("0", "1"):
@@ -144,21 +153,26 @@ def test_killed_job_resumes_to_the_same_result(tmp_path, kermany_dir, demo_check
     merge_enhanced(reference)
     rng = random.Random(7)
     killed = tmp_path / "killed"
-    for attempt in range(3):
+    final = killed / "shard-00000-of-00002.h5"
+    killed_mid_shard = 0
+    for _ in range(3):
         proc = _cli(*args, "--out", str(killed), "--shard-id", "0")
         deadline = time.monotonic() + 120
         while not list(killed.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))  # a random point of the shard
+        if proc.poll() is None and not final.exists():
+            killed_mid_shard += 1
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        assert not list(killed.glob("shard-00000-*.h5")) or attempt > 0, "a killed shard must never look complete"
+        assert not final.exists() or is_complete(final), "a killed shard must be absent or complete, never partial"
+    assert killed_mid_shard >= 1, "no attempt hit the job while it was writing"
     for shard_id in ("0", "1"):
         assert _cli(*args, "--out", str(killed), "--shard-id", shard_id).wait(timeout=300) == 0
     merge_enhanced(killed)
     assert not list(killed.glob("*.tmp"))
     got, want = _read_all(killed), _read_all(reference)
-    assert sorted(got) == sorted(want) == list(range(16))
+    assert sorted(got) == sorted(want) == list(range(48))
     for index in want:
         for field, value in want[index].items():
             if field == "path":
