@@ -17,19 +17,22 @@ interleaved rounds (other processes on a shared machine hit all three alike).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from enhancer.cam import AMP, CamSettings, grad_cam
-from enhancer.demo_model import build_demo_model, hook_target, xray_like_batch
-from enhancer.models import preprocessing_for
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from enhancer.cam import AMP, CamSettings, grad_cam  # noqa: E402
+from enhancer.demo_model import build_demo_model, hook_target, xray_like_batch  # noqa: E402
+from enhancer.models import preprocessing_for  # noqa: E402
 
 
 def full_backward_cam(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
@@ -53,19 +56,6 @@ def full_backward_cam(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None
     cam = (g.mean((2, 3), keepdim=True) * a).mean(1).relu()
     model.zero_grad(set_to_none=True)
     return cam / cam.flatten(1).amax(1).clamp_min(1e-30)[:, None, None]
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    desc = f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
-    if device.type == "cuda":
-        desc = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); host: {desc}"
-    return desc
 
 
 def main() -> None:
@@ -133,7 +123,7 @@ def main() -> None:
             if r >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
 
-    print(f"machine: {machine(device)}")
+    print(machine())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
           f"{args.arch} {args.size}x{args.size}, batch {batch}, amp {amp_name or 'none'}, "
           f"channels_last {channels_last}, {args.iters} timed rounds (median)")  # fmt: skip

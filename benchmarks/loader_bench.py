@@ -16,58 +16,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import PIL
 import torch
-import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
-from enhancer.data import make_loader, scan, validate
-from enhancer.data.dali_loader import dali_available
-from enhancer.preprocessing import SEED_PREPROCESSING
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SAMPLE_DATA, machine, make_copies  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/kermany-val"
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    versions = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
-    versions += [f"torchvision {torchvision.__version__}", f"Pillow {PIL.__version__}", f"numpy {np.__version__}"]
-    if dali_available():
-        import nvidia.dali
-
-        versions.append(f"nvidia-dali {nvidia.dali.__version__}")
-    return (
-        f"machine: {platform.node()} {platform.system()} {platform.release()} {platform.machine()}; CPU {cpu}; "
-        f"{os.cpu_count()} cores; GPU {gpu}; load average {os.getloadavg()[0]:.2f} (1 min, at start)\n"
-        f"versions: {', '.join(versions)}"
-    )
-
-
-def make_copies(src: Path, dst: Path, n: int) -> None:
-    """ImageFolder under ``dst`` with ``n`` symlinks cycling over the images of ``src``."""
-    originals = [s for s in scan(src).samples]
-    names = scan(src).class_names
-    for name in names:
-        (dst / name).mkdir(parents=True)
-    for i in range(n):
-        s = originals[i % len(originals)]
-        os.symlink(s.path, dst / names[s.label] / f"{i:05d}_{os.path.basename(s.path)}")
+from enhancer.data import make_loader, scan, validate  # noqa: E402
+from enhancer.data.dali_loader import dali_available  # noqa: E402
+from enhancer.preprocessing import SEED_PREPROCESSING  # noqa: E402
 
 
 def time_loader(samples: list, warmup: int, **kw: object) -> tuple[str, float, int]:
@@ -141,7 +105,7 @@ def per_image_costs(paths: list[str], source_size: int, rounds: int = 5) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="ImageFolder to replicate (default: %(default)s)"
+        "--data", type=Path, default=SAMPLE_DATA, help="ImageFolder to replicate (default: %(default)s)"
     )
     parser.add_argument("--n", type=int, default=512, help="number of files (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
