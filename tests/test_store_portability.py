@@ -31,11 +31,19 @@ def _missing(what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def shards(tmp_path_factory: pytest.TempPathFactory, kermany_dir: Path, demo_checkpoints: dict) -> list[Path]:
+    """Synthetic shards with every field, plus a shard the enhance job wrote from the real sample X-rays."""
+    from enhancer.enhance import merge_enhanced, run_enhance
+    from enhancer.specs import EnhanceSpec
+
     out = tmp_path_factory.mktemp("portable")
     write_dataset(out, 2, 6, rejected=(5,))
     merge(out)
-    return sorted(out.glob("shard-*.h5"))
+    job = tmp_path_factory.mktemp("job")
+    spec = EnhanceSpec(data=str(kermany_dir), out=str(job), checkpoint=str(demo_checkpoints["tinyvgg"]))
+    run_enhance(spec, progress=False)
+    merge_enhanced(job)
+    return sorted(out.glob("shard-*.h5")) + sorted(job.glob("shard-*.h5"))
 
 
 def _latest_format_file(path: Path) -> Path:
