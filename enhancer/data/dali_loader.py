@@ -1,4 +1,4 @@
-"""DALI loader: ``readers.file`` -> ``decoders.image`` (GRAY) -> resize -> normalise, on CPU threads or the GPU.
+"""DALI loader: ``readers.file`` -> ``decoders.image`` (GRAY) -> resize -> normalise, on the GPU or CPU threads.
 
 Usage::
 
@@ -17,24 +17,28 @@ with ``device="mixed"``; a corrupt file fails its whole batch (no skip option) b
 iteration and the pipeline goes on, so the loader re-decodes just that batch in halves until the bad file is alone.
 Paths that are not valid UTF-8 cannot cross into DALI: they are read through symlinks with safe names.
 
-Parity with the seed's PIL preprocessing (CPU): ~0.1/255 mean absolute difference and <= 1/255 inside the image;
-the outermost row and column differ by up to ~24/255 (DALI and PIL treat the image edge differently).
-On a CPU, DALI's resampling costs ~2.5x Pillow's per image (see ``benchmarks/RESULTS.md``); DALI pays off through
-its threads here and through nvJPEG + GPU resize on a GPU.
+On a GPU, DALI decodes with nvJPEG and resizes on the device (parity with the seed's PIL preprocessing: ~0.1/255
+mean, the outermost row and column up to ~24/255, as DALI treats the image edge differently). On CPU threads DALI
+only reads and decodes; the two resizes (model input and crop source) run in torch's uint8 antialiased kernel,
+because DALI's CPU resize costs ~2.5x Pillow's per image while torch's matches Pillow in speed and output (within
+1/255, borders included; see ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
-from enhancer.data.batch import Batch, Loader
+from enhancer.data.batch import Batch, Loader, normalise, resize_grey
 from enhancer.data.decode import classify_decode_error
 from enhancer.data.scan import Sample
 from enhancer.data.validate import Rejection
@@ -81,6 +85,10 @@ def _build_pipeline(
         grey = fn.decoders.image(
             encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY, adjust_orientation=False
         )
+        if not gpu:
+            # On CPU threads DALI decodes only: its CPU resize costs ~2.5x Pillow's per image, while torch's uint8
+            # antialiased resize matches Pillow in speed and output; the loader resizes with it (resize_grey).
+            return grey, shape, index
         # Linear + antialias matches PIL's bilinear Resize (which always antialiases when downscaling); resizing
         # to uint8 rounds like PIL does, so parity holds in [0, 255] units before normalisation.
         model = fn.resize(
@@ -186,7 +194,13 @@ class DaliLoader(Loader):
     # -- batches -----------------------------------------------------------------------------------------------
     def _batch(self, outputs: Any, expected: Sequence[Sample]) -> Batch:
         n = len(expected)
-        image_tl, source_tl, shape_tl, index_tl = outputs
+        if len(outputs) == 3:  # CPU pipeline: decoded images of any size, resized here
+            grey_tl, shape_tl, index_tl = outputs
+            image, source = self._resize_on_host(grey_tl, n)
+        else:
+            image_tl, source_tl, shape_tl, index_tl = outputs
+            image = _to_torch(image_tl, self.device)[:n]
+            source = _to_torch(source_tl, self.device)[:n].view(n, 1, self.source_size, self.source_size)
         index = _to_torch(index_tl, torch.device("cpu")).view(-1)[:n].to(torch.int64)
         want = torch.tensor([s.index for s in expected], dtype=torch.int64)
         if not torch.equal(index, want):
@@ -195,8 +209,8 @@ class DaliLoader(Loader):
             )
         shape = _to_torch(shape_tl, torch.device("cpu"))[:n, :2].to(torch.int64)
         batch = Batch(
-            image=_to_torch(image_tl, self.device)[:n],
-            source=_to_torch(source_tl, self.device)[:n].view(n, 1, self.source_size, self.source_size),
+            image=image,
+            source=source,
             orig_size=shape.contiguous(),
             index=index,
             label=torch.tensor([self._labels[int(i)] for i in index], dtype=torch.int64),
@@ -205,6 +219,20 @@ class DaliLoader(Loader):
             # DALI may reuse its output buffers on the next run(): finish the copies out of them first
             torch.cuda.current_stream(self.device).synchronize()
         return batch
+
+    def _resize_on_host(self, grey_tl: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input (normalised) and crop source (uint8) from the CPU pipeline's decoded (H, W, 1) images, resized
+        on ``num_threads`` threads (torch releases the GIL in the resize) while DALI decodes the next batch."""
+        size, square = tuple(self.preprocessing.size), (self.source_size, self.source_size)
+
+        def both(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            grey = torch.from_numpy(np.asarray(grey_tl[i])).permute(2, 0, 1)  # a view: done before the next run()
+            return resize_grey(grey, size), resize_grey(grey, square)
+
+        with ThreadPoolExecutor(self.num_threads) as pool:
+            models, sources = zip(*pool.map(both, range(n)), strict=True)
+        model, source = torch.stack(models), torch.stack(sources)
+        return normalise(model, self.preprocessing, self.dtype).to(self.device), source.to(self.device)
 
     def _try_decode(self, group: Sequence[Sample], *, cpu: bool = False) -> Batch | Exception:
         try:
@@ -256,6 +284,9 @@ class DaliLoader(Loader):
                 yield batch
         finally:
             del pipe
+            # Pipelines caught in reference cycles (e.g. through the tracebacks of isolated bad files) must be freed
+            # here, while their threads exist: freed later in a forked child (a DataLoader worker) they hang.
+            gc.collect()
             if self._alias_dir is not None:
                 self._alias_dir.cleanup()
                 self._alias_dir = None

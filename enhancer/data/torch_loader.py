@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from enhancer.data.batch import Batch, Loader, normalise
+from enhancer.data.batch import Batch, Loader, normalise, resize_grey
 from enhancer.data.decode import classify_decode_error, load_grey, to_grey
 from enhancer.data.dicom import is_dicom_path
 from enhancer.data.scan import Sample
@@ -88,13 +87,6 @@ class _GpuDataset(Dataset):
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
-
-
-def _resize_uint8(grey: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(1, H, W) uint8 -> (1, h, w) uint8, bilinear + antialias (PIL's filter), rounded like PIL's uint8 output."""
-    x = grey.unsqueeze(0).to(torch.float32)
-    y = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
 class TorchLoader(Loader):
@@ -205,8 +197,8 @@ class TorchLoader(Loader):
                     continue
             else:
                 grey = item["grey"].to(self.device, non_blocking=True).unsqueeze(0)
-            model = _resize_uint8(grey, size)
-            source = _resize_uint8(grey, (self.source_size, self.source_size))
+            model = resize_grey(grey, size)
+            source = resize_grey(grey, (self.source_size, self.source_size))
             rows.append((s, model, source, (int(grey.shape[-2]), int(grey.shape[-1]))))
         return rows
 
