@@ -87,7 +87,8 @@ def test_end_to_end_resnet101_on_the_real_samples(resnet101_run, kermany_dir, de
     assert labels == [0] * 8 + [1] * 8
     assert all(Path(samples[i]["path"]).parent.name == ("NORMAL" if i < 8 else "PNEUMONIA") for i in range(16))
     heat = np.stack([samples[i]["heatmap"] for i in range(16)])
-    assert heat.max() == 255 and (heat.reshape(16, -1).std(1) > 5).all(), "heatmaps must be non-trivial"
+    # The normalised 7x7 map peaks at 1; bilinear upsampling samples between cell centres, so just below 255.
+    assert (heat.reshape(16, -1).max(1) >= 240).all() and (heat.reshape(16, -1).std(1) > 5).all(), "trivial heatmap"
     boxes = np.stack([samples[i]["crop_box"] for i in range(16)])
     sizes = np.stack([samples[i]["orig_size"] for i in range(16)])
     assert (boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 3] <= sizes[:, 0]).all()
