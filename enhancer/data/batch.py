@@ -70,7 +70,16 @@ class Loader:
 
     name: str = "loader"
 
-    def __init__(self, samples: Sequence[Sample], preprocessing: Preprocessing, *, batch_size: int) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        preprocessing: Preprocessing,
+        *,
+        batch_size: int,
+        device: str = "cpu",
+        source_size: int = 512,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         indices = [s.index for s in samples]
@@ -79,6 +88,11 @@ class Loader:
         self.samples = list(samples)
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.source_size = source_size
+        self.dtype = dtype
         self.rejected: list[Rejection] = []
         self.n_loaded = 0
 

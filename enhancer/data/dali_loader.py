@@ -142,21 +142,13 @@ class DaliLoader(Loader):
         source_size: int = 512,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(samples, preprocessing, batch_size=batch_size)
         if dtype not in _DALI_DTYPES:
             raise ValueError(f"the DALI loader outputs {list(_DALI_DTYPES)}; got {dtype}")
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            self.device_id: int | None = (
-                self.device.index if self.device.index is not None else torch.cuda.current_device()
-            )
-            self.device = torch.device("cuda", self.device_id)
-        else:
-            self.device_id = None
+        super().__init__(samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size,
+                         dtype=dtype)  # fmt: skip
+        self.device_id: int | None = self.device.index if self.device.type == "cuda" else None
         self.name = "dali-gpu" if self.device_id is not None else "dali-cpu"
         self.num_threads = max(1, num_threads)  # DALI needs at least one worker thread
-        self.source_size = source_size
-        self.dtype = dtype
         self._labels = {s.index: s.label for s in self.samples}
         self._alias_dir: tempfile.TemporaryDirectory[str] | None = None
 

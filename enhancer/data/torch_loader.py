@@ -103,14 +103,10 @@ class TorchLoader(Loader):
         source_size: int = 512,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(samples, preprocessing, batch_size=batch_size)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        super().__init__(samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size,
+                         dtype=dtype)  # fmt: skip
         self.name = "torch-gpu" if self.device.type == "cuda" else "torch-cpu"
         self.num_workers = max(0, num_threads)
-        self.source_size = source_size
-        self.dtype = dtype
 
     def _data_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
