@@ -38,8 +38,7 @@ class EnhanceSpec:
 
     data: str = REQUIRED  # ImageFolder root or a path,label CSV
     out: str = REQUIRED  # output directory of the enhanced dataset
-    checkpoint: str | None = None  # None: the demonstration model (``demo = true``) or an error
-    demo: bool = False  # use a calibrated demonstration model instead of a checkpoint (heatmaps are not medical)
+    checkpoint: str | None = None  # required to run; `enhancer demo-model` makes one for trying the tool
     arch: str | None = None  # override architecture detection
     shard_id: int = 0
     num_shards: int = 1
