@@ -55,7 +55,7 @@ def split_dir(path: str, split: str) -> str:
 def _enhance(spec: CycleSpec, data: str, out: Path, checkpoint: str) -> Path:
     if (out / "manifest.json").is_file():
         return out  # merged by an earlier run of this cycle
-    espec = dataclasses.replace(spec.enhance, data=data, out=str(out), checkpoint=checkpoint, demo=False,
+    espec = dataclasses.replace(spec.enhance, data=data, out=str(out), checkpoint=checkpoint,
                                 shard_id=0, num_shards=1)  # fmt: skip
     run_enhance(espec, progress=False)
     merge_enhanced(out)
@@ -68,7 +68,7 @@ def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> di
     if not (spec.enhance.lung_model or spec.enhance.boxes):
         return {}
     if not (out / "manifest.json").is_file():
-        espec = dataclasses.replace(spec.enhance, data=test_data, out=str(out), checkpoint=checkpoint, demo=False,
+        espec = dataclasses.replace(spec.enhance, data=test_data, out=str(out), checkpoint=checkpoint,
                                     shard_id=0, num_shards=1, fields=(), lung_mask_in_enhanced=False)  # fmt: skip
         run_enhance(espec, progress=False)
         merge_enhanced(out)
