@@ -30,6 +30,11 @@ test-tools: $(H5PY114)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   hdf5-tools >/dev/null) || echo "h5dump (Debian hdf5-tools) not installed: its portability test will skip"; }
 
+# The tests use the 16 sample X-rays from the user cache (~/.cache/enhancer), fetched from PyPI on first use like
+# `enhancer fetch-samples` does. Offline, ENHANCER_SAMPLES=DIR names a copy; a checkout that has the project's
+# shared data folder beside it (../shared/data/kermany-val) uses that copy.
+export ENHANCER_SAMPLES ?= $(wildcard $(abspath ..)/shared/data/kermany-val)
+
 test: $(STAMP) test-tools
 	ENHANCER_H5PY114_PYTHON=$(abspath $(H5PY114)) $(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -24,7 +24,13 @@ import torchvision
 
 from enhancer.data import scan
 
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared/data/kermany-val"
+
+
+def sample_data() -> Path:
+    """The 16 real sample X-rays, as users get them (``enhancer fetch-samples``), kept in the user cache."""
+    from enhancer.samples import cached_samples
+
+    return cached_samples()
 
 
 def machine() -> str:

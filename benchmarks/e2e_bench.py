@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    SAMPLE_DATA,
+    sample_data,
     TreeMemory,
     emit_result,
     forward_only,
@@ -154,7 +154,7 @@ def _check(args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
         return None
     from classic_pipeline import compare_with_enhancer
 
-    result = compare_with_enhancer(SAMPLE_DATA, tmp / "model.pt", batch_size=16)
+    result = compare_with_enhancer(sample_data(), tmp / "model.pt", batch_size=16)
     print(result.line(), flush=True)
     return {**asdict(result), "passed": result.passed}
 
@@ -242,9 +242,9 @@ def main() -> None:
         report["check"] = None if args.no_check else _check(args, tmp)
         sizes = {args.n, args.n * args.scale} if args.scale else {args.n}
         for n in sorted(sizes):
-            make_copies(SAMPLE_DATA, tmp / f"data-{n}", n)
+            make_copies(sample_data(), tmp / f"data-{n}", n)
         for b in {args.batch_size, *args.batch_sizes}:
-            make_copies(SAMPLE_DATA, tmp / f"warm-{b}", max(b, 16))
+            make_copies(sample_data(), tmp / f"warm-{b}", max(b, 16))
 
         print(f"\nmain table: {args.repeats} rounds at N={args.n}")
         main_runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SAMPLE_DATA, machine, make_copies  # noqa: E402
+from common import machine, make_copies  # noqa: E402
 
 from enhancer.checkpoints import load_checkpoint  # noqa: E402
 from enhancer.data import make_loader, scan  # noqa: E402
@@ -70,11 +70,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="enhance-bench-") as tmp:
         tmp = Path(tmp)
         data = tmp / "data"
-        make_copies(SAMPLE_DATA, data, args.n)
+        make_copies(sample_data(), data, args.n)
         checkpoint = Path(save_demo_checkpoint(str(tmp / "model.pt"), args.arch))
         common = {"batch_size": args.batch_size, "device": args.device, "threads": args.threads}
         warm = tmp / "warm"
-        make_copies(SAMPLE_DATA, warm, args.batch_size)
+        make_copies(sample_data(), warm, args.batch_size)
         whole_job(warm, checkpoint, tmp / "warm-out", **common)
         forward_only(warm, checkpoint, **common)
         rates: dict[str, list[float]] = {"enhance job": [], "forward only": []}

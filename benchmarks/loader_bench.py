@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python benchmarks/loader_bench.py                       # 512 files, batch 64, 2 threads/workers
     .venv/bin/python benchmarks/loader_bench.py --n 2048 --threads 8 --device cuda
 
-The 16 real validation X-rays (``../shared/data/kermany-val``) are symlinked into a temporary ImageFolder until
+The 16 real validation X-rays (``enhancer fetch-samples``, kept in the user cache) are symlinked into a temporary ImageFolder until
 there are ``--n`` files; every contender runs the real hot path (``enhancer.data.make_loader``: decode, grey,
 224x224 model input normalised, 512x512 uint8 crop source) after one warm-up pass over the first batches.
 "single-process PIL" is the torch loader with 0 workers (the same outputs, decoded in the main process);
@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SAMPLE_DATA, machine, make_copies  # noqa: E402
+from common import machine, make_copies, sample_data  # noqa: E402
 
 from enhancer.data import make_loader, scan, validate  # noqa: E402
 from enhancer.data.dali_loader import dali_available  # noqa: E402
@@ -105,7 +105,7 @@ def per_image_costs(paths: list[str], source_size: int, rounds: int = 5) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=SAMPLE_DATA, help="ImageFolder to replicate (default: %(default)s)"
+        "--data", type=Path, default=None, help="ImageFolder to replicate (default: the 16 sample X-rays, fetched)"
     )
     parser.add_argument("--n", type=int, default=512, help="number of files (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
@@ -117,6 +117,7 @@ def main() -> None:
         "--repeat", type=int, default=2, help="rounds over all contenders; the best round counts (default: %(default)s)"
     )
     args = parser.parse_args()
+    args.data = args.data or sample_data()
 
     print(machine())
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:

@@ -456,7 +456,8 @@ def export(out_dir: str, dest: str, field: str) -> None:
 @main.command("fetch-samples")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--from", "source", type=click.Path(exists=True, file_okay=False),
-              help="Copy from a local folder holding the 16 files instead of downloading them.")
+              help="Copy from a local folder holding the 16 files instead of downloading them.  "
+                   "[default: $ENHANCER_SAMPLES when set, else the package index]")
 @reports_errors
 def fetch_samples(dest: str, source: str | None) -> None:
     """Get the 16 real sample chest X-rays (CC BY 4.0, Kermany et al.), check their hashes, lay out as ImageFolder."""

@@ -1,11 +1,14 @@
 """The 16 real sample chest X-rays (the public dataset's ``val`` split), fetched and checked by hash.
 
-Usage: ``enhancer fetch-samples data/kermany-val`` (or ``fetch_samples(dest)``).
+Usage: ``enhancer fetch-samples data/kermany-val`` (or ``fetch_samples(dest)``); ``cached_samples()`` keeps one
+checked copy in the user cache (``$ENHANCER_CACHE``, else ``$XDG_CACHE_HOME/enhancer``, else ``~/.cache/enhancer``),
+which the tests and benchmarks use.
 
 Source: Kermany, Zhang, Goldbaum, "Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
 Classification", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0. The files travel inside the PyPI
 wheel of ``pneumonia-model-package==0.3.0`` (so a machine that reaches only PyPI can get them); they are taken from
-there, or copied from a local folder, and laid out as an ImageFolder (NORMAL/, PNEUMONIA/).
+there, or copied from a local folder, and laid out as an ImageFolder (NORMAL/, PNEUMONIA/). Offline, point
+``ENHANCER_SAMPLES`` at a folder holding the 16 files: it is used instead of the package index.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from enhancer.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
+SOURCE_ENV = "ENHANCER_SAMPLES"  # a local folder holding the 16 files: the offline source
+CACHE_ENV = "ENHANCER_CACHE"
 WHEEL_REQUIREMENT = "pneumonia-model-package==0.3.0"
 WHEEL_MEMBER_DIR = "pneumonia_model_package/datasets/pneumonia-data/val/"
 ATTRIBUTION = (
@@ -84,15 +89,33 @@ def _download_wheel(workdir: Path) -> Path:
         reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
         raise FetchError(
             f"could not download {WHEEL_REQUIREMENT} from the package index ({reason}); on a machine without "
-            "access, copy the 16 files from elsewhere and pass --from DIR"
+            f"access, copy the 16 files from elsewhere and pass --from DIR (or set {SOURCE_ENV}=DIR)"
         )
     return wheels[0]
 
 
+def cache_dir() -> Path:
+    """enhancer's user cache: ``$ENHANCER_CACHE``, else ``$XDG_CACHE_HOME/enhancer``, else ``~/.cache/enhancer``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "enhancer"
+
+
+def cached_samples() -> Path:
+    """The 16 samples in the user cache (``cache_dir()/samples/kermany-val``), fetched and checked on first use
+    (from ``$ENHANCER_SAMPLES`` when set, else the package index); later calls only re-check the hashes."""
+    return fetch_samples(cache_dir() / "samples" / "kermany-val")
+
+
 def fetch_samples(dest: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None) -> Path:
     """Lay the 16 samples out under ``dest`` as ImageFolder and check their hashes. ``source`` is a local folder
-    holding them (flat or as NORMAL/, PNEUMONIA/); without it they come from the PyPI wheel. Idempotent."""
+    holding them (flat or as NORMAL/, PNEUMONIA/); without it ``$ENHANCER_SAMPLES``, else the PyPI wheel.
+    Idempotent; safe when several processes fetch into the same ``dest`` at once (each file lands by rename)."""
     dest = Path(dest)
+    if source is None and os.environ.get(SOURCE_ENV):
+        source = os.environ[SOURCE_ENV]
+        if not Path(source).is_dir():
+            raise FetchError(f"{SOURCE_ENV}={source}: no such folder; point it at a copy of the 16 sample files")
     if not verify_samples(dest):
         log.info("samples already present in %s", dest)
         return dest
@@ -104,7 +127,9 @@ def fetch_samples(dest: str | os.PathLike[str], *, source: str | os.PathLike[str
             for rel in SAMPLE_SHA256:
                 name = Path(rel).name
                 if name not in found:
-                    raise FetchError(f"{source}: has no {name}; point --from at the folder holding the 16 samples")
+                    raise FetchError(
+                        f"{source}: has no {name}; point --from (or {SOURCE_ENV}) at the folder holding the 16 samples"
+                    )
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(found[name], staging / rel)
         else:

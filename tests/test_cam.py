@@ -13,6 +13,7 @@ from torch import nn
 from enhancer.cam import RAW_CAM_SCALE_NOTE, CamSettings, grad_cam, upsample
 from enhancer.demo_model import build_demo_model, hook_target, scale_logits, xray_like_batch
 from enhancer.models import ZOO
+from tests.tools.missing import require_module
 
 SIZE = 64
 _MODELS: dict[str, nn.Module] = {}
@@ -85,7 +86,7 @@ def test_head_only_equals_full_backward_reference(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["resnet101", "tinyvgg"])
 def test_matches_pytorch_grad_cam(arch: str) -> None:
-    from pytorch_grad_cam import GradCAM
+    GradCAM = require_module("pytorch_grad_cam", install="grad-cam==1.5.7").GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model, x = demo(arch), batch(arch)

@@ -17,12 +17,13 @@ from enhancer.cam import (
     largest_region,
     upsample,
 )
+from tests.tools.missing import require_module
 
 EXACT = CropSettings(margin=0.0, min_size=0.0)  # the bare hot-region box
 
 
 def test_upsample_is_bilinear_half_pixel() -> None:
-    cv2 = pytest.importorskip("cv2")
+    cv2 = require_module("cv2", install="opencv-python-headless (comes with grad-cam==1.5.7)")
     maps = torch.rand(3, 7, 5, generator=torch.Generator().manual_seed(0))
     up = upsample(maps, (224, 160))
     assert up.shape == (3, 224, 160) and up.dtype == torch.float32
@@ -31,11 +32,24 @@ def test_upsample_is_bilinear_half_pixel() -> None:
                                    atol=1e-5)  # fmt: skip
 
 
-def test_colorize_jet_matches_opencv() -> None:
+def test_colorize_jet_anchors() -> None:
     heat = torch.rand(2, 5, 7, generator=torch.Generator().manual_seed(0))
     rgb = colorize_jet(heat)
     assert rgb.shape == (2, 3, 5, 7) and rgb.dtype == torch.uint8
-    cv2 = pytest.importorskip("cv2")
+    # anchors: 0 -> dark blue, 1 -> dark red; out of range and NaN clamped
+    edge = colorize_jet(torch.tensor([[[0.0, 1.0, -3.0, 7.0, float("nan")]]]))[0, :, 0].T.tolist()
+    assert edge == [[0, 0, 128], [128, 0, 0], [0, 0, 128], [128, 0, 0], [0, 0, 128]]
+    # every level against the textbook piecewise-linear JET: channel k = clip(1.5 - |4v - (3, 2, 1)[k]|, 0, 1)
+    v = torch.arange(256, dtype=torch.float64) / 255
+    textbook = torch.stack([(1.5 - (4 * v - c).abs()).clamp(0, 1) * 255 for c in (3, 2, 1)], 1)
+    ours = colorize_jet(v.float().view(1, 1, -1))[0, :, 0].T.double()
+    assert (ours - textbook).abs().max().item() <= 1
+
+
+def test_colorize_jet_matches_opencv() -> None:
+    heat = torch.rand(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    rgb = colorize_jet(heat)
+    cv2 = require_module("cv2", install="opencv-python-headless (comes with grad-cam==1.5.7)")
     levels = torch.arange(256, dtype=torch.uint8)
     bgr = cv2.applyColorMap(levels.numpy()[None], cv2.COLORMAP_JET)[0]
     ours = colorize_jet(levels.float().view(1, 1, -1) / 255)[0, :, 0].T.numpy()
@@ -43,9 +57,6 @@ def test_colorize_jet_matches_opencv() -> None:
     for img, h in zip(rgb, heat, strict=True):  # levels are uint8(255 * heat), as pytorch-grad-cam does
         theirs = cv2.applyColorMap(np.uint8(255 * h.numpy()), cv2.COLORMAP_JET)[..., ::-1]
         assert np.abs(img.permute(1, 2, 0).numpy().astype(int) - theirs.astype(int)).max() <= 1
-    # anchors: 0 -> dark blue, 0.5 -> green-ish cyan/yellow midpoint, 1 -> dark red; out of range, NaN clamped
-    edge = colorize_jet(torch.tensor([[[0.0, 1.0, -3.0, 7.0, float("nan")]]]))[0, :, 0].T.tolist()
-    assert edge == [[0, 0, 128], [128, 0, 0], [0, 0, 128], [128, 0, 0], [0, 0, 128]]
 
 
 def _heat(n: int = 1, size: tuple[int, int] = (100, 100), background: float = 0.2) -> torch.Tensor:

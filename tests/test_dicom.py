@@ -19,6 +19,7 @@ from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.preprocessing import Preprocessing
 from enhancer.specs import EnhanceSpec
 from enhancer.store import EnhancedDataset
+from tests.tools.missing import missing
 
 
 def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", center: float | None = None,
@@ -125,7 +126,7 @@ def test_real_chest_radiograph_from_pydicom_data(tmp_path, demo_checkpoints):
 
     path = get_testdata_file("RG1_UNCR.dcm", download=False)  # CR chest PA, MONOCHROME1, 1955 x 1841, 15 bit
     if path is None:
-        pytest.skip("pydicom-data is not installed (pip install pydicom-data): no real chest radiograph")
+        missing("pydicom-data (a real chest radiograph)", how=".venv/bin/pip install pydicom-data==1.0.0 (or `make test`)")
     ds = pydicom.dcmread(path)
     assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BodyPartExamined == "CHEST"
     grey = np.asarray(load_grey(path))

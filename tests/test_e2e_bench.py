@@ -17,6 +17,7 @@ import torch
 
 from enhancer import cam
 from enhancer.data import scan
+from tests.tools.missing import require_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import classic_pipeline
@@ -47,7 +48,7 @@ def test_box_rules_match_crop_boxes() -> None:
 
 
 def test_classic_outputs_match_enhancer(kermany_dir: Path, demo_checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("pytorch_grad_cam")
+    require_module("pytorch_grad_cam", install="grad-cam==1.5.7")
     data = _four_images(kermany_dir, tmp_path / "data")
     result = classic_pipeline.compare_with_enhancer(data, demo_checkpoints["tinyvgg"], batch_size=4,
                                                     shipped_loader=False)  # fmt: skip
@@ -58,7 +59,7 @@ def test_classic_outputs_match_enhancer(kermany_dir: Path, demo_checkpoints: dic
 
 
 def test_run_classic_writes_every_sample(kermany_dir: Path, demo_checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("pytorch_grad_cam")
+    require_module("pytorch_grad_cam", install="grad-cam==1.5.7")
     data = _four_images(kermany_dir, tmp_path / "data")
     out = tmp_path / "classic.h5"
     assert classic_pipeline.run_classic(data, demo_checkpoints["tinyvgg"], out, batch_size=3, workers=0) == 4

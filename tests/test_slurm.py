@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.store.layout import read_shard_attrs
+from tests.tools.missing import missing
 from tests.test_launch import assert_same_dataset, one_process_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +48,7 @@ def slurm_cluster() -> str:
         problem = str(exc)
     if problem:
         message = f"the local SLURM cluster did not start ({SCRIPT} start): {problem}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)  # CI must run these tests, not skip them quietly
-        pytest.skip(message)
+        missing(message, how="run `scripts/slurm-local.sh start` as root on Debian (it installs the packages)")
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = conf = f"{state}/etc/slurm.conf"
     yield conf
@@ -185,8 +184,6 @@ def test_failed_task_blocks_the_merge_and_merge_names_the_shard(slurm_cluster, t
 
 
 def test_train_sbatch_runs_two_task_ddp_on_cpu(slurm_cluster, tmp_path, kermany_dir, monkeypatch):
-    if "Usage" not in CliRunner().invoke(main, ["train", "--help"]).output:
-        pytest.skip("no `enhancer train` command in this checkout")
     run = tmp_path / "run"
     job = tmp_path / "train-smoke.toml"
     job.write_text(f"""

@@ -1,8 +1,8 @@
 """Shards written here (h5py with HDF5 2.x) must open in older HDF5: h5dump (Debian 12 ships 1.10) and an h5py
 bundling HDF5 1.14 (``ENHANCER_H5PY114_PYTHON``, see tests/tools/read_with_h5py_114.py).
 
-Both checks skip locally when their tool is missing but FAIL when ``CI=true``: CI must install them
-(apt ``hdf5-tools``; a venv with ``pip install h5py==3.14.0``).
+Both checks skip locally when their tool is missing (saying how to get it) and fail under ``CI=true``; ``make test``
+installs both (apt ``hdf5-tools``; a venv with ``pip install h5py==3.14.0``).
 """
 
 from __future__ import annotations
@@ -17,17 +17,11 @@ import numpy as np
 import pytest
 
 from enhancer.store import merge
+from tests.tools.missing import missing, require_command
 from tests.tools.read_with_h5py_114 import digest
 from tests.tools.store_synth import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is required in CI (CI=true); install it in .ci/run")
-    pytest.skip(f"{what} not available")
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +58,7 @@ def _digests(f) -> dict[str, str]:
 
 
 def test_h5dump_reads_every_shard(shards: list[Path], tmp_path: Path) -> None:
-    h5dump = shutil.which("h5dump")
-    if h5dump is None:
-        _missing("h5dump (Debian package hdf5-tools)")
+    h5dump = require_command("h5dump", install="apt-get install hdf5-tools (`make test` does it as root on Debian)")
     version = subprocess.run([h5dump, "--version"], capture_output=True, text=True, check=False).stdout.strip()
     for path in shards:
         res = subprocess.run([h5dump, str(path)], capture_output=True, text=True, timeout=60, check=False)
@@ -83,7 +75,7 @@ def test_h5dump_reads_every_shard(shards: list[Path], tmp_path: Path) -> None:
 def test_h5py_with_hdf5_114_reads_every_shard(shards: list[Path], tmp_path: Path) -> None:
     python = os.environ.get("ENHANCER_H5PY114_PYTHON")
     if not python:
-        _missing("ENHANCER_H5PY114_PYTHON (interpreter with h5py==3.14.0)")
+        missing("ENHANCER_H5PY114_PYTHON (an interpreter with h5py==3.14.0)", how="run the tests with `make test`")
     script = REPO / "tests" / "tools" / "read_with_h5py_114.py"
     res = subprocess.run(
         [python, str(script), *map(str, shards)], capture_output=True, text=True, timeout=120, check=False
