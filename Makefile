@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-tools demo install clean
+.PHONY: test test-tools lint format demo install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ test-tools: $(H5PY114)
 # shared data folder beside it (../shared/data/kermany-val) uses that copy.
 export ENHANCER_SAMPLES ?= $(wildcard $(abspath ..)/shared/data/kermany-val)
 
-test: $(STAMP) test-tools
+# Formatting and lint (rules and their reasons: [tool.ruff] in pyproject.toml); `make format` applies the formatter.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) test-tools lint
 	ENHANCER_H5PY114_PYTHON=$(abspath $(H5PY114)) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The demo: fetch the 16 sample X-rays, enhance them with the seed ResNet-101 architecture, merge, draw a grid.

@@ -1,5 +1,5 @@
-"""Grad-CAM throughput, side by side: forward only, head-only Grad-CAM (``enhancer.cam.grad_cam``) and the classic
-hook + full-backward Grad-CAM, on the same model, batch and device.
+"""Grad-CAM throughput, side by side: forward only, head-only Grad-CAM (``enhancer.explain.cam.grad_cam``) and the
+classic hook + full-backward Grad-CAM, on the same model, batch and device.
 
 Usage::
 
@@ -7,7 +7,7 @@ Usage::
     python benchmarks/cam_bench.py --gpu                  # CUDA: bf16 autocast + channels_last, batch 256
     python benchmarks/cam_bench.py --arch resnet50 --batch 8 --iters 5 --device cpu
 
-The model is an untrained zoo model with calibrated BatchNorm (``enhancer.demo_model``) so activations are
+The model is an untrained zoo model with calibrated BatchNorm (``enhancer.models.demo``) so activations are
 realistic (no inf/NaN); speed does not depend on the weights otherwise. The full-backward variant is what
 hook-based libraries (pytorch-grad-cam) do with a freshly loaded model: every parameter requires grad, one backward
 pass from the score through the whole network. All three keep the batch on the device; timings are medians over
@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine
 
-from enhancer.cam import AMP, CamSettings, grad_cam  # noqa: E402
-from enhancer.demo_model import build_demo_model, hook_target, xray_like_batch  # noqa: E402
-from enhancer.models import preprocessing_for  # noqa: E402
+from enhancer.explain.cam import AMP, CamSettings, grad_cam
+from enhancer.models.demo import build_demo_model, hook_target, xray_like_batch
+from enhancer.models.zoo import preprocessing_for
 
 
 def full_backward_cam(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
@@ -66,8 +66,12 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3, help="timed rounds per mode (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds per mode first (default: 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda with --gpu, else cpu)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
-                   help="autocast for the trunk, CUDA only (default: bf16 with --gpu, else none)")  # fmt: skip
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16"],
+        default=None,
+        help="autocast for the trunk, CUDA only (default: bf16 with --gpu, else none)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (default with --gpu)")
     p.add_argument("--gpu", action="store_true", help="GPU preset: cuda, bf16 autocast, channels_last, batch 256")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -124,9 +128,11 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
 
     print(machine())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
-          f"{args.arch} {args.size}x{args.size}, batch {batch}, amp {amp_name or 'none'}, "
-          f"channels_last {channels_last}, {args.iters} timed rounds (median)")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
+        f"{args.arch} {args.size}x{args.size}, batch {batch}, amp {amp_name or 'none'}, "
+        f"channels_last {channels_last}, {args.iters} timed rounds (median)"
+    )
     rate = {name: batch / statistics.median(t) for name, t in times.items()}
     fwd, head, full = rate["forward only"], rate["head-only Grad-CAM"], rate["full-backward Grad-CAM"]
     print("| mode | images/s | s/batch | vs forward | vs full-backward |")

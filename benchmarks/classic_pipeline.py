@@ -36,9 +36,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from enhancer.cam import CamSettings, CropSettings, EnhanceSettings
-from enhancer.checkpoints import LoadedCheckpoint, load_checkpoint
-from enhancer.demo_model import hook_target
+from enhancer.explain.cam import CamSettings, CropSettings, EnhanceSettings
+from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
+from enhancer.models.demo import hook_target
 from enhancer.preprocessing import Preprocessing
 
 GZIP_LEVEL = 4  # enhancer's shard writer default: both sides pay the same compression
@@ -54,12 +54,14 @@ GRADS = ("all", "as-loaded")
 
 def seed_transform(pre: Preprocessing) -> transforms.Compose:
     """The seed notebook's evaluation transform, parameterised by the checkpoint's preprocessing."""
-    return transforms.Compose([
-        transforms.Grayscale(pre.in_chans),
-        transforms.Resize(pre.size),
-        transforms.ToTensor(),
-        transforms.Normalize(pre.mean, pre.std),
-    ])  # fmt: skip
+    return transforms.Compose(
+        [
+            transforms.Grayscale(pre.in_chans),
+            transforms.Resize(pre.size),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )
 
 
 def box_from_heatmap(heat: np.ndarray, orig_hw: tuple[int, int], s: CropSettings) -> tuple[int, int, int, int]:
@@ -153,10 +155,18 @@ def classic_samples(
                 box = box_from_heatmap(heat[i], (grey.height, grey.width), crop)
                 hc, wc = crop.size
                 cut = np.asarray(grey.crop(box).resize((wc, hc), Image.BILINEAR))
-                yield ClassicSample(path=path, label=int(y[i]), pred=int(preds[i]), prob=probs[i], heat=heat[i],
-                                    image=np.rint(images[i] * 255).astype(np.uint8), crop_box=box, crop=cut,
-                                    enhanced=enhance_np(images[i], heat[i], enhance),
-                                    orig_size=(grey.height, grey.width))  # fmt: skip
+                yield ClassicSample(
+                    path=path,
+                    label=int(y[i]),
+                    pred=int(preds[i]),
+                    prob=probs[i],
+                    heat=heat[i],
+                    image=np.rint(images[i] * 255).astype(np.uint8),
+                    crop_box=box,
+                    crop=cut,
+                    enhanced=enhance_np(images[i], heat[i], enhance),
+                    orig_size=(grey.height, grey.width),
+                )
             done += len(y)
 
 
@@ -177,18 +187,37 @@ def run_classic(
     n = len(datasets.ImageFolder(os.path.abspath(data)).samples)
     h, w = pre.size
     crop = CropSettings()
-    shapes = {"image": ((1, h, w), np.uint8), "heatmap": ((h, w), np.uint8), "crop": ((1, *crop.size), np.uint8),
-              "crop_box": ((4,), np.int32), "enhanced": ((1, h, w), np.uint8), "label": ((), np.int16),
-              "pred": ((), np.int16), "prob": ((ck.config.num_classes,), np.float32),
-              "orig_size": ((2,), np.int32)}  # fmt: skip
+    shapes = {
+        "image": ((1, h, w), np.uint8),
+        "heatmap": ((h, w), np.uint8),
+        "crop": ((1, *crop.size), np.uint8),
+        "crop_box": ((4,), np.int32),
+        "enhanced": ((1, h, w), np.uint8),
+        "label": ((), np.int16),
+        "pred": ((), np.int16),
+        "prob": ((ck.config.num_classes,), np.float32),
+        "orig_size": ((2,), np.int32),
+    }
     written = 0
     with h5py.File(out, "w") as f:
-        ds = {name: f.create_dataset(name, shape=(n, *shape), dtype=dtype, chunks=(1, *shape), compression="gzip",
-                                     compression_opts=GZIP_LEVEL, shuffle=True)
-              for name, (shape, dtype) in shapes.items()}  # fmt: skip
+        ds = {
+            name: f.create_dataset(
+                name,
+                shape=(n, *shape),
+                dtype=dtype,
+                chunks=(1, *shape),
+                compression="gzip",
+                compression_opts=GZIP_LEVEL,
+                shuffle=True,
+            )
+            for name, (shape, dtype) in shapes.items()
+        }
         ds["path"] = f.create_dataset("path", shape=(n,), dtype=h5py.string_dtype("utf-8"))
-        for i, s in enumerate(classic_samples(ck.model, data, pre, batch_size=batch_size, workers=workers,
-                                              device=device, crop=crop, grads=grads)):  # fmt: skip
+        for i, s in enumerate(
+            classic_samples(
+                ck.model, data, pre, batch_size=batch_size, workers=workers, device=device, crop=crop, grads=grads
+            )
+        ):
             ds["image"][i] = s.image[None]
             ds["heatmap"][i] = np.rint(s.heat * 255).astype(np.uint8)
             ds["crop"][i] = s.crop[None]
@@ -219,8 +248,12 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        return (self.heatmap_max_abs <= HEATMAP_ATOL and self.labels_equal and self.preds_equal
-                and self.n_nonempty >= max(1, self.n // 2))  # fmt: skip
+        return (
+            self.heatmap_max_abs <= HEATMAP_ATOL
+            and self.labels_equal
+            and self.preds_equal
+            and self.n_nonempty >= max(1, self.n // 2)
+        )
 
     def line(self) -> str:
         shipped = (
@@ -243,12 +276,13 @@ def _rescale(up: torch.Tensor) -> torch.Tensor:
     return (up - low) / (high - low + 1e-7)
 
 
-def _enhancer_side(ck: LoadedCheckpoint, data: str, loader: str, batch_size: int,
-                   device: str) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+def _enhancer_side(
+    ck: LoadedCheckpoint, data: str, loader: str, batch_size: int, device: str
+) -> dict[str, dict[str, np.ndarray]]:
     """Per path: enhancer's heatmap (float), crop box, enhanced, crop, label, pred, through ``compute_outputs``."""
-    from enhancer import cam
     from enhancer.data import make_loader, scan
     from enhancer.enhance import compute_outputs, output_settings
+    from enhancer.explain import cam
     from enhancer.specs import EnhanceSpec
 
     # the job's own settings resolution: default fields, crop and enhance settings, pytorch-grad-cam's Grad-CAM
@@ -257,14 +291,18 @@ def _enhancer_side(ck: LoadedCheckpoint, data: str, loader: str, batch_size: int
     paths = {s.index: s.path for s in samples}
     out: dict[str, dict[str, np.ndarray]] = {}
     model = ck.model.to(device).eval()
-    for batch in make_loader(samples, ck.preprocessing, batch_size=batch_size, loader=loader, device=device,
-                             num_threads=0):  # fmt: skip
+    for batch in make_loader(
+        samples, ck.preprocessing, batch_size=batch_size, loader=loader, device=device, num_threads=0
+    ):
         r = cam.grad_cam(model, batch.image, PYTORCH_GRAD_CAM_SETTINGS)
         heat = _rescale(cam.upsample(r.cam, batch.image.shape[-2:])).cpu().numpy()
         o = {k: v.cpu().numpy() for k, v in compute_outputs(model, batch, settings).items()}
         for j, idx in enumerate(batch.index.tolist()):
-            out[os.path.abspath(paths[idx])] = {"heat": heat[j], "empty": bool(r.empty[j]),
-                                                **{k: v[j] for k, v in o.items()}}  # fmt: skip
+            out[os.path.abspath(paths[idx])] = {
+                "heat": heat[j],
+                "empty": bool(r.empty[j]),
+                **{k: v[j] for k, v in o.items()},
+            }
     return out
 
 
@@ -284,8 +322,10 @@ def compare_with_enhancer(
     data = os.path.abspath(data)
     ck = load_checkpoint(checkpoint)
     model = ck.model.eval()
-    theirs = {os.path.abspath(s.path): s for s in classic_samples(model, data, ck.preprocessing, batch_size=batch_size,
-                                                                  workers=0)}  # fmt: skip
+    theirs = {
+        os.path.abspath(s.path): s
+        for s in classic_samples(model, data, ck.preprocessing, batch_size=batch_size, workers=0)
+    }
     model.zero_grad(set_to_none=True)
     ours = _enhancer_side(ck, data, "torch", batch_size, "cpu")
     if set(ours) != set(theirs):
@@ -317,8 +357,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    parser.add_argument("--grads", default="all", choices=GRADS,
-                        help="parameters requiring grad: how far the backward runs (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--grads",
+        default="all",
+        choices=GRADS,
+        help="parameters requiring grad: how far the backward runs (default: %(default)s)",
+    )
     args = parser.parse_args()
     if args.check:
         result = compare_with_enhancer(args.data, args.checkpoint, batch_size=args.batch_size)
@@ -327,8 +371,15 @@ def main() -> None:
     if args.out is None:
         parser.error("give OUT.h5 to write, or --check")
     start = time.perf_counter()
-    n = run_classic(args.data, args.checkpoint, args.out, batch_size=args.batch_size, workers=args.workers,
-                    device=args.device, grads=args.grads)  # fmt: skip
+    n = run_classic(
+        args.data,
+        args.checkpoint,
+        args.out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        grads=args.grads,
+    )
     seconds = time.perf_counter() - start
     print(f"{n} samples in {seconds:.1f} s: {n / seconds:.2f} images/s -> {args.out}")
 

@@ -25,10 +25,9 @@ import torchvision
 from enhancer.data import scan
 
 
-
 def sample_data() -> Path:
     """The 16 real sample X-rays, as users get them (``enhancer fetch-samples``), kept in the user cache."""
-    from enhancer.samples import cached_samples
+    from enhancer.data.samples import cached_samples
 
     return cached_samples()
 
@@ -37,13 +36,20 @@ def machine() -> str:
     """Host, CPU, cores, GPU (by name), load and library versions: printed with every figure."""
     cpu = platform.processor() or "?"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))  # fmt: skip
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    versions = [f"python {platform.python_version()}", f"torch {torch.__version__}",
-                f"torchvision {torchvision.__version__}", f"numpy {np.__version__}"]  # fmt: skip
+    versions = [
+        f"python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"torchvision {torchvision.__version__}",
+        f"numpy {np.__version__}",
+    ]
     try:
         import nvidia.dali
 
@@ -144,13 +150,14 @@ class TreeMemory:
         self.sample()
 
 
-def forward_only(data: Path, checkpoint: Path, *, batch_size: int, device: str, threads: int, loader: str = "auto",
-                 amp: bool = False) -> tuple[int, float, str]:  # fmt: skip
+def forward_only(
+    data: Path, checkpoint: Path, *, batch_size: int, device: str, threads: int, loader: str = "auto", amp: bool = False
+) -> tuple[int, float, str]:
     """The ceiling of any Grad-CAM job: the enhance job's loader feeding ``model(x)`` under ``inference_mode``,
     nothing stored. ``amp``: bf16 autocast + channels_last on CUDA, as the enhance job's ``amp``. Returns (images,
     seconds, loader name), timed from the checkpoint file to the last prediction on the host."""
-    from enhancer.checkpoints import load_checkpoint
     from enhancer.data import make_loader, scan
+    from enhancer.models.checkpoints import load_checkpoint
 
     start = time.perf_counter()
     ck = load_checkpoint(checkpoint)
@@ -158,8 +165,14 @@ def forward_only(data: Path, checkpoint: Path, *, batch_size: int, device: str, 
     on_cuda = device.startswith("cuda")
     if amp and on_cuda:
         model = model.to(memory_format=torch.channels_last)
-    made = make_loader(list(scan(data).samples), ck.preprocessing, batch_size=batch_size, loader=loader,
-                       device=device, num_threads=threads)  # fmt: skip
+    made = make_loader(
+        list(scan(data).samples),
+        ck.preprocessing,
+        batch_size=batch_size,
+        loader=loader,
+        device=device,
+        num_threads=threads,
+    )
     n = 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and on_cuda else nullcontext()
     with torch.inference_mode(), autocast:

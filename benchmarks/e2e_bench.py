@@ -9,7 +9,7 @@ Usage::
     .venv/bin/python benchmarks/e2e_bench.py --n 16 --arch tinyvgg --repeats 1 --batch-sizes 8 --no-check  # smoke
 
 Contenders, all on the same files (the 16 real sample X-rays symlinked to N files) and the same model (a calibrated
-demonstration checkpoint, ``enhancer.demo_model``; speed does not depend on the weights):
+demonstration checkpoint, ``enhancer.models.demo``; speed does not depend on the weights):
 
 (a) ``enhancer enhance`` as shipped: ``run_enhance`` (what the command calls) with the default settings (loader
     ``auto``: DALI on the CPU; on CUDA the torch loader with ``amp``), writing a full HDF5 shard;
@@ -49,7 +49,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    sample_data,
     TreeMemory,
     emit_result,
     forward_only,
@@ -57,6 +56,7 @@ from common import (
     make_copies,
     own_peak_rss_mib,
     run_worker,
+    sample_data,
 )
 
 CONTENDERS = {
@@ -75,8 +75,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_contender(name: str, data: Path, checkpoint: Path, out: Path, *, batch_size: int, device: str, threads: int,
-                  loader: str, classic_grads: str = "all") -> tuple[int, float, str]:  # fmt: skip
+def run_contender(
+    name: str,
+    data: Path,
+    checkpoint: Path,
+    out: Path,
+    *,
+    batch_size: int,
+    device: str,
+    threads: int,
+    loader: str,
+    classic_grads: str = "all",
+) -> tuple[int, float, str]:
     """One pass of one contender: (images done, seconds from the checkpoint file to the last output, loader)."""
     on_cuda = device.startswith("cuda")
     _sync(device)
@@ -85,9 +95,16 @@ def run_contender(name: str, data: Path, checkpoint: Path, out: Path, *, batch_s
         from enhancer.specs import EnhanceSpec
 
         shutil.rmtree(out, ignore_errors=True)
-        spec = EnhanceSpec(data=str(data), out=str(out), checkpoint=str(checkpoint), batch_size=batch_size,
-                           device=device, num_threads=threads, amp=on_cuda,
-                           loader="torch" if name == "enhance-torch" else loader)  # fmt: skip
+        spec = EnhanceSpec(
+            data=str(data),
+            out=str(out),
+            checkpoint=str(checkpoint),
+            batch_size=batch_size,
+            device=device,
+            num_threads=threads,
+            amp=on_cuda,
+            loader="torch" if name == "enhance-torch" else loader,
+        )
         start = time.perf_counter()
         summary = run_enhance(spec, progress=False)
         _sync(device)
@@ -97,48 +114,96 @@ def run_contender(name: str, data: Path, checkpoint: Path, out: Path, *, batch_s
 
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        n = run_classic(data, checkpoint, out / "classic.h5", batch_size=batch_size, workers=threads, device=device,
-                        grads=classic_grads)  # fmt: skip
+        n = run_classic(
+            data,
+            checkpoint,
+            out / "classic.h5",
+            batch_size=batch_size,
+            workers=threads,
+            device=device,
+            grads=classic_grads,
+        )
         _sync(device)
         return n, time.perf_counter() - start, "torchvision ImageFolder"
     if name == "forward":
-        return forward_only(data, checkpoint, batch_size=batch_size, device=device, threads=threads, loader=loader,
-                            amp=on_cuda)  # fmt: skip
+        return forward_only(
+            data, checkpoint, batch_size=batch_size, device=device, threads=threads, loader=loader, amp=on_cuda
+        )
     raise ValueError(f"unknown contender {name!r}; valid: {', '.join(CONTENDERS)}")
 
 
 def worker(args: argparse.Namespace) -> None:
     """``--worker NAME``: warm up, time one pass, report as one JSON line (read by ``run_worker``)."""
-    common = {"batch_size": args.batch_size, "device": args.device, "threads": args.threads, "loader": args.loader,
-              "classic_grads": args.classic_grads}  # fmt: skip
+    common = {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "threads": args.threads,
+        "loader": args.loader,
+        "classic_grads": args.classic_grads,
+    }
     t0 = time.perf_counter()
     run_contender(args.worker, args.warm, args.checkpoint, args.out / "warm", **common)
     warmup_s = time.perf_counter() - t0
     with TreeMemory() as tree:
         n, seconds, loader = run_contender(args.worker, args.data, args.checkpoint, args.out / "timed", **common)
     shutil.rmtree(args.out, ignore_errors=True)
-    emit_result({"contender": args.worker, "n": n, "batch_size": args.batch_size, "seconds": seconds,
-                 "images_per_s": n / seconds, "loader": loader, "warmup_s": warmup_s,
-                 "peak_rss_mib": own_peak_rss_mib(), "tree_peak_pss_mib": tree.peak_mib})  # fmt: skip
+    emit_result(
+        {
+            "contender": args.worker,
+            "n": n,
+            "batch_size": args.batch_size,
+            "seconds": seconds,
+            "images_per_s": n / seconds,
+            "loader": loader,
+            "warmup_s": warmup_s,
+            "peak_rss_mib": own_peak_rss_mib(),
+            "tree_peak_pss_mib": tree.peak_mib,
+        }
+    )
 
 
 def _measure(args: argparse.Namespace, tmp: Path, name: str, data: Path, batch_size: int) -> dict[str, Any]:
-    argv = ["--worker", name, "--data", str(data), "--warm", str(tmp / f"warm-{batch_size}"),
-            "--checkpoint", str(tmp / "model.pt"), "--out", str(tmp / "out"), "--batch-size", str(batch_size),
-            "--device", args.device, "--threads", str(args.threads), "--loader", args.loader,
-            "--classic-grads", args.classic_grads]  # fmt: skip
+    argv = [
+        "--worker",
+        name,
+        "--data",
+        str(data),
+        "--warm",
+        str(tmp / f"warm-{batch_size}"),
+        "--checkpoint",
+        str(tmp / "model.pt"),
+        "--out",
+        str(tmp / "out"),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--loader",
+        args.loader,
+        "--classic-grads",
+        args.classic_grads,
+    ]
     r = run_worker(Path(__file__).resolve(), argv)
-    print(f"  {name:<14} n={r['n']:<6} batch={batch_size:<4} {r['images_per_s']:9.2f} images/s  "
-          f"peak RSS {r['peak_rss_mib']:6.0f} MiB, with workers {r['tree_peak_pss_mib']:6.0f} MiB PSS ({r['loader']})",
-          flush=True)  # fmt: skip
+    print(
+        f"  {name:<14} n={r['n']:<6} batch={batch_size:<4} {r['images_per_s']:9.2f} images/s  "
+        f"peak RSS {r['peak_rss_mib']:6.0f} MiB, with workers {r['tree_peak_pss_mib']:6.0f} MiB PSS ({r['loader']})",
+        flush=True,
+    )
     return r
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [r["images_per_s"] for r in runs]
-    return {"images_per_s": statistics.median(rates), "rounds": rates, "loader": runs[0]["loader"], "n": runs[0]["n"],
-            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
-            "tree_peak_pss_mib": statistics.median(r["tree_peak_pss_mib"] for r in runs)}  # fmt: skip
+    return {
+        "images_per_s": statistics.median(rates),
+        "rounds": rates,
+        "loader": runs[0]["loader"],
+        "n": runs[0]["n"],
+        "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
+        "tree_peak_pss_mib": statistics.median(r["tree_peak_pss_mib"] for r in runs),
+    }
 
 
 def _verdict(ok: bool) -> str:
@@ -166,11 +231,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4, help="scaling run at scale * N files; 0: none (default: 4)")
     p.add_argument("--arch", default="resnet101", help="zoo architecture, at 224 (default: %(default)s)")
     p.add_argument("--batch-size", type=int, help="for every contender (default: 16 on cpu, 256 on cuda)")
-    p.add_argument("--batch-sizes", help="batch sweep of (a) at N, comma-separated; empty: none "
-                   "(default: 8,16,32 on cpu, 64,128,256,512 on cuda)")  # fmt: skip
+    p.add_argument(
+        "--batch-sizes",
+        help="batch sweep of (a) at N, comma-separated; empty: none (default: 8,16,32 on cpu, 64,128,256,512 on cuda)",
+    )
     p.add_argument("--threads", type=int, help="loader threads / DataLoader workers (default: 2 on cpu, 8 on cuda)")
-    p.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
-                   help="loader of (a) and (c) (default: auto = DALI on cpu; cuda always uses torch)")  # fmt: skip
+    p.add_argument(
+        "--loader",
+        default="auto",
+        choices=["auto", "dali", "torch"],
+        help="loader of (a) and (c) (default: auto = DALI on cpu; cuda always uses torch)",
+    )
     p.add_argument(
         "--classic-grads",
         default="all",
@@ -178,12 +249,16 @@ def _parser() -> argparse.ArgumentParser:
         help="(b)'s parameters requiring grad: all (a model built in a script: full backward, the seed's "
         "way) or as-loaded (enhancer's loader: layer4 + head, backward stops there) (default: %(default)s)",
     )
-    p.add_argument("--contenders", default="enhance,classic,forward",
-                   help=f"main table, from {', '.join(CONTENDERS)} (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--contenders",
+        default="enhance,classic,forward",
+        help=f"main table, from {', '.join(CONTENDERS)} (default: %(default)s)",
+    )
     p.add_argument("--scale-contenders", default="enhance,forward", help="run at scale * N (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of the main table; medians (default: %(default)s)")
-    p.add_argument("--extra-repeats", type=int, default=1,
-                   help="rounds of the scaling and batch-sweep runs (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--extra-repeats", type=int, default=1, help="rounds of the scaling and batch-sweep runs (default: %(default)s)"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the classic-vs-enhancer output check")
     p.add_argument("--tmp", type=Path, help="folder for the copies and outputs (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file ('-': stdout)")
@@ -222,13 +297,19 @@ def main() -> None:
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     started = datetime.now(UTC)
-    report: dict[str, Any] = {"machine": machine(), "date": started.isoformat(timespec="seconds"),
-                              "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-                              "args": {k: v if isinstance(v, int | list) else str(v) for k, v in vars(args).items()
-                                       if k not in ("worker", "data", "warm", "checkpoint", "out")}}  # fmt: skip
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "date": started.isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "args": {
+            k: v if isinstance(v, int | list) else str(v)
+            for k, v in vars(args).items()
+            if k not in ("worker", "data", "warm", "checkpoint", "out")
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="e2e-bench-", dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
-        from enhancer.demo_model import save_demo_checkpoint
+        from enhancer.models.demo import save_demo_checkpoint
 
         save_demo_checkpoint(str(tmp / "model.pt"), args.arch)
         contenders = list(args.contenders)
@@ -265,9 +346,12 @@ def main() -> None:
                 runs.append(_measure(args, tmp, "enhance", tmp / f"data-{args.n}", b))
 
     main_table = {c: _summary(r) for c, r in main_runs.items()}
-    report.update(main=main_table, scaling={c: _summary(r) for c, r in scale_runs.items()},
-                  sweep={b: _summary(r) for b, r in sweep_runs.items()}, seconds=(datetime.now(UTC) - started)
-                  .total_seconds())  # fmt: skip
+    report.update(
+        main=main_table,
+        scaling={c: _summary(r) for c, r in scale_runs.items()},
+        sweep={b: _summary(r) for b, r in sweep_runs.items()},
+        seconds=(datetime.now(UTC) - started).total_seconds(),
+    )
     report["acceptance"] = _print_tables(args, report)
     if args.json:
         text = json.dumps(report, indent=2)
@@ -280,30 +364,40 @@ def main() -> None:
 def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
     """The Markdown tables and the goal lines; returns the goal figures for the JSON."""
     main_table, scaling, sweep = report["main"], report["scaling"], report["sweep"]
-    print(f"\n{args.arch} at 224, N={args.n} files (the 16 real X-rays repeated), batch {args.batch_size}, "
-          f"{args.device}, {args.threads} loader threads, (b) with grads on {args.classic_grads} parameters; median "
-          f"of {args.repeats} rounds, each a fresh process after a warm-up pass\n")  # fmt: skip
+    print(
+        f"\n{args.arch} at 224, N={args.n} files (the 16 real X-rays repeated), batch {args.batch_size}, "
+        f"{args.device}, {args.threads} loader threads, (b) with grads on {args.classic_grads} parameters; median "
+        f"of {args.repeats} rounds, each a fresh process after a warm-up pass\n"
+    )
     print("| contender | loader | images/s (median) | all rounds | peak RSS MiB | peak PSS MiB, with workers |")
     print("|---|---|---:|---|---:|---:|")
     for c, s in main_table.items():
-        print(f"| {CONTENDERS[c]} | {s['loader']} | {s['images_per_s']:.2f} | "
-              f"{', '.join(f'{v:.2f}' for v in s['rounds'])} | {s['peak_rss_mib']:.0f} | "
-              f"{s['tree_peak_pss_mib']:.0f} |")  # fmt: skip
+        print(
+            f"| {CONTENDERS[c]} | {s['loader']} | {s['images_per_s']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in s['rounds'])} | {s['peak_rss_mib']:.0f} | "
+            f"{s['tree_peak_pss_mib']:.0f} |"
+        )
     goals: dict[str, Any] = {}
     rate = {c: s["images_per_s"] for c, s in main_table.items()}
     print()
     if "enhance" in rate and "classic" in rate:
         goals["a_over_b"] = rate["enhance"] / rate["classic"]
-        print(f"a/b = {goals['a_over_b']:.2f} (goal >= {GOAL_VS_CLASSIC}): "
-              f"{_verdict(goals['a_over_b'] >= GOAL_VS_CLASSIC)}")  # fmt: skip
+        print(
+            f"a/b = {goals['a_over_b']:.2f} (goal >= {GOAL_VS_CLASSIC}): "
+            f"{_verdict(goals['a_over_b'] >= GOAL_VS_CLASSIC)}"
+        )
     if "enhance" in rate and "forward" in rate:
         goals["a_over_c"] = rate["enhance"] / rate["forward"]
-        print(f"a/c = {goals['a_over_c']:.2f} (goal >= {GOAL_VS_FORWARD}): "
-              f"{_verdict(goals['a_over_c'] >= GOAL_VS_FORWARD)}")  # fmt: skip
+        print(
+            f"a/c = {goals['a_over_c']:.2f} (goal >= {GOAL_VS_FORWARD}): "
+            f"{_verdict(goals['a_over_c'] >= GOAL_VS_FORWARD)}"
+        )
     if report.get("check") is not None:
         goals["check_passed"] = report["check"]["passed"]
-        print(f"classic vs enhancer outputs: {_verdict(goals['check_passed'])} (heatmap max |diff| "
-              f"{report['check']['heatmap_max_abs']:.2g})")  # fmt: skip
+        print(
+            f"classic vs enhancer outputs: {_verdict(goals['check_passed'])} (heatmap max |diff| "
+            f"{report['check']['heatmap_max_abs']:.2g})"
+        )
     if scaling:
         big = args.n * args.scale
         print(f"\nscaling: N={args.n} (main table) against {args.scale}N={big}, {args.extra_repeats} round(s)\n")
@@ -315,18 +409,24 @@ def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str,
         for c, s in scaling.items():
             base = main_table.get(c)
             if base is None:
-                print(f"| {CONTENDERS[c]} | - | {s['images_per_s']:.2f} | - | {s['peak_rss_mib']:.0f} | - | "
-                      f"- / {s['tree_peak_pss_mib']:.0f} |")  # fmt: skip
+                print(
+                    f"| {CONTENDERS[c]} | - | {s['images_per_s']:.2f} | - | {s['peak_rss_mib']:.0f} | - | "
+                    f"- / {s['tree_peak_pss_mib']:.0f} |"
+                )
                 continue
             growth = s["peak_rss_mib"] / base["peak_rss_mib"]
             goals.setdefault("memory_growth", {})[c] = growth
-            print(f"| {CONTENDERS[c]} | {base['images_per_s']:.2f} | {s['images_per_s']:.2f} | "
-                  f"{base['peak_rss_mib']:.0f} | {s['peak_rss_mib']:.0f} | {growth:.3f} | "
-                  f"{base['tree_peak_pss_mib']:.0f} / {s['tree_peak_pss_mib']:.0f} |")  # fmt: skip
+            print(
+                f"| {CONTENDERS[c]} | {base['images_per_s']:.2f} | {s['images_per_s']:.2f} | "
+                f"{base['peak_rss_mib']:.0f} | {s['peak_rss_mib']:.0f} | {growth:.3f} | "
+                f"{base['tree_peak_pss_mib']:.0f} / {s['tree_peak_pss_mib']:.0f} |"
+            )
         if "enhance" in goals.get("memory_growth", {}):
             g = goals["memory_growth"]["enhance"]
-            print(f"\n(a) peak memory {args.scale}N/N = {g:.3f} (goal <= {GOAL_MEMORY_GROWTH}): "
-                  f"{_verdict(g <= GOAL_MEMORY_GROWTH)}")  # fmt: skip
+            print(
+                f"\n(a) peak memory {args.scale}N/N = {g:.3f} (goal <= {GOAL_MEMORY_GROWTH}): "
+                f"{_verdict(g <= GOAL_MEMORY_GROWTH)}"
+            )
     if sweep:
         print(f"\nbatch sweep of (a) at N={args.n}, {args.extra_repeats} round(s)\n")
         print("| batch | images/s | peak RSS MiB | peak PSS MiB, with workers |")
@@ -335,8 +435,10 @@ def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str,
             print(f"| {b} | {s['images_per_s']:.2f} | {s['peak_rss_mib']:.0f} | {s['tree_peak_pss_mib']:.0f} |")
     if args.device == "cuda" and "enhance" in rate:
         goals["gpu_images_per_s"] = rate["enhance"]
-        print(f"\n{torch.cuda.get_device_name()}: (a) {rate['enhance']:.0f} images/s end to end (goal on an H100: "
-              ">= 3000)")  # fmt: skip
+        print(
+            f"\n{torch.cuda.get_device_name()}: (a) {rate['enhance']:.0f} images/s end to end (goal on an H100: "
+            ">= 3000)"
+        )
     return goals
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, make_copies  # noqa: E402
+from common import machine, make_copies, sample_data
 
-from enhancer.checkpoints import load_checkpoint  # noqa: E402
-from enhancer.data import make_loader, scan  # noqa: E402
-from enhancer.demo_model import save_demo_checkpoint  # noqa: E402
-from enhancer.enhance import run_enhance  # noqa: E402
-from enhancer.specs import EnhanceSpec  # noqa: E402
+from enhancer.data import make_loader, scan
+from enhancer.enhance import run_enhance
+from enhancer.models.checkpoints import load_checkpoint
+from enhancer.models.demo import save_demo_checkpoint
+from enhancer.specs import EnhanceSpec
 
 
 def forward_only(data: Path, checkpoint: Path, *, batch_size: int, device: str, threads: int) -> float:
@@ -50,8 +50,14 @@ def forward_only(data: Path, checkpoint: Path, *, batch_size: int, device: str, 
 
 def whole_job(data: Path, checkpoint: Path, out: Path, *, batch_size: int, device: str, threads: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    spec = EnhanceSpec(data=str(data), out=str(out), checkpoint=str(checkpoint), batch_size=batch_size,
-                       device=device, num_threads=threads)  # fmt: skip
+    spec = EnhanceSpec(
+        data=str(data),
+        out=str(out),
+        checkpoint=str(checkpoint),
+        batch_size=batch_size,
+        device=device,
+        num_threads=threads,
+    )
     summary = run_enhance(spec, progress=False)
     return summary.n_written / summary.seconds
 
@@ -90,8 +96,18 @@ def main() -> None:
         print(f"| {name} | {median[name]:.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
     print(f"\nenhance job / forward only = {ratio:.2f} (expected >= 0.8)")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "images_per_s": rates,
-                                         "median": median, "ratio": ratio, "machine": machine()}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "images_per_s": rates,
+                    "median": median,
+                    "ratio": ratio,
+                    "machine": machine(),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

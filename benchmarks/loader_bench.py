@@ -5,9 +5,9 @@ Usage::
     .venv/bin/python benchmarks/loader_bench.py                       # 512 files, batch 64, 2 threads/workers
     .venv/bin/python benchmarks/loader_bench.py --n 2048 --threads 8 --device cuda
 
-The 16 real validation X-rays (``enhancer fetch-samples``, kept in the user cache) are symlinked into a temporary ImageFolder until
-there are ``--n`` files; every contender runs the real hot path (``enhancer.data.make_loader``: decode, grey,
-224x224 model input normalised, 512x512 uint8 crop source) after one warm-up pass over the first batches.
+The 16 real validation X-rays (``enhancer fetch-samples``, kept in the user cache) are symlinked into a temporary
+ImageFolder until there are ``--n`` files; every contender runs the real hot path (``enhancer.data.make_loader``:
+decode, grey, 224x224 model input normalised, 512x512 uint8 crop source) after one warm-up pass over the first batches.
 "single-process PIL" is the torch loader with 0 workers (the same outputs, decoded in the main process);
 "seed transform" is the original notebook's per-image torchvision pipeline (model input only), for reference.
 """
@@ -27,11 +27,11 @@ from PIL import Image
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, make_copies, sample_data  # noqa: E402
+from common import machine, make_copies, sample_data
 
-from enhancer.data import make_loader, scan, validate  # noqa: E402
-from enhancer.data.dali_loader import dali_available  # noqa: E402
-from enhancer.preprocessing import SEED_PREPROCESSING  # noqa: E402
+from enhancer.data import make_loader, scan, validate
+from enhancer.data.dali_loader import dali_available
+from enhancer.preprocessing import SEED_PREPROCESSING
 
 
 def time_loader(samples: list, warmup: int, **kw: object) -> tuple[str, float, int]:

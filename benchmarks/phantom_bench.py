@@ -9,15 +9,17 @@ Usage::
 Phantoms are X-ray-like images with a known lung mask (two dark ellipses with ribs inside a bright body). A
 PNEUMONIA phantom has a bright opacity inside one lung (its bounding box is the "annotation"); a marker (a bright
 square, like a radiographer's letter or a hospital's tag) sits in a corner outside the body. Two tiny CNNs (four
-convolutions and a global-average-pooling head: the ResNets' head structure in miniature) train with a plain torch loop on the same images except for the marker:
+convolutions and a global-average-pooling head: the ResNets' head structure in miniature) train with a plain torch
+loop on the same images except for the marker:
 
 - "marker": the marker is on exactly the PNEUMONIA training images: a shortcut outside the lungs;
 - "opacity": the marker is on a random half of the images, independent of the label: only the opacity predicts.
 
-Both are then measured with the tool's own Grad-CAM (``enhancer.cam``, seed settings) and metrics
-(``enhancer.localisation``) on held-out phantoms where the marker correlates with the label as in the first training
-set (accuracy alone cannot tell the two models apart there), and on phantoms with a random marker (which exposes the
-shortcut through accuracy too). Printed: accuracy, lung energy / pointing hits, box energy / hits / IoU per model.
+Both are then measured with the tool's own Grad-CAM (``enhancer.explain.cam``, seed settings) and metrics
+(``enhancer.explain.localisation``) on held-out phantoms where the marker correlates with the label as in the first
+training set (accuracy alone cannot tell the two models apart there), and on phantoms with a random marker (which
+exposes the shortcut through accuracy too). Printed: accuracy, lung energy / pointing hits, box energy / hits / IoU
+per model.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enhancer.cam import CamSettings, grad_cam, upsample
-from enhancer.demo_model import to_model_input
-from enhancer.localisation import box_iou, boxes_mask, energy_inside, pointing_hit
-from enhancer.models import preprocessing_for
+from enhancer.explain.cam import CamSettings, grad_cam, upsample
+from enhancer.explain.localisation import box_iou, boxes_mask, energy_inside, pointing_hit
+from enhancer.models.demo import to_model_input
+from enhancer.models.zoo import preprocessing_for
 
 MARKER_MODES = ("label", "random", "none")
 
@@ -109,7 +111,7 @@ def make_phantoms(n: int, size: int = 64, *, marker: str = "label", seed: int = 
 
 class TinyGapCNN(nn.Module):
     """Four 3x3 convolutions (one 2x pooling) and a global-average-pooling head: the ResNets' head structure in
-    miniature, with the ``features`` / ``head`` halves ``enhancer.cam.grad_cam`` needs."""
+    miniature, with the ``features`` / ``head`` halves ``enhancer.explain.cam.grad_cam`` needs."""
 
     target_layer = "feature_extractor"
 
@@ -117,9 +119,16 @@ class TinyGapCNN(nn.Module):
         super().__init__()
         conv = {"kernel_size": 3, "padding": 1}
         self.feature_extractor = nn.Sequential(
-            nn.Conv2d(1, width, **conv), nn.ReLU(), nn.Conv2d(width, width, **conv), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, **conv), nn.ReLU(), nn.Conv2d(2 * width, 2 * width, **conv), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(1, width, **conv),
+            nn.ReLU(),
+            nn.Conv2d(width, width, **conv),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, **conv),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, **conv),
+            nn.ReLU(),
+        )
         self.classifier = nn.Linear(2 * width, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,8 +176,9 @@ def measure(model: nn.Module, ph: Phantoms, *, batch_size: int = 128) -> dict[st
     averaged over the PNEUMONIA phantoms (the only ones with something in the lungs to find)."""
     size = ph.images.shape[-1]
     x = model_input(ph.images)
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("pred", "lung_energy", "lung_hit", "box_energy",
-                                                            "box_hit", "box_iou")}  # fmt: skip
+    rows: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("pred", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou")
+    }
     for i in range(0, len(x), batch_size):
         sl = slice(i, i + batch_size)
         r = grad_cam(model, x[sl], CamSettings())
@@ -189,12 +199,15 @@ def measure(model: nn.Module, ph: Phantoms, *, batch_size: int = 128) -> dict[st
     return out
 
 
-def run(*, n_train: int = 512, n_test: int = 256, size: int = 32, epochs: int = 8, seed: int = 0
-        ) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
+def run(
+    *, n_train: int = 512, n_test: int = 256, size: int = 32, epochs: int = 8, seed: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
     """Train both models and measure them on both test sets: {model: {test set: metrics}}."""
     results: dict[str, dict[str, dict[str, float]]] = {}
-    tests = {"marker = label": make_phantoms(n_test, size, marker="label", seed=seed + 100),
-             "marker random": make_phantoms(n_test, size, marker="random", seed=seed + 200)}  # fmt: skip
+    tests = {
+        "marker = label": make_phantoms(n_test, size, marker="label", seed=seed + 100),
+        "marker random": make_phantoms(n_test, size, marker="random", seed=seed + 200),
+    }
     for name, mode in (("marker", "label"), ("opacity", "random")):
         model = train_tiny(make_phantoms(n_train, size, marker=mode, seed=seed), epochs=epochs, seed=seed)
         results[name] = {t: measure(model, ph) for t, ph in tests.items()}
@@ -207,9 +220,11 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     for model, by_test in results.items():
         label = "marker = label (shortcut)" if model == "marker" else "marker random (opacity only)"
         for test, m in by_test.items():
-            lines.append(f"| {label} | {test} | {100 * m['accuracy']:.1f} | {m['lung_energy']:.3f} | "
-                         f"{100 * m['lung_hit']:.1f} | {m['box_energy']:.3f} | {100 * m['box_hit']:.1f} | "
-                         f"{m['box_iou']:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {label} | {test} | {100 * m['accuracy']:.1f} | {m['lung_energy']:.3f} | "
+                f"{100 * m['lung_hit']:.1f} | {m['box_energy']:.3f} | {100 * m['box_hit']:.1f} | "
+                f"{m['box_iou']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -227,9 +242,11 @@ def main() -> None:
     started = time.perf_counter()
     results = run(n_train=args.n_train, n_test=args.n_test, size=args.size, epochs=args.epochs, seed=args.seed)
     area = next(iter(next(iter(results.values())).values()))["lung_area"]
-    print(f"phantoms {args.size}x{args.size}, {args.n_train} training / {args.n_test} test per set, TinyGapCNN, "
-          f"{args.epochs} epochs, seed {args.seed}; {time.perf_counter() - started:.1f} s; lung area {area:.3f} of "
-          "the image (a uniform map's lung energy); localisation over the PNEUMONIA test phantoms")  # fmt: skip
+    print(
+        f"phantoms {args.size}x{args.size}, {args.n_train} training / {args.n_test} test per set, TinyGapCNN, "
+        f"{args.epochs} epochs, seed {args.seed}; {time.perf_counter() - started:.1f} s; lung area {area:.3f} of "
+        "the image (a uniform map's lung energy); localisation over the PNEUMONIA test phantoms"
+    )
     print(table(results))
 
 

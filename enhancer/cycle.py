@@ -13,7 +13,8 @@ Layout of ``out``: ``round-0/eval.json`` (the starting checkpoint on the test se
 (the enhanced dataset made with round K-1's model), ``round-K/train`` (the fine-tuning run; its ``best.pt`` is the
 model of round K), ``round-K/eval.json``, ``round-K/localisation`` (with a lung model or boxes in ``[cycle.enhance]``:
 the test set's localisation metrics for the round's model, next to its accuracy in the summary); then ``summary.md``
-and ``summary.json``. A rerun skips the finished steps: complete shards and merged datasets are kept and the training run resumes from ``last.pt``.
+and ``summary.json``. A rerun skips the finished steps: complete shards and merged datasets are kept and the training
+run resumes from ``last.pt``.
 The cycle runs in one process (the training step does not start DDP here; use ``enhancer train`` for that).
 """
 
@@ -30,14 +31,19 @@ from typing import Any
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.provenance import provenance
 from enhancer.specs import CycleSpec, EvaluateSpec
-from enhancer.train import fit, run_evaluate
+from enhancer.train.loop import fit, run_evaluate
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("round", "loss", "accuracy", "sensitivity", "specificity", "auroc", "best_epoch", "checkpoint")
 # Localisation of each round's model on the test set (enhance.lung_model / enhance.boxes): column -> header
-LOCALISATION = {"lung_energy": "lung energy", "lung_hit": "lung hit %", "box_energy": "box energy",
-                "box_hit": "box hit %", "box_iou": "box IoU"}  # fmt: skip
+LOCALISATION = {
+    "lung_energy": "lung energy",
+    "lung_hit": "lung hit %",
+    "box_energy": "box energy",
+    "box_hit": "box hit %",
+    "box_iou": "box IoU",
+}
 
 
 @dataclass(frozen=True)
@@ -55,21 +61,29 @@ def split_dir(path: str, split: str) -> str:
 def _enhance(spec: CycleSpec, data: str, out: Path, checkpoint: str) -> Path:
     if (out / "manifest.json").is_file():
         return out  # merged by an earlier run of this cycle
-    espec = dataclasses.replace(spec.enhance, data=data, out=str(out), checkpoint=checkpoint,
-                                shard_id=0, num_shards=1)  # fmt: skip
+    espec = dataclasses.replace(spec.enhance, data=data, out=str(out), checkpoint=checkpoint, shard_id=0, num_shards=1)
     run_enhance(espec, progress=False)
     merge_enhanced(out)
     return out
 
 
 def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> dict[str, Any]:
-    """Localisation means of ``checkpoint`` on the test set (``enhancer.localisation``), when the cycle's enhance
-    settings name a lung model or boxes: an enhance pass storing only the measured fields, then its merge summary."""
+    """Localisation means of ``checkpoint`` on the test set (``enhancer.explain.localisation``), when the cycle's
+    enhance settings name a lung model or boxes: an enhance pass storing only the measured fields, then its merge
+    summary."""
     if not (spec.enhance.lung_model or spec.enhance.boxes):
         return {}
     if not (out / "manifest.json").is_file():
-        espec = dataclasses.replace(spec.enhance, data=test_data, out=str(out), checkpoint=checkpoint,
-                                    shard_id=0, num_shards=1, fields=(), lung_mask_in_enhanced=False)  # fmt: skip
+        espec = dataclasses.replace(
+            spec.enhance,
+            data=test_data,
+            out=str(out),
+            checkpoint=checkpoint,
+            shard_id=0,
+            num_shards=1,
+            fields=(),
+            lung_mask_in_enhanced=False,
+        )
         run_enhance(espec, progress=False)
         merge_enhanced(out)
     summary = json.loads((out / "manifest.json").read_text()).get("localisation", {})
@@ -77,14 +91,26 @@ def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> di
 
 
 def _evaluate(spec: CycleSpec, data: str, checkpoint: str, json_path: Path, field: str = "enhanced") -> dict[str, Any]:
-    espec = EvaluateSpec(data=data, checkpoint=checkpoint, field=field, device=spec.train.device,
-                         num_workers=min(spec.train.num_workers, 2), json=str(json_path))  # fmt: skip
+    espec = EvaluateSpec(
+        data=data,
+        checkpoint=checkpoint,
+        field=field,
+        device=spec.train.device,
+        num_workers=min(spec.train.num_workers, 2),
+        json=str(json_path),
+    )
     return run_evaluate(espec)["metrics"]
 
 
 def _row(k: int, metrics: dict[str, Any], checkpoint: str, best_epoch: int | None, **extra: Any) -> dict[str, Any]:
-    return {"round": k, **{c: metrics.get(c) for c in COLUMNS[1:6]}, "best_epoch": best_epoch,
-            "checkpoint": checkpoint, "confusion_matrix": metrics["confusion_matrix"], **extra}  # fmt: skip
+    return {
+        "round": k,
+        **{c: metrics.get(c) for c in COLUMNS[1:6]},
+        "best_epoch": best_epoch,
+        "checkpoint": checkpoint,
+        "confusion_matrix": metrics["confusion_matrix"],
+        **extra,
+    }
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -100,12 +126,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     has_enh = any("enhanced_test_accuracy" in r for r in rows)
     loc = [c for c in LOCALISATION if any(c in r for r in rows)]
     cols = [*COLUMNS[:-1], *(["enhanced_test_accuracy"] if has_enh else []), *loc, COLUMNS[-1]]
-    head = ["round", "test loss", "acc %", "sens %", "spec %", "AUROC", "best epoch",
-            *(["acc % (enhanced test)"] if has_enh else []), *(LOCALISATION[c] for c in loc), "checkpoint"]  # fmt: skip
+    head = [
+        "round",
+        "test loss",
+        "acc %",
+        "sens %",
+        "spec %",
+        "AUROC",
+        "best epoch",
+        *(["acc % (enhanced test)"] if has_enh else []),
+        *(LOCALISATION[c] for c in loc),
+        "checkpoint",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [cell("accuracy" if c in ("enhanced_test_accuracy", "lung_hit", "box_hit") else c, r.get(c))
-                 for c in cols]  # fmt: skip
+        cells = [
+            cell("accuracy" if c in ("enhanced_test_accuracy", "lung_hit", "box_hit") else c, r.get(c)) for c in cols
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer import cam, localisation
-from enhancer.checkpoints import LoadedCheckpoint, load_checkpoint
 from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
+from enhancer.explain import cam, localisation
+from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.hashing import file_sha256
-from enhancer.localisation import BoxTable, read_boxes
-from enhancer.lungs import LungModel, LungModelError, load_lung_model, lung_masks
+from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
+from enhancer.models.lungs import LungModel, LungModelError, load_lung_model, lung_masks
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
@@ -95,8 +95,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def compute_outputs(model: nn.Module, batch: Batch, settings: OutputSettings, *, lungs: LungModel | None = None,
-                    gt_boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def compute_outputs(
+    model: nn.Module,
+    batch: Batch,
+    settings: OutputSettings,
+    *,
+    lungs: LungModel | None = None,
+    gt_boxes: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
@@ -198,16 +204,27 @@ def feature_size(model: nn.Module, preprocessing: Preprocessing, device: str) ->
         return tuple(model.features(x).shape[-2:])
 
 
-def dataset_attrs(spec: EnhanceSpec, ck: LoadedCheckpoint, settings: OutputSettings, n_total: int,
-                  class_names: Sequence[str], extra: dict[str, Any], lungs: LungModel | None = None,
-                  boxes: BoxTable | None = None) -> dict[str, Any]:  # fmt: skip
+def dataset_attrs(
+    spec: EnhanceSpec,
+    ck: LoadedCheckpoint,
+    settings: OutputSettings,
+    n_total: int,
+    class_names: Sequence[str],
+    extra: dict[str, Any],
+    lungs: LungModel | None = None,
+    boxes: BoxTable | None = None,
+) -> dict[str, Any]:
     """Provenance stored in every shard. ``identity`` holds what must agree between the shards of one dataset."""
     measured: dict[str, Any] = {}
     if lungs is not None:
         measured["lung_model"] = {**lungs.describe(), "in_enhanced": settings.lung_mask_in_enhanced}
     if boxes is not None:
-        measured["boxes"] = {"path": boxes.source, "sha256": file_sha256(boxes.source), "images": len(boxes),
-                             "iou_threshold": settings.crop.threshold}  # fmt: skip
+        measured["boxes"] = {
+            "path": boxes.source,
+            "sha256": file_sha256(boxes.source),
+            "images": len(boxes),
+            "iou_threshold": settings.crop.threshold,
+        }
     identity = {
         "data": os.path.abspath(spec.data),
         "n_total": n_total,
@@ -242,7 +259,9 @@ def dataset_attrs(spec: EnhanceSpec, ck: LoadedCheckpoint, settings: OutputSetti
     }
 
 
-def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[str, Any] | None = None) -> EnhanceSummary:
+def run_enhance(
+    spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[str, Any] | None = None
+) -> EnhanceSummary:
     """Write shard ``spec.shard_id`` of the enhanced dataset of ``spec.data`` into ``spec.out``.
 
     ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here)."""
@@ -260,25 +279,44 @@ def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[s
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
         done = read_shard_attrs(final)
-        return EnhanceSummary(str(final), True, len(mine), int(done.get("n_samples", 0)),
-                              int(done.get("n_rejected", 0)), 0.0, "-", device)  # fmt: skip
+        return EnhanceSummary(
+            str(final), True, len(mine), int(done.get("n_samples", 0)), int(done.get("n_rejected", 0)), 0.0, "-", device
+        )
     ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
     model = ck.model.to(device).eval()
     if lungs is not None:
         lungs.to(device)
     if settings.cam.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(ok, ck.preprocessing, batch_size=spec.batch_size, loader=spec.loader, device=device,
-                         num_threads=spec.num_threads, source_size=spec.source_size)  # fmt: skip
+    loader = make_loader(
+        ok,
+        ck.preprocessing,
+        batch_size=spec.batch_size,
+        loader=spec.loader,
+        device=device,
+        num_threads=spec.num_threads,
+        source_size=spec.source_size,
+    )
     h, w = feature_size(model, ck.preprocessing, device)
     H, W = ck.preprocessing.size
-    shapes = per_sample_shapes(settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1],
-                               C=ck.config.num_classes)  # fmt: skip
+    shapes = per_sample_shapes(
+        settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
+    )
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
-    writer = AsyncShardWriter(out_dir, spec.shard_id, spec.num_shards, maxsize=spec.queue_size, copy=False,
-                              shapes=shapes, fields=settings.fields, compression=spec.compression, attrs=attrs,
-                              expected=len(mine), overwrite=True)  # fmt: skip
+    writer = AsyncShardWriter(
+        out_dir,
+        spec.shard_id,
+        spec.num_shards,
+        maxsize=spec.queue_size,
+        copy=False,
+        shapes=shapes,
+        fields=settings.fields,
+        compression=spec.compression,
+        attrs=attrs,
+        expected=len(mine),
+        overwrite=True,
+    )
     with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1) as bar:
         writer.add_rejected(_rows(rejected))
         for batch in loader:
@@ -290,8 +328,17 @@ def run_enhance(spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[s
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
     n_rejected = len(rejected) + len(decode_rejected)
-    summary = EnhanceSummary(str(final), False, len(mine), writer.n_samples, n_rejected,
-                             time.perf_counter() - started, loader.name, device, writer.blocked_s)  # fmt: skip
+    summary = EnhanceSummary(
+        str(final),
+        False,
+        len(mine),
+        writer.n_samples,
+        n_rejected,
+        time.perf_counter() - started,
+        loader.name,
+        device,
+        writer.blocked_s,
+    )
     log.info("%s", summary.line())
     return summary
 
@@ -324,6 +371,7 @@ def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:
 def samples_of(spec: EnhanceSpec) -> list[Sample]:
     """The samples shard ``spec.shard_id`` is responsible for (the same deterministic split the job uses)."""
     return shard(list(scan(spec.data).samples), spec.shard_id, spec.num_shards)
+
 
 def merge_enhanced(out_dir: str | os.PathLike[str]) -> Manifest:
     """Merge the shards of ``out_dir``, checking that written + rejected samples cover the scanned dataset exactly

@@ -1,7 +1,7 @@
 """The input contract between a checkpoint and the loaders: size, channels and normalisation.
 
 It lives in its own module because both sides need it and neither may import the other: the model code
-(``enhancer.models``) records it in checkpoints, and the loaders (``enhancer.data``) apply it.
+(``enhancer.models.zoo``) records it in checkpoints, and the loaders (``enhancer.data``) apply it.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ class Preprocessing:
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(
-                f"mean {self.mean} and std {self.std} need one value per input channel ({self.in_chans})"
-            )
+            raise ValueError(f"mean {self.mean} and std {self.std} need one value per input channel ({self.in_chans})")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
         if len(self.size) != 2 or min(self.size) < 1:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enhancer.cam import CamSettings, CropSettings, EnhanceSettings
+from enhancer.explain.cam import CamSettings, CropSettings, EnhanceSettings
 
 T = TypeVar("T")
 ENV_PREFIX = "ENHANCER_"
@@ -221,7 +221,8 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
         item_hints = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
         if len(item_hints) != len(value):
             raise SpecError(f"{key} ({source}) must have {len(item_hints)} items, got {value!r}")
-        return tuple(_convert(v, h, f"{key}[{i}]", source) for i, (v, h) in enumerate(zip(value, item_hints)))
+        pairs = enumerate(zip(value, item_hints, strict=True))
+        return tuple(_convert(v, h, f"{key}[{i}]", source) for i, (v, h) in pairs)
     if hint is bool:
         if isinstance(value, bool):
             return value

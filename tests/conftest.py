@@ -50,7 +50,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> object:
 def kermany_dir() -> Path:
     """The 16 real validation X-rays (ImageFolder: NORMAL/, PNEUMONIA/) in the user cache, fetched the way users get
     them (``enhancer fetch-samples``: the PyPI wheel, sha256-checked) on first use; offline from $ENHANCER_SAMPLES."""
-    from enhancer.samples import cached_samples
+    from enhancer.data.samples import cached_samples
 
     return cached_samples()
 
@@ -59,7 +59,7 @@ def kermany_dir() -> Path:
 def demo_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Demonstration checkpoints (random weights, calibrated BatchNorm) at 224: ``resnet101`` (the product's main
     architecture) and ``tinyvgg`` (fast, for tests that run the job many times)."""
-    from enhancer.demo_model import save_demo_checkpoint
+    from enhancer.models.demo import save_demo_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {arch: Path(save_demo_checkpoint(str(root / f"demo-{arch}.pt"), arch)) for arch in ("resnet101", "tinyvgg")}

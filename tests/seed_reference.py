@@ -1,4 +1,4 @@
-"""The original notebook's model classes, re-typed independently of ``enhancer.models`` as the reference that
+"""The original notebook's model classes, re-typed independently of ``enhancer.models.zoo`` as the reference that
 checkpoint compatibility is tested against. Attribute names, creation order and forward passes follow the
 notebook as described in the seed notes; nothing here imports the package under test."""
 
@@ -17,7 +17,7 @@ class NotebookResNet(nn.Module):
         self.conv1.weight = nn.Parameter(self.resnet.conv1.weight.mean(dim=1, keepdim=True), requires_grad=False)
         layers: list[nn.Module] = []
         fan_in = 1000
-        for width, p in zip((*hidden, 2), dropouts):
+        for width, p in zip((*hidden, 2), dropouts, strict=True):
             layers += [nn.ReLU(), nn.Dropout(p), nn.Linear(fan_in, width)]
             fan_in = width
         self.dense_neural_network = nn.Sequential(*layers)
@@ -62,12 +62,17 @@ class NotebookTinyVGG(nn.Module):
     def __init__(self, input_shape: int = 1, hidden_units: int = 15, output_shape: int = 2, inp_res: int = 224):
         super().__init__()
         self.feature_extractor = nn.Sequential(
-            nn.Conv2d(input_shape, hidden_units, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden_units, hidden_units, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),
-            nn.Conv2d(hidden_units, hidden_units, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden_units, hidden_units, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(input_shape, hidden_units, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden_units, hidden_units, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+            nn.Conv2d(hidden_units, hidden_units, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden_units, hidden_units, 3, padding=1),
+            nn.ReLU(),
+        )
         self.max_pool = nn.MaxPool2d(2)
         self.dense_neural_network = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.25), nn.Linear(hidden_units * (inp_res // 4) ** 2, output_shape)

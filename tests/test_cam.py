@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from enhancer.cam import RAW_CAM_SCALE_NOTE, CamSettings, grad_cam, upsample
-from enhancer.demo_model import build_demo_model, hook_target, scale_logits, xray_like_batch
-from enhancer.models import ZOO
+from enhancer.explain.cam import RAW_CAM_SCALE_NOTE, CamSettings, grad_cam, upsample
+from enhancer.models.demo import build_demo_model, hook_target, scale_logits, xray_like_batch
+from enhancer.models.zoo import ZOO
 from tests.tools.missing import require_module
 
 SIZE = 64
@@ -29,9 +29,14 @@ def batch(arch: str, n: int = 4, seed: int = 7) -> torch.Tensor:
     return xray_like_batch(n, SIZE, in_chans=3 if arch.startswith("tv-") else 1, seed=seed)
 
 
-def reference_grad_cam(model: nn.Module, x: torch.Tensor, score: str = "prob", reduce: str = "mean",
-                       target: torch.Tensor | None = None, layer: nn.Module | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def reference_grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    score: str = "prob",
+    reduce: str = "mean",
+    target: torch.Tensor | None = None,
+    layer: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The classic way: a forward hook on the target layer, a full backward pass from the score through the whole
     network (input included), weights = spatial mean of the hooked gradient. Returns (raw map, logits)."""
     saved: dict[str, torch.Tensor] = {}
@@ -225,8 +230,14 @@ def test_amp_is_a_no_op_off_cuda_and_channels_last_too() -> None:
 def test_settings_validate_and_round_trip() -> None:
     s = CamSettings(target=1, score="logit", channel_reduce="sum", normalize="minmax", amp="bf16")
     assert CamSettings.from_dict(s.to_dict()) == s
-    assert CamSettings().to_dict() == {"target": "predicted", "score": "prob", "channel_reduce": "mean",
-                                       "normalize": "max", "amp": None, "channels_last": False}  # fmt: skip
+    assert CamSettings().to_dict() == {
+        "target": "predicted",
+        "score": "prob",
+        "channel_reduce": "mean",
+        "normalize": "max",
+        "amp": None,
+        "channels_last": False,
+    }
     for bad in ({"score": "softmax"}, {"target": "best"}, {"target": -1}, {"normalize": "l2"}, {"amp": "fp8"}):
         with pytest.raises(ValueError, match="choose"):
             CamSettings(**bad)

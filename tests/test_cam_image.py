@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from enhancer.cam import (
+from enhancer.explain.cam import (
     CropSettings,
     EnhanceSettings,
     colorize_jet,
@@ -28,8 +28,9 @@ def test_upsample_is_bilinear_half_pixel() -> None:
     up = upsample(maps, (224, 160))
     assert up.shape == (3, 224, 160) and up.dtype == torch.float32
     for m, u in zip(maps, up, strict=True):
-        np.testing.assert_allclose(u.numpy(), cv2.resize(m.numpy(), (160, 224), interpolation=cv2.INTER_LINEAR),
-                                   atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            u.numpy(), cv2.resize(m.numpy(), (160, 224), interpolation=cv2.INTER_LINEAR), atol=1e-5
+        )
 
 
 def test_colorize_jet_anchors() -> None:

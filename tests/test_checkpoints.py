@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from enhancer.checkpoints import CheckpointError, detect_config, load_checkpoint, save_checkpoint
-from enhancer.models import ZOO, build_model
+from enhancer.models.checkpoints import CheckpointError, detect_config, load_checkpoint, save_checkpoint
+from enhancer.models.zoo import ZOO, build_model
 from enhancer.preprocessing import SEED_PREPROCESSING
 from tests.seed_reference import NotebookResNet, NotebookTinyVGG, NotebookVGG16, save_seed_checkpoint
 
@@ -29,8 +29,12 @@ def test_seed_resnet101_checkpoint_loads_strictly_and_reproduces_logits_bit_for_
     reference, path = seed_resnet101
     ck = load_checkpoint(path)
     assert (ck.config.arch, ck.config.head, ck.source_format) == ("resnet101", "220k", "seed")
-    assert ck.meta == {"test_loss": pytest.approx(0.2641), "test_acc": 91.56, "epoch": 12,
-                       "desc": "ResNet-101 220k head, layer4 unfrozen, centre-cropped training"}  # fmt: skip
+    assert ck.meta == {
+        "test_loss": pytest.approx(0.2641),
+        "test_acc": 91.56,
+        "epoch": 12,
+        "desc": "ResNet-101 220k head, layer4 unfrozen, centre-cropped training",
+    }
     assert ck.preprocessing == SEED_PREPROCESSING and ck.class_names == ("NORMAL", "PNEUMONIA")
     assert "optimizer_state_dict" in ck.raw and not ck.model.training
     x = torch.randn(3, 1, 96, 96, generator=torch.Generator().manual_seed(1))
@@ -41,10 +45,13 @@ def test_seed_resnet101_checkpoint_loads_strictly_and_reproduces_logits_bit_for_
 
 @pytest.mark.parametrize(
     ("factory", "arch"),
-    [(lambda: NotebookVGG16(), "vgg16"), (lambda: NotebookTinyVGG(inp_res=64), "tinyvgg"),
-     (lambda: NotebookResNet(50, (10,), (0.2, 0.5)), "resnet50"),
-     (lambda: NotebookResNet(152, (15,), (0.5, 0.5)), "resnet152")],
-)  # fmt: skip
+    [
+        (lambda: NotebookVGG16(), "vgg16"),
+        (lambda: NotebookTinyVGG(inp_res=64), "tinyvgg"),
+        (lambda: NotebookResNet(50, (10,), (0.2, 0.5)), "resnet50"),
+        (lambda: NotebookResNet(152, (15,), (0.5, 0.5)), "resnet152"),
+    ],
+)
 def test_other_seed_models_load_and_match(tmp_path, factory, arch):
     torch.manual_seed(0)
     reference = factory().eval()
@@ -101,8 +108,10 @@ class _RunsCode:
 def test_pickled_code_is_refused_without_running(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"model_state_dict": build_model("tinyvgg", input_size=32).state_dict(),
-                "payload": _RunsCode(str(marker))}, path)  # fmt: skip
+    torch.save(
+        {"model_state_dict": build_model("tinyvgg", input_size=32).state_dict(), "payload": _RunsCode(str(marker))},
+        path,
+    )
     with pytest.raises(CheckpointError, match=r"refused, loading it would run pickled code") as err:
         load_checkpoint(path)
     assert "system" in str(err.value)
@@ -153,8 +162,11 @@ def test_unknown_weights_name_the_closest_architecture(tmp_path):
     state["extra.weight"] = torch.zeros(3)
     del state["fc.bias"]
     torch.save(state, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match=r"does not fit architecture tv-resnet18.*missing keys: fc.bias.*unexpected keys: "
-                       r"extra.weight.*Closest architecture: tv-resnet18"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit architecture tv-resnet18.*missing keys: fc.bias.*unexpected keys: "
+        r"extra.weight.*Closest architecture: tv-resnet18",
+    ):
         load_checkpoint(tmp_path / "odd.pt")
 
 

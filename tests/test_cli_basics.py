@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from enhancer import __version__
 from enhancer.cli import main
-from enhancer.models import build_model
+from enhancer.models.zoo import build_model
 from tests.seed_reference import NotebookResNet, save_seed_checkpoint
 
 
@@ -24,7 +24,10 @@ def test_help_and_version():
 
 def test_help_does_not_import_torch():
     code = "import sys; from enhancer.cli import main; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_models_lists_the_zoo():

@@ -27,16 +27,42 @@ def split_samples(tmp_path_factory, kermany_dir) -> tuple[Path, Path]:
 
 
 def test_one_round_on_the_real_samples(tmp_path, split_samples):
-    from enhancer.demo_model import save_demo_checkpoint
+    from enhancer.models.demo import save_demo_checkpoint
 
     train, test = split_samples
     start = save_demo_checkpoint(str(tmp_path / "demo-tinyvgg.pt"), "tinyvgg")  # not the shared fixture: no ResNet
     out = tmp_path / "cycle"
-    args = ["cycle", "--data", str(train), "--test", str(test), "--checkpoint", str(start),
-            "--out", str(out), "--rounds", "1", "--set", "train.epochs=1", "--set", "train.batch_size=4",
-            "--set", "train.num_workers=0", "--set", "train.device=cpu", "--set", "train.val_fraction=0.2",
-            "--set", "enhance.batch_size=8", "--set", "enhance.device=cpu", "--set", "enhance.loader=torch",
-            "--set", "enhance.num_threads=0"]  # fmt: skip
+    args = [
+        "cycle",
+        "--data",
+        str(train),
+        "--test",
+        str(test),
+        "--checkpoint",
+        str(start),
+        "--out",
+        str(out),
+        "--rounds",
+        "1",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.num_workers=0",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "train.val_fraction=0.2",
+        "--set",
+        "enhance.batch_size=8",
+        "--set",
+        "enhance.device=cpu",
+        "--set",
+        "enhance.loader=torch",
+        "--set",
+        "enhance.num_threads=0",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (out / "round-1" / "enhanced" / "manifest.json").is_file()
@@ -60,6 +86,18 @@ def test_one_round_on_the_real_samples(tmp_path, split_samples):
 
 
 def test_summary_table_undefined_values():
-    table = markdown_table([{"round": 0, "loss": 0.5, "accuracy": 1.0, "sensitivity": None, "specificity": 1.0,
-                             "auroc": None, "best_epoch": None, "checkpoint": "a.pt"}])  # fmt: skip
+    table = markdown_table(
+        [
+            {
+                "round": 0,
+                "loss": 0.5,
+                "accuracy": 1.0,
+                "sensitivity": None,
+                "specificity": 1.0,
+                "auroc": None,
+                "best_epoch": None,
+                "checkpoint": "a.pt",
+            }
+        ]
+    )
     assert table.splitlines()[2] == "| 0 | 0.5000 | 100.00 | n/a | 100.00 | n/a | n/a | a.pt |"

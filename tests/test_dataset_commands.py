@@ -12,17 +12,18 @@ from click.testing import CliRunner
 from PIL import Image
 
 from enhancer.cli import main
+from enhancer.data.samples import SAMPLE_SHA256, verify_samples
 from enhancer.enhance import merge_enhanced, run_enhance
-from enhancer.samples import SAMPLE_SHA256, verify_samples
-from enhancer.show import CELL, TITLE_H
+from enhancer.report.grid import CELL, TITLE_H
 from enhancer.specs import EnhanceSpec
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, kermany_dir, demo_checkpoints):
     out = tmp_path_factory.mktemp("ds") / "enhanced"
-    run_enhance(EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"])),
-                progress=False)  # fmt: skip
+    run_enhance(
+        EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"])), progress=False
+    )
     merge_enhanced(out)
     return out
 
@@ -73,7 +74,7 @@ def test_show_draws_rows_and_leaves_wrong_predictions_blank(tmp_path, dataset):
     assert grid.shape == (TITLE_H + 6 * (CELL + TITLE_H), 4 * CELL, 3)
     with h5py.File(next(dataset.glob("shard-*.h5")), "r") as f:
         label, pred = f["label"][:], f["pred"][:]
-    order = [i for pair in zip(range(8), range(8, 16)) for i in pair][:6]  # alternating classes
+    order = [i for pair in zip(range(8), range(8, 16), strict=True) for i in pair][:6]  # alternating classes
     for row, i in enumerate(order):
         top = TITLE_H + row * (CELL + TITLE_H) + TITLE_H
         cells = grid[top : top + CELL]

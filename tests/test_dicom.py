@@ -22,8 +22,17 @@ from enhancer.store import EnhancedDataset
 from tests.tools.missing import missing
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", center: float | None = None,
-                width: float | None = None, slope: float = 1.0, intercept: float = 0.0, frames: int = 1) -> Path:  # fmt: skip
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    center: float | None = None,
+    width: float | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    frames: int = 1,
+) -> Path:
     """A minimal uncompressed single-channel 16-bit DICOM file."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -62,8 +71,9 @@ def test_window_min_max_and_monochrome1_inversion(tmp_path):
     np.testing.assert_array_equal(plain, want)  # no window: min-max
     inverted = np.asarray(load_grey(str(write_dicom(tmp_path / "b.dcm", RAMP, photometric="MONOCHROME1"))))
     np.testing.assert_array_equal(inverted.astype(int), 255 - plain.astype(int))
-    windowed = np.asarray(load_grey(str(write_dicom(tmp_path / "c.dcm", RAMP, center=1000, width=1001, slope=2,
-                                                    intercept=-100))))  # fmt: skip
+    windowed = np.asarray(
+        load_grey(str(write_dicom(tmp_path / "c.dcm", RAMP, center=1000, width=1001, slope=2, intercept=-100)))
+    )
     want = np.rint(window(RAMP * 2.0 - 100, 1000, 1001) * 255).astype(np.uint8)
     np.testing.assert_array_equal(windowed, want)
     assert windowed.dtype == np.uint8 and windowed.min() == 0 and windowed.max() == 255
@@ -109,8 +119,17 @@ def test_auto_loader_picks_torch_for_dicom_and_dali_refuses_it(tmp_path, kermany
 def test_dicom_samples_enter_the_enhanced_dataset(tmp_path, kermany_dir, demo_checkpoints):
     root = _folder(tmp_path, kermany_dir)
     out = tmp_path / "enh"
-    run_enhance(EnhanceSpec(data=str(root), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"]), batch_size=4,
-                            num_threads=0, validate="full"), progress=False)  # fmt: skip
+    run_enhance(
+        EnhanceSpec(
+            data=str(root),
+            out=str(out),
+            checkpoint=str(demo_checkpoints["tinyvgg"]),
+            batch_size=4,
+            num_threads=0,
+            validate="full",
+        ),
+        progress=False,
+    )
     m = merge_enhanced(out)
     assert (m.n_written, m.n_rejected) == (8, 0)
     ds = EnhancedDataset(out, fields=("path", "image", "orig_size"))
@@ -126,7 +145,9 @@ def test_real_chest_radiograph_from_pydicom_data(tmp_path, demo_checkpoints):
 
     path = get_testdata_file("RG1_UNCR.dcm", download=False)  # CR chest PA, MONOCHROME1, 1955 x 1841, 15 bit
     if path is None:
-        missing("pydicom-data (a real chest radiograph)", how=".venv/bin/pip install pydicom-data==1.0.0 (or `make test`)")
+        missing(
+            "pydicom-data (a real chest radiograph)", how=".venv/bin/pip install pydicom-data==1.0.0 (or `make test`)"
+        )
     ds = pydicom.dcmread(path)
     assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BodyPartExamined == "CHEST"
     grey = np.asarray(load_grey(path))
@@ -142,8 +163,10 @@ def test_real_chest_radiograph_from_pydicom_data(tmp_path, demo_checkpoints):
     (root / "NORMAL").mkdir(parents=True)
     shutil.copy(path, root / "NORMAL" / "RG1_UNCR.dcm")
     out = tmp_path / "enh"
-    run_enhance(EnhanceSpec(data=str(root), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"]), num_threads=0),
-                progress=False)  # fmt: skip
+    run_enhance(
+        EnhanceSpec(data=str(root), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"]), num_threads=0),
+        progress=False,
+    )
     assert merge_enhanced(out).n_written == 1
     sample = EnhancedDataset(out, fields=("orig_size", "enhanced"))[0]
     assert np.asarray(sample["orig_size"]).tolist() == [1955, 1841] and np.asarray(sample["enhanced"]).any()

@@ -1,6 +1,6 @@
 """The end-to-end benchmark's classic pipeline does the same work as the enhance job, so its figures compare like
-for like: same heatmaps (pytorch-grad-cam vs ``enhancer.cam`` with the same settings), same crop-box rules, every
-sample written; and the harness's memory figures are the worker's own."""
+for like: same heatmaps (pytorch-grad-cam vs ``enhancer.explain.cam`` with the same settings), same crop-box rules,
+every sample written; and the harness's memory figures are the worker's own."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
-from enhancer import cam
 from enhancer.data import scan
+from enhancer.explain import cam
 from tests.tools.missing import require_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -42,16 +41,19 @@ def test_box_rules_match_crop_boxes() -> None:
     orig = torch.tensor([[1000, 1300], [800, 600], [224, 224], [2000, 1500], [517, 931], [300, 2000]])
     for settings in (cam.CropSettings(), cam.CropSettings(threshold=0.8, margin=0.3, min_size=0.1, square=True)):
         ours = cam.crop_boxes(heat.clamp(0, 1), orig, settings).tolist()
-        theirs = [classic_pipeline.box_from_heatmap(h.clamp(0, 1).numpy(), tuple(o.tolist()), settings)
-                  for h, o in zip(heat, orig, strict=True)]  # fmt: skip
+        theirs = [
+            classic_pipeline.box_from_heatmap(h.clamp(0, 1).numpy(), tuple(o.tolist()), settings)
+            for h, o in zip(heat, orig, strict=True)
+        ]
         assert [tuple(b) for b in ours] == theirs
 
 
 def test_classic_outputs_match_enhancer(kermany_dir: Path, demo_checkpoints: dict[str, Path], tmp_path: Path) -> None:
     require_module("pytorch_grad_cam", install="grad-cam==1.5.7")
     data = _four_images(kermany_dir, tmp_path / "data")
-    result = classic_pipeline.compare_with_enhancer(data, demo_checkpoints["tinyvgg"], batch_size=4,
-                                                    shipped_loader=False)  # fmt: skip
+    result = classic_pipeline.compare_with_enhancer(
+        data, demo_checkpoints["tinyvgg"], batch_size=4, shipped_loader=False
+    )
     assert result.n == 4 and result.n_nonempty == 4, result.line()
     assert result.heatmap_max_abs <= classic_pipeline.HEATMAP_ATOL, result.line()
     assert result.passed and result.line().startswith("PASS")
@@ -82,8 +84,9 @@ def test_worker_memory_is_its_own() -> None:
         "import sys; sys.path.insert(0, sys.argv[1]); import common; "
         "common.emit_result({'own': common.own_peak_rss_mib()})"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(Path(common.__file__).parent)], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(common.__file__).parent)], capture_output=True, text=True, check=True
+    ).stdout
     own = json.loads(out.splitlines()[-1][len(common.RESULT_PREFIX) :])["own"]
     assert 0 < own < 1000, own  # torch and enhancer imported, but none of the parent's gigabyte
     del ballast

@@ -1,4 +1,5 @@
-"""The enhance job end to end: shards, fields, provenance, equality with enhancer.cam, resume, sharding, errors."""
+"""The enhance job end to end: shards, fields, provenance, equality with enhancer.explain.cam, resume, sharding,
+errors."""
 
 from __future__ import annotations
 
@@ -18,16 +19,28 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from enhancer import cam
-from enhancer.checkpoints import load_checkpoint
 from enhancer.cli import main
 from enhancer.data import make_loader, scan
 from enhancer.enhance import merge_enhanced, run_enhance
+from enhancer.explain import cam
+from enhancer.models.checkpoints import load_checkpoint
 from enhancer.specs import EnhanceSpec
 from enhancer.store import EnhancedDataset, StoreError, is_complete, verify
 
-ALL_FIELDS = ("index", "label", "pred", "prob", "path", "orig_size", "image", "cam", "heatmap", "crop", "crop_box",
-              "enhanced")  # fmt: skip
+ALL_FIELDS = (
+    "index",
+    "label",
+    "pred",
+    "prob",
+    "path",
+    "orig_size",
+    "image",
+    "cam",
+    "heatmap",
+    "crop",
+    "crop_box",
+    "enhanced",
+)
 
 
 def _read_all(out_dir: Path) -> dict[int, dict[str, np.ndarray]]:
@@ -41,8 +54,10 @@ def _read_all(out_dir: Path) -> dict[int, dict[str, np.ndarray]]:
 
 
 def _enhance(data, out, checkpoint, **kw) -> None:
-    run_enhance(EnhanceSpec(data=str(data), out=str(out), checkpoint=str(checkpoint), batch_size=kw.pop("batch_size", 8),
-                            **kw), progress=False)  # fmt: skip
+    run_enhance(
+        EnhanceSpec(data=str(data), out=str(out), checkpoint=str(checkpoint), batch_size=kw.pop("batch_size", 8), **kw),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +78,17 @@ def test_end_to_end_resnet101_on_the_real_samples(resnet101_run, kermany_dir, de
     [shard] = sorted(out.glob("shard-*.h5"))
     with h5py.File(shard, "r") as f:
         expected = {
-            "image": ((16, 1, 224, 224), np.uint8), "cam": ((16, 7, 7), np.float32),
-            "heatmap": ((16, 224, 224), np.uint8), "crop": ((16, 1, 224, 224), np.uint8),
-            "crop_box": ((16, 4), np.int32), "enhanced": ((16, 1, 224, 224), np.uint8),
-            "label": ((16,), np.int16), "pred": ((16,), np.int16), "prob": ((16, 2), np.float32),
+            "image": ((16, 1, 224, 224), np.uint8),
+            "cam": ((16, 7, 7), np.float32),
+            "heatmap": ((16, 224, 224), np.uint8),
+            "crop": ((16, 1, 224, 224), np.uint8),
+            "crop_box": ((16, 4), np.int32),
+            "enhanced": ((16, 1, 224, 224), np.uint8),
+            "label": ((16,), np.int16),
+            "pred": ((16,), np.int16),
+            "prob": ((16, 2), np.float32),
             "orig_size": ((16, 2), np.int32),
-        }  # fmt: skip
+        }
         for name, (shape, dtype) in expected.items():
             assert f[name].shape == shape and f[name].dtype == dtype, name
             assert f[name].chunks == (1, *shape[1:]), name
@@ -77,8 +97,17 @@ def test_end_to_end_resnet101_on_the_real_samples(resnet101_run, kermany_dir, de
         assert attrs["complete"] and attrs["n_samples"] == 16
         assert attrs["architecture"] == "resnet101" and attrs["target_layer"] == "resnet.layer4"
         assert attrs["checkpoint_sha256"] == load_checkpoint(demo_checkpoints["resnet101"]).sha256
-        for key in ("gradcam", "raw_cam_scale", "preprocessing", "crop_settings", "enhance_settings",
-                    "package_version", "code_revision", "created", "spec"):  # fmt: skip
+        for key in (
+            "gradcam",
+            "raw_cam_scale",
+            "preprocessing",
+            "crop_settings",
+            "enhance_settings",
+            "package_version",
+            "code_revision",
+            "created",
+            "spec",
+        ):
             assert key in attrs, key
         assert json.loads(attrs["gradcam"])["score"] == "prob"
     samples = _read_all(out)
@@ -130,8 +159,14 @@ def test_shard_counts_give_the_same_dataset(tmp_path, kermany_dir, demo_checkpoi
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "enhancer.cli", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "enhancer.cli", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _repeated_samples(src: Path, dst: Path, times: int) -> Path:
@@ -146,8 +181,18 @@ def _repeated_samples(src: Path, dst: Path, times: int) -> Path:
 @pytest.mark.slow
 def test_killed_job_resumes_to_the_same_result(tmp_path, kermany_dir, demo_checkpoints):
     data = _repeated_samples(kermany_dir, tmp_path / "data", 3)  # 48 files: long enough to be killed mid-shard
-    args = ["enhance", "--data", str(data), "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--batch-size", "1",
-            "--num-shards", "2", "--no-progress"]  # fmt: skip
+    args = [
+        "enhance",
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(demo_checkpoints["tinyvgg"]),
+        "--batch-size",
+        "1",
+        "--num-shards",
+        "2",
+        "--no-progress",
+    ]
     reference = tmp_path / "reference"
     for shard_id in ("0", "1"):
         assert _cli(*args, "--out", str(reference), "--shard-id", shard_id).wait(timeout=300) == 0
@@ -201,8 +246,9 @@ def test_rerun_skips_a_complete_shard(tmp_path, kermany_dir, demo_checkpoints):
     _enhance(kermany_dir, out, demo_checkpoints["tinyvgg"])
     [shard] = out.glob("shard-*.h5")
     before = shard.stat().st_mtime_ns
-    summary = run_enhance(EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"])),
-                          progress=False)  # fmt: skip
+    summary = run_enhance(
+        EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"])), progress=False
+    )
     assert summary.skipped and summary.n_written == 16 and shard.stat().st_mtime_ns == before
 
 
@@ -235,15 +281,34 @@ def test_merge_names_missing_shards(tmp_path, kermany_dir, demo_checkpoints):
 
 def test_full_disk_fails_clearly_and_leaves_no_complete_shard(tmp_path, kermany_dir, demo_checkpoints):
     out = tmp_path / "out"
-    limit = "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); " \
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "  # fmt: skip
+    limit = (
+        "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+    )
     code = limit + "from enhancer.cli import main; main()"
     proc = subprocess.run(
-        [sys.executable, "-c", code, "enhance", "--data", str(kermany_dir), "--checkpoint",
-         str(demo_checkpoints["tinyvgg"]), "--out", str(out), "--batch-size", "4", "--no-progress",
-         "--compression", "none"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            code,
+            "enhance",
+            "--data",
+            str(kermany_dir),
+            "--checkpoint",
+            str(demo_checkpoints["tinyvgg"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--compression",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode != 0
     message = proc.stdout + proc.stderr
     assert "shard-00000-of-00001.h5" in message and "Traceback" not in message, message[-2000:]

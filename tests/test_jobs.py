@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from enhancer.cli import main
-from enhancer.jobs import JOB_KINDS, SlurmSpec, load_job
+from enhancer.run.jobs import JOB_KINDS, SlurmSpec, load_job
 from enhancer.specs import SpecError, parse_value
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
@@ -89,31 +89,61 @@ def test_missing_required_field_and_table_count(tmp_path):
 def test_precedence_set_over_environment_over_file(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text('[enhance]\ndata = "d"\nout = "o"\nbatch_size = 8\n[slurm]\npartition = "file"\naccount = "file"\n')
-    env = {"ENHANCER_BATCH_SIZE": "16", "ENHANCER_SLURM__PARTITION": "env", "ENHANCER_SLURM__QOS": "high",
-           "ENHANCER_SLURM__MERGE_TIME": "00:20:00"}  # fmt: skip
+    env = {
+        "ENHANCER_BATCH_SIZE": "16",
+        "ENHANCER_SLURM__PARTITION": "env",
+        "ENHANCER_SLURM__QOS": "high",
+        "ENHANCER_SLURM__MERGE_TIME": "00:20:00",
+    }
     job = load_job(path, {"slurm.account": "cli"}, environ=env)
     assert job.spec.batch_size == 16
     assert (job.slurm.partition, job.slurm.account, job.slurm.qos) == ("env", "cli", "high")
     assert job.slurm.merge_time == "00:20:00"
-    job = load_job(path, {"batch_size": 4, "slurm.partition": "cli", "slurm.time": parse_value("01:30:00")}, environ=env)
+    job = load_job(
+        path, {"batch_size": 4, "slurm.partition": "cli", "slurm.time": parse_value("01:30:00")}, environ=env
+    )
     assert job.spec.batch_size == 4 and job.slurm.partition == "cli" and job.slurm.time == "01:30:00"
     with pytest.raises(SpecError, match="environment"):
         load_job(path, environ={"ENHANCER_SLURM__NODES": "many"})
 
 
 def test_submit_dry_run_builds_the_array_and_the_dependent_merge(tmp_path):
-    result = CliRunner().invoke(main, [
-        "submit", str(JOBS_DIR / "enhance-kermany.toml"), "--dry-run", "--set", f"out={tmp_path / 'out'}",
-        "--set", "slurm.partition=gpu", "--set", "slurm.gpu_type=a100", "--set", 'slurm.extra=["--exclusive"]',
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "submit",
+            str(JOBS_DIR / "enhance-kermany.toml"),
+            "--dry-run",
+            "--set",
+            f"out={tmp_path / 'out'}",
+            "--set",
+            "slurm.partition=gpu",
+            "--set",
+            "slurm.gpu_type=a100",
+            "--set",
+            'slurm.extra=["--exclusive"]',
+        ],
+    )
     assert result.exit_code == 0, result.output
     array, merge = [line for line in result.output.splitlines() if line.startswith("sbatch")]
-    for option in ("--array=0-3%16", "--signal=B:USR1@300", "--gres=gpu:a100:1", "--partition=gpu", "--requeue",
-                   "--cpus-per-task=8", "--mem=32G", "--exclusive", "enhance-%A_%a.out", "slurm/enhance.sbatch"):
-        assert option in array, option  # fmt: skip
+    for option in (
+        "--array=0-3%16",
+        "--signal=B:USR1@300",
+        "--gres=gpu:a100:1",
+        "--partition=gpu",
+        "--requeue",
+        "--cpus-per-task=8",
+        "--mem=32G",
+        "--exclusive",
+        "enhance-%A_%a.out",
+        "slurm/enhance.sbatch",
+    ):
+        assert option in array, option
     assert "--dependency=afterok:" in merge and "--kill-on-invalid-dep=yes" in merge and "--gres=none" in merge
     assert not (tmp_path / "out").exists(), "a dry run writes nothing"
-    shards = CliRunner().invoke(main, ["submit", str(JOBS_DIR / "enhance-kermany.toml"), "--dry-run", "--shards", "1,3"])
+    shards = CliRunner().invoke(
+        main, ["submit", str(JOBS_DIR / "enhance-kermany.toml"), "--dry-run", "--shards", "1,3"]
+    )
     assert "--array=1,3%16" in shards.output
     bad = CliRunner().invoke(main, ["submit", str(JOBS_DIR / "enhance-kermany.toml"), "--dry-run", "--shards", "9"])
     assert bad.exit_code == 2 and "shard 9 is not in 0..3" in bad.output
@@ -121,8 +151,9 @@ def test_submit_dry_run_builds_the_array_and_the_dependent_merge(tmp_path):
 
 def test_submit_without_sbatch_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
-    result = CliRunner().invoke(main, ["submit", str(JOBS_DIR / "enhance-kermany.toml"),
-                                       "--set", f"out={tmp_path / 'out'}"])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["submit", str(JOBS_DIR / "enhance-kermany.toml"), "--set", f"out={tmp_path / 'out'}"]
+    )
     assert result.exit_code == 1 and "sbatch not found" in result.output and "slurm-local.sh" in result.output
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.enhance import merge_enhanced, run_enhance
-from enhancer.launch import plan, visible_gpus
+from enhancer.run.launch import plan, visible_gpus
 from enhancer.specs import EnhanceSpec
 from tests.test_enhance import _read_all
 
@@ -61,12 +61,28 @@ def test_workers_take_the_given_gpus():
 
 
 @pytest.mark.slow
-def test_two_cpu_workers_give_the_same_dataset_as_one_process(tmp_path, kermany_dir, demo_checkpoints,
-                                                              tinyvgg_reference):  # fmt: skip
+def test_two_cpu_workers_give_the_same_dataset_as_one_process(
+    tmp_path, kermany_dir, demo_checkpoints, tinyvgg_reference
+):
     out = tmp_path / "two-workers"
-    result = CliRunner().invoke(main, ["enhance", "--data", str(kermany_dir), "--checkpoint",
-                                       str(demo_checkpoints["tinyvgg"]), "--out", str(out), "--batch-size", "4",
-                                       "--device", "cpu", "--workers", "2"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "enhance",
+            "--data",
+            str(kermany_dir),
+            "--checkpoint",
+            str(demo_checkpoints["tinyvgg"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("shard-*.h5")) == ["shard-00000-of-00002.h5", "shard-00001-of-00002.h5"]
     assert result.output.count("8 written, 0 rejected of 8") == 2, result.output
@@ -76,21 +92,49 @@ def test_two_cpu_workers_give_the_same_dataset_as_one_process(tmp_path, kermany_
 
 def test_a_failed_worker_names_its_shard(tmp_path, kermany_dir, demo_checkpoints):
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["enhance", "--data", str(kermany_dir), "--checkpoint", str(tmp_path / "no.pt"),
-                                       "--out", str(out), "--workers", "2"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "enhance",
+            "--data",
+            str(kermany_dir),
+            "--checkpoint",
+            str(tmp_path / "no.pt"),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+        ],
+    )
     assert result.exit_code == 1
     assert "shard 0 (exit 2" in result.output and "shard 1 (exit 2" in result.output
     assert "--shard-id 0 and --shard-id 1" in result.output
     assert "no such checkpoint file" in (out / "logs" / "worker-0.log").read_text()
 
 
-def test_run_job_file_locally_writes_every_shard_and_merges(tmp_path, kermany_dir, demo_checkpoints,
-                                                            tinyvgg_reference):  # fmt: skip
+def test_run_job_file_locally_writes_every_shard_and_merges(tmp_path, kermany_dir, demo_checkpoints, tinyvgg_reference):
     out = tmp_path / "run"
     job = Path(__file__).resolve().parents[1] / "jobs" / "enhance-kermany.toml"
-    result = CliRunner().invoke(main, ["run", str(job), "--no-progress", "--set", f"data={kermany_dir}",
-                                       "--set", f"checkpoint={demo_checkpoints['tinyvgg']}", "--set", f"out={out}",
-                                       "--set", "num_shards=2", "--set", "device=cpu", "--set", "amp=false"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(job),
+            "--no-progress",
+            "--set",
+            f"data={kermany_dir}",
+            "--set",
+            f"checkpoint={demo_checkpoints['tinyvgg']}",
+            "--set",
+            f"out={out}",
+            "--set",
+            "num_shards=2",
+            "--set",
+            "device=cpu",
+            "--set",
+            "amp=false",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "merged 16 written, 0 rejected of 16 in 2 shard(s)" in result.output
     assert_same_dataset(out, tinyvgg_reference)

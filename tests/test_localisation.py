@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from enhancer.cli import main
 from enhancer.data import scan
 from enhancer.enhance import merge_enhanced, run_enhance
-from enhancer.localisation import (
+from enhancer.explain.localisation import (
     NOT_DEFINED,
     box_iou,
     boxes_mask,
@@ -26,7 +26,7 @@ from enhancer.localisation import (
     read_boxes,
     threshold_box_mask,
 )
-from enhancer.lungs import LungUNet, save_lung_checkpoint
+from enhancer.models.lungs import LungUNet, save_lung_checkpoint
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.store import EnhancedDataset, verify
 
@@ -111,8 +111,7 @@ def test_boxes_mask_maps_original_pixels_through_the_squash_resize():
 
 def test_read_boxes_rsna_and_path_formats(tmp_path):
     rsna = tmp_path / "labels.csv"
-    rsna.write_text("patientId,x,y,width,height,Target\n"
-                    "a1,10,20,30,40,1\na1,100,100,10,10,1\nn0,,,,,0\n")  # fmt: skip
+    rsna.write_text("patientId,x,y,width,height,Target\na1,10,20,30,40,1\na1,100,100,10,10,1\nn0,,,,,0\n")
     t = read_boxes(rsna)
     assert t.lookup("/data/PNEUMONIA/a1.dcm") == [(10, 20, 40, 60), (100, 100, 110, 110)]
     assert t.lookup("/data/NORMAL/n0.dcm") == [] and t.lookup("/elsewhere/zz.dcm") is None
@@ -139,7 +138,7 @@ def lung_checkpoint(tmp_path_factory, kermany_dir):
     """A lung U-Net with random weights at a small input size (the job's plumbing, not real lungs), its output bias
     shifted so that about half of each real sample's pixels come out as lung."""
     from enhancer.data.decode import load_grey
-    from enhancer.lungs import lung_input
+    from enhancer.models.lungs import lung_input
 
     torch.manual_seed(0)
     net = LungUNet().eval()
@@ -166,16 +165,39 @@ def box_csv(tmp_path_factory, kermany_dir):
 @pytest.fixture(scope="module")
 def lung_run(tmp_path_factory, kermany_dir, demo_checkpoints, lung_checkpoint, box_csv):
     out = tmp_path_factory.mktemp("enh") / "lungs"
-    run_enhance(EnhanceSpec(data=str(kermany_dir), out=str(out), checkpoint=str(demo_checkpoints["tinyvgg"]),
-                            batch_size=8, loader="torch", num_threads=0, lung_model=str(lung_checkpoint),
-                            lung_mask_in_enhanced=True, boxes=str(box_csv)), progress=False)  # fmt: skip
+    run_enhance(
+        EnhanceSpec(
+            data=str(kermany_dir),
+            out=str(out),
+            checkpoint=str(demo_checkpoints["tinyvgg"]),
+            batch_size=8,
+            loader="torch",
+            num_threads=0,
+            lung_model=str(lung_checkpoint),
+            lung_mask_in_enhanced=True,
+            boxes=str(box_csv),
+        ),
+        progress=False,
+    )
     merge_enhanced(out)
     return out
 
 
 def test_enhance_stores_lung_masks_and_metrics_consistent_with_the_stored_maps(lung_run):
-    ds = EnhancedDataset(lung_run, fields=("heatmap", "lung_mask", "lung_energy", "lung_hit", "enhanced", "label",
-                                           "box_energy", "box_hit", "box_iou"))  # fmt: skip
+    ds = EnhancedDataset(
+        lung_run,
+        fields=(
+            "heatmap",
+            "lung_mask",
+            "lung_energy",
+            "lung_hit",
+            "enhanced",
+            "label",
+            "box_energy",
+            "box_hit",
+            "box_iou",
+        ),
+    )
     assert len(ds) == 16
     [shard] = sorted(lung_run.glob("shard-*.h5"))
     with h5py.File(shard, "r") as f:
@@ -232,42 +254,94 @@ def test_verify_flags_out_of_range_metrics(tmp_path, lung_run):
     assert "lung_hit 5 is not -1" in problems and "box_iou 1.5 is neither NaN" in problems
 
 
-def test_lung_fields_need_a_lung_model_and_the_cli_takes_the_options(tmp_path, kermany_dir, demo_checkpoints,
-                                                                       lung_checkpoint):  # fmt: skip
+def test_lung_fields_need_a_lung_model_and_the_cli_takes_the_options(
+    tmp_path, kermany_dir, demo_checkpoints, lung_checkpoint
+):
     with pytest.raises(SpecError, match="lung_mask_in_enhanced needs lung_model"):
         EnhanceSpec(data="d", out="o", lung_mask_in_enhanced=True)
     with pytest.raises(SpecError, match="need --lung-model"):
-        run_enhance(EnhanceSpec(data=str(kermany_dir), out=str(tmp_path / "x"), fields=("lung_mask",),
-                                checkpoint=str(demo_checkpoints["tinyvgg"])), progress=False)  # fmt: skip
+        run_enhance(
+            EnhanceSpec(
+                data=str(kermany_dir),
+                out=str(tmp_path / "x"),
+                fields=("lung_mask",),
+                checkpoint=str(demo_checkpoints["tinyvgg"]),
+            ),
+            progress=False,
+        )
     out = tmp_path / "cli"
-    result = CliRunner().invoke(main, ["enhance", "--data", str(kermany_dir), "--out", str(out), "--checkpoint",
-                                       str(demo_checkpoints["tinyvgg"]), "--lung-model", str(lung_checkpoint),
-                                       "--fields", "heatmap", "--loader", "torch", "--num-threads", "0",
-                                       "--no-progress"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "enhance",
+            "--data",
+            str(kermany_dir),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(demo_checkpoints["tinyvgg"]),
+            "--lung-model",
+            str(lung_checkpoint),
+            "--fields",
+            "heatmap",
+            "--loader",
+            "torch",
+            "--num-threads",
+            "0",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [shard] = sorted(out.glob("shard-*.h5"))
     with h5py.File(shard, "r") as f:
         assert {"lung_mask", "lung_energy", "lung_hit", "heatmap"} <= set(f) and "box_iou" not in f
-    result = CliRunner().invoke(main, ["enhance", "--data", str(kermany_dir), "--out", str(tmp_path / "bad"),
-                                       "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--lung-model",
-                                       str(demo_checkpoints["tinyvgg"]), "--no-progress"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "enhance",
+            "--data",
+            str(kermany_dir),
+            "--out",
+            str(tmp_path / "bad"),
+            "--checkpoint",
+            str(demo_checkpoints["tinyvgg"]),
+            "--lung-model",
+            str(demo_checkpoints["tinyvgg"]),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code != 0 and "not the lung-segmentation U-Net" in result.output
 
 
-def test_cycle_reports_localisation_per_round_next_to_accuracy(tmp_path, kermany_dir, demo_checkpoints,
-                                                                lung_checkpoint):  # fmt: skip
+def test_cycle_reports_localisation_per_round_next_to_accuracy(
+    tmp_path, kermany_dir, demo_checkpoints, lung_checkpoint
+):
     from enhancer.cycle import _localise, markdown_table
     from enhancer.specs import CycleSpec
 
-    spec = CycleSpec(data=str(kermany_dir), test=str(kermany_dir), checkpoint="c", out=str(tmp_path),
-                     enhance=EnhanceSpec(lung_model=str(lung_checkpoint), batch_size=8, loader="torch",
-                                         num_threads=0))  # fmt: skip
+    spec = CycleSpec(
+        data=str(kermany_dir),
+        test=str(kermany_dir),
+        checkpoint="c",
+        out=str(tmp_path),
+        enhance=EnhanceSpec(lung_model=str(lung_checkpoint), batch_size=8, loader="torch", num_threads=0),
+    )
     loc = _localise(spec, str(kermany_dir), tmp_path / "loc", str(demo_checkpoints["tinyvgg"]))
     assert set(loc) == {"lung_energy", "lung_hit"}
     manifest = json.loads((tmp_path / "loc" / "manifest.json").read_text())
     assert "enhanced" not in manifest["fields"] and "lung_mask" in manifest["fields"]
     assert _localise(dataclasses.replace(spec, enhance=EnhanceSpec()), str(kermany_dir), tmp_path / "none", "c") == {}
-    row = {"round": 1, "loss": 0.3, "accuracy": 0.9, "sensitivity": 0.8, "specificity": 1.0, "auroc": 0.95,
-           "best_epoch": 2, "checkpoint": "best.pt", "lung_energy": 0.4123, "lung_hit": 0.75}  # fmt: skip
+    row = {
+        "round": 1,
+        "loss": 0.3,
+        "accuracy": 0.9,
+        "sensitivity": 0.8,
+        "specificity": 1.0,
+        "auroc": 0.95,
+        "best_epoch": 2,
+        "checkpoint": "best.pt",
+        "lung_energy": 0.4123,
+        "lung_hit": 0.75,
+    }
     table = markdown_table([row])
     assert "| lung energy | lung hit % |" in table and "| 0.4123 | 75.00 |" in table

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from enhancer.lungs import (
+from enhancer.models.lungs import (
     INPUT_SHIFT,
     LungModelError,
     LungUNet,
@@ -41,8 +41,11 @@ class _Reference(nn.Module):
         super().__init__()
         vgg = torchvision.models.vgg11(weights=None).features
         self.init_conv = nn.Conv2d(1, 3, 1)
-        for name, i in zip(("conv1", "conv2", "conv3", "conv3s", "conv4", "conv4s", "conv5", "conv5s"),
-                           (0, 3, 6, 8, 11, 13, 16, 18), strict=True):  # fmt: skip
+        for name, i in zip(
+            ("conv1", "conv2", "conv3", "conv3s", "conv4", "conv4s", "conv5", "conv5s"),
+            (0, 3, 6, 8, 11, 13, 16, 18),
+            strict=True,
+        ):
             setattr(self, name, vgg[i])
         self.center = _RefBlock(512, 512, 256)
         self.dec5 = _RefBlock(768, 512, 256)

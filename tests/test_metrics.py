@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from enhancer.metrics import auroc, classification_metrics, confusion_matrix, format_metrics, sensitivity_specificity
+from enhancer.train.metrics import (
+    auroc,
+    classification_metrics,
+    confusion_matrix,
+    format_metrics,
+    sensitivity_specificity,
+)
 
 
 def test_confusion_matrix_and_rates_by_hand():

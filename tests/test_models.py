@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from enhancer.models import (
+from enhancer.models.zoo import (
     ZOO,
     ModelError,
     build_model,

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.store.layout import read_shard_attrs
-from tests.tools.missing import missing
 from tests.test_launch import assert_same_dataset, one_process_reference
+from tests.tools.missing import missing
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
@@ -100,8 +100,18 @@ def _wait_final(job: str, timeout: float, logs: Path) -> str:
 
 def _submit(out: Path, data: Path, checkpoint: Path, *sets: str) -> tuple[str, str]:
     """`enhancer submit` of the real job file, sized for this 2-CPU test node; returns (array id, merge id)."""
-    settings = [f"data={data}", f"checkpoint={checkpoint}", f"out={out}", "device=cpu", "num_threads=1",
-                "slurm.cpus_per_task=1", "slurm.mem=2G", "slurm.time=00:15:00", "slurm.array_throttle=0", *sets]  # fmt: skip
+    settings = [
+        f"data={data}",
+        f"checkpoint={checkpoint}",
+        f"out={out}",
+        "device=cpu",
+        "num_threads=1",
+        "slurm.cpus_per_task=1",
+        "slurm.mem=2G",
+        "slurm.time=00:15:00",
+        "slurm.array_throttle=0",
+        *sets,
+    ]
     result = CliRunner().invoke(main, ["submit", str(ENHANCE_JOB), *[a for s in settings for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
     array = re.search(r"submitted array job (\d+)", result.output).group(1)
@@ -110,11 +120,13 @@ def _submit(out: Path, data: Path, checkpoint: Path, *sets: str) -> tuple[str, s
     return array, merge
 
 
-def test_array_of_four_plus_merge_equals_one_local_process(slurm_cluster, tmp_path, kermany_dir, demo_checkpoints,
-                                                           tinyvgg_reference):  # fmt: skip
+def test_array_of_four_plus_merge_equals_one_local_process(
+    slurm_cluster, tmp_path, kermany_dir, demo_checkpoints, tinyvgg_reference
+):
     out = tmp_path / "array"
-    array, merge = _submit(out, kermany_dir, demo_checkpoints["tinyvgg"], "num_shards=4", "batch_size=4",
-                           "slurm.array_throttle=2")  # fmt: skip
+    array, merge = _submit(
+        out, kermany_dir, demo_checkpoints["tinyvgg"], "num_shards=4", "batch_size=4", "slurm.array_throttle=2"
+    )
     assert _wait_final(merge, 300, out / "logs") == "COMPLETED"
     assert _task_states(array) == dict.fromkeys(range(4), "COMPLETED")
     logs = sorted(p.name for p in (out / "logs").glob("*.out"))
@@ -128,8 +140,9 @@ def test_array_of_four_plus_merge_equals_one_local_process(slurm_cluster, tmp_pa
     assert "CUDA_VISIBLE_DEVICES=0" in (out / "logs" / f"enhance-{array}_0.out").read_text()
 
 
-def test_preempted_and_requeued_tasks_resume_without_duplicates(slurm_cluster, tmp_path, kermany_dir,
-                                                                demo_checkpoints, tinyvgg_reference):  # fmt: skip
+def test_preempted_and_requeued_tasks_resume_without_duplicates(
+    slurm_cluster, tmp_path, kermany_dir, demo_checkpoints, tinyvgg_reference
+):
     out = tmp_path / "requeue"
     logs = out / "logs"
     # One image per batch: each task spends seconds inside its shard, the window the signals must hit.
@@ -147,8 +160,10 @@ def test_preempted_and_requeued_tasks_resume_without_duplicates(slurm_cluster, t
         _run("scontrol", "update", f"JobId={array}_{k}", "StartTime=now+2")
     assert _wait_final(merge, 300, logs) == "COMPLETED"
     records = {int(r["ArrayTaskId"]): r for r in _records(array)}
-    assert {k: (r["JobState"], r["Restarts"]) for k, r in records.items()} == {0: ("COMPLETED", "1"),
-                                                                                1: ("COMPLETED", "1")}  # fmt: skip
+    assert {k: (r["JobState"], r["Restarts"]) for k, r in records.items()} == {
+        0: ("COMPLETED", "1"),
+        1: ("COMPLETED", "1"),
+    }
     first, second = (logs / f"enhance-{array}_0.out").read_text(), (logs / f"enhance-{array}_1.out").read_text()
     assert "USR1 received" in first and f"requeueing {array}_0" in first
     assert "TERM received" in second or "DUE TO JOB REQUEUE" in second
@@ -159,8 +174,9 @@ def test_preempted_and_requeued_tasks_resume_without_duplicates(slurm_cluster, t
     assert_same_dataset(out, tinyvgg_reference)
 
 
-def test_failed_task_blocks_the_merge_and_merge_names_the_shard(slurm_cluster, tmp_path, kermany_dir,
-                                                                demo_checkpoints, tinyvgg_reference):  # fmt: skip
+def test_failed_task_blocks_the_merge_and_merge_names_the_shard(
+    slurm_cluster, tmp_path, kermany_dir, demo_checkpoints, tinyvgg_reference
+):
     out = tmp_path / "failure"
     out.mkdir()
     # A directory where task 1 must write its temporary shard: that task fails (like a broken disk), task 0 not.

@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-EXAMPLE = '''
+EXAMPLE = """
 import pytest
 from tests.tools.missing import require_module
 
@@ -22,7 +22,7 @@ def test_gpu_only():
 
 def test_plain():
     assert True
-'''
+"""
 
 
 @pytest.fixture

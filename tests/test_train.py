@@ -14,14 +14,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from enhancer.augment import eval_transform, train_transform
-from enhancer.checkpoints import load_checkpoint, read_checkpoint_file
 from enhancer.cli import main
-from enhancer.models import ModelError
+from enhancer.models.checkpoints import load_checkpoint, read_checkpoint_file
+from enhancer.models.zoo import ModelError
 from enhancer.preprocessing import Preprocessing
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec, load_spec
-from enhancer.train import EarlyStopping, _loader, evaluate, fit, run_evaluate, trainable_groups
-from enhancer.training_data import open_source, stratified_split
+from enhancer.train.augment import eval_transform, train_transform
+from enhancer.train.data import open_source, stratified_split
+from enhancer.train.loop import EarlyStopping, _loader, evaluate, fit, run_evaluate, trainable_groups
 from tests.seed_reference import NotebookTinyVGG, save_seed_checkpoint
 
 SIZE = 16
@@ -42,8 +42,17 @@ def make_separable_folder(root: Path, n_per_class: int = 20, seed: int = 0) -> P
 
 
 def tiny_spec(data: Path, out: Path, **kw) -> TrainSpec:
-    settings = {"arch": "tinyvgg", "input_size": SIZE, "init": "random", "epochs": 2, "batch_size": 8, "lr": 3e-3,
-                "num_workers": 0, "device": "cpu", "val_fraction": 0.25}  # fmt: skip
+    settings = {
+        "arch": "tinyvgg",
+        "input_size": SIZE,
+        "init": "random",
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "num_workers": 0,
+        "device": "cpu",
+        "val_fraction": 0.25,
+    }
     return TrainSpec(data=str(data), out=str(out), **{**settings, **kw})
 
 
@@ -103,8 +112,9 @@ def test_early_stopping_restores_the_best_epoch(folder, tmp_path):
     src = open_source(folder)
     _, val_idx = stratified_split(src.labels, 0.25, 0)
     pre = Preprocessing(size=(SIZE, SIZE))
-    loader = _loader(src.dataset(eval_transform(pre), val_idx, size=(SIZE, SIZE)), batch_size=8, num_workers=0,
-                     seed=0, device="cpu")  # fmt: skip
+    loader = _loader(
+        src.dataset(eval_transform(pre), val_idx, size=(SIZE, SIZE)), batch_size=8, num_workers=0, seed=0, device="cpu"
+    )
     metrics, _ = evaluate(result.model, loader, device="cpu")
     assert metrics["loss"] == pytest.approx(result.history[0]["val_loss"], rel=1e-5)
     # A rerun of a run that stopped early does not train again.
@@ -129,10 +139,32 @@ def test_unreadable_image_mid_epoch_is_counted_and_reported(tmp_path):
     data = make_separable_folder(tmp_path / "data", n_per_class=12)
     bad = data / "PNEUMONIA" / "pneumonia_005.png"  # sorted into the middle of the class
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--arch",
-                                       "tinyvgg", "--input-size", str(SIZE), "--init", "random", "--epochs", "2",
-                                       "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
-                                       "--val-fraction", "0.25"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--arch",
+            "tinyvgg",
+            "--input-size",
+            str(SIZE),
+            "--init",
+            "random",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.25",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 unreadable image(s) skipped" in result.output and "pneumonia_005.png" in result.output
     rows = list(csv.DictReader((tmp_path / "run" / "unreadable.csv").read_text().splitlines()))
@@ -162,8 +194,22 @@ def test_seed_checkpoint_fine_tunes_and_evaluates_without_conversion(folder, tmp
     assert report["checkpoint_format"] == "seed" and m["n"] == 40
     assert sum(map(sum, m["confusion_matrix"])) == 40 and m["loss"] > 0
     out = tmp_path / "eval.json"
-    cli = CliRunner().invoke(main, ["evaluate", "--data", str(folder), "--checkpoint", str(seed_tinyvgg), "--json",
-                                    str(out), "--device", "cpu", "--num-workers", "0"])  # fmt: skip
+    cli = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--data",
+            str(folder),
+            "--checkpoint",
+            str(seed_tinyvgg),
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert "sens" in cli.output and "AUROC" in cli.output
     saved = json.loads(out.read_text())
@@ -171,8 +217,22 @@ def test_seed_checkpoint_fine_tunes_and_evaluates_without_conversion(folder, tmp
 
 
 def test_wrong_architecture_init_checkpoint_is_a_clear_error(folder, tmp_path, seed_tinyvgg):
-    cli = CliRunner().invoke(main, ["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--arch",
-                                    "resnet50", "--init", str(seed_tinyvgg), "--device", "cpu"])  # fmt: skip
+    cli = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--arch",
+            "resnet50",
+            "--init",
+            str(seed_tinyvgg),
+            "--device",
+            "cpu",
+        ],
+    )
     assert cli.exit_code == 2
     assert str(seed_tinyvgg) in cli.output and "does not fit architecture resnet50" in cli.output
     assert "Closest architecture: tinyvgg" in cli.output
@@ -195,8 +255,11 @@ def test_progressive_unfreezing(folder, tmp_path):
     assert trainable_groups(["head", "fc"], ["layer4[2]", "layer4[1]"], 2, 0) == ("head", "fc")
     assert trainable_groups(["head", "fc"], ["layer4[2]", "layer4[1]"], 2, 3) == ("head", "fc", "layer4[2]")
     assert trainable_groups(["head"], ["layer4[2]", "layer4[1]"], 2, 9) == ("head", "layer4[2]", "layer4[1]")
-    result = fit(tiny_spec(folder, tmp_path / "run", epochs=3, unfreeze=("head",), unfreeze_schedule=("features",),
-                           unfreeze_every=2))  # fmt: skip
+    result = fit(
+        tiny_spec(
+            folder, tmp_path / "run", epochs=3, unfreeze=("head",), unfreeze_schedule=("features",), unfreeze_every=2
+        )
+    )
     assert [h["trainable"] for h in result.history] == ["head", "head", "head+features"]
     params = [h["trainable_params"] for h in result.history]
     assert params[0] == params[1] < params[2]
@@ -214,12 +277,16 @@ def write_separable_enhanced(out: Path, n_per_class: int = 16, size: int = SIZE)
     n = 2 * n_per_class
     labels = np.arange(n) % 2
     batch = {
-        "index": np.arange(n), "label": labels, "pred": labels, "prob": np.eye(2, dtype=np.float32)[labels],
-        "path": [f"{'NP'[c]}/img_{i}.png" for i, c in enumerate(labels)], "orig_size": np.full((n, 2), 64),
+        "index": np.arange(n),
+        "label": labels,
+        "pred": labels,
+        "prob": np.eye(2, dtype=np.float32)[labels],
+        "path": [f"{'NP'[c]}/img_{i}.png" for i, c in enumerate(labels)],
+        "orig_size": np.full((n, 2), 64),
         "image": np.stack([separable_image(c, rng, (size, size))[None] for c in labels]),
         "enhanced": np.stack([separable_image(c, rng, (size, size))[None] for c in labels]),
         "crop": np.stack([separable_image(c, rng, (size // 2, size // 2))[None] for c in labels]),
-    }  # fmt: skip
+    }
     attrs = {"class_names": ["NORMAL", "PNEUMONIA"]}
     with ShardWriter(out, 0, 1, fields=fields, shapes=shapes, attrs=attrs) as w:
         w.write(batch)
@@ -240,8 +307,9 @@ def test_training_on_the_enhanced_hdf5_dataset(tmp_path, field):
 
 def test_bad_field_and_missing_data_are_clear_errors(tmp_path):
     data = write_separable_enhanced(tmp_path / "enh")
-    cli = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--set",
-                                    "field=heatmap"])  # fmt: skip
+    cli = CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--set", "field=heatmap"]
+    )
     assert cli.exit_code == 2 and "field" in cli.output and "enhanced, crop, image" in cli.output
     cli = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert cli.exit_code == 2 and "no such dataset" in cli.output
@@ -298,8 +366,9 @@ def test_seed_resnet101_checkpoint_fine_tunes_with_the_seed_trainable_groups(fol
     seed_file = tmp_path / "ResNet-101_GradCAM_Cropped_v4.pth"
     save_seed_checkpoint(NotebookResNet(101), seed_file)
     # Small inputs keep this quick; ResNets take any input size (layer4 is 2x2 at 64).
-    result = fit(tiny_spec(folder, tmp_path / "ft", epochs=1, init=str(seed_file), arch=None, input_size=64,
-                           batch_size=10))  # fmt: skip
+    result = fit(
+        tiny_spec(folder, tmp_path / "ft", epochs=1, init=str(seed_file), arch=None, input_size=64, batch_size=10)
+    )
     h = result.history[0]
     assert h["trainable"] == "head+fc+layer4"  # the seed's choice for its best model
     assert 14_000_000 < h["trainable_params"] < 17_500_000  # layer4 (~15M) + fc (2M) + head (220k)

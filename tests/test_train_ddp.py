@@ -12,9 +12,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-import enhancer.train as train_module
-from enhancer.checkpoints import read_checkpoint_file
-from enhancer.distributed import launcher_ranks
+import enhancer.train.loop as train_module
+from enhancer.models.checkpoints import read_checkpoint_file
+from enhancer.train.distributed import launcher_ranks
 from tests.test_train import make_separable_folder, tiny_spec
 
 
@@ -39,8 +39,9 @@ def _spec(data: Path, out: Path):
 
 
 def _worker(rank: int, world: int, port: int, data: str, out: str, states: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     _patch_initial_model()
     result = train_module.fit(_spec(Path(data), Path(out)))

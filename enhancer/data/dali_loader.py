@@ -144,8 +144,9 @@ class DaliLoader(Loader):
     ) -> None:
         if dtype not in _DALI_DTYPES:
             raise ValueError(f"the DALI loader outputs {list(_DALI_DTYPES)}; got {dtype}")
-        super().__init__(samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size,
-                         dtype=dtype)  # fmt: skip
+        super().__init__(
+            samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size, dtype=dtype
+        )
         self.device_id: int | None = self.device.index if self.device.type == "cuda" else None
         self.name = "dali-gpu" if self.device_id is not None else "dali-cpu"
         self.num_threads = max(1, num_threads)  # DALI needs at least one worker thread
@@ -229,7 +230,7 @@ class DaliLoader(Loader):
     def _try_decode(self, group: Sequence[Sample], *, cpu: bool = False) -> Batch | Exception:
         try:
             return self._batch(self._pipeline(group, len(group), cpu=cpu).run(), group)
-        except Exception as exc:  # noqa: BLE001 - the caller isolates the bad file(s)
+        except Exception as exc:
             return exc
 
     def _decode_group(self, group: Sequence[Sample]) -> Iterator[Batch]:
@@ -266,7 +267,7 @@ class DaliLoader(Loader):
                 expected = self.samples[b * self.batch_size : (b + 1) * self.batch_size]
                 try:
                     batch = self._batch(pipe.run(), expected)
-                except Exception as exc:  # noqa: BLE001 - isolate the bad file(s); the batch-mates still load
+                except Exception as exc:
                     log.info("%s: batch %d failed (%s); bisecting it", self.name, b, str(exc).splitlines()[0][:200])
                     for part in self._decode_group(expected):
                         self.n_loaded += len(part)

@@ -84,8 +84,10 @@ def _header_problem(ds, max_pixels: int) -> DicomError | None:
         except NotImplementedError:
             return DicomError("unsupported", f"DICOM transfer syntax {uid.name} ({uid}) has no pixel decoder")
         if not decoder.is_available:
-            return DicomError("unsupported", f"DICOM transfer syntax {uid.name} needs a decoder plugin: "
-                                             f"{'; '.join(decoder.missing_dependencies)}")  # fmt: skip
+            return DicomError(
+                "unsupported",
+                f"DICOM transfer syntax {uid.name} needs a decoder plugin: {'; '.join(decoder.missing_dependencies)}",
+            )
     return None
 
 
@@ -94,7 +96,7 @@ def check_dicom_header(path: str, *, max_pixels: int) -> tuple[str, str] | None:
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a rejection
+    except Exception as exc:
         return "not_image", f"not a readable DICOM file ({str(exc).strip()[:300] or type(exc).__name__})"
     problem = _header_problem(ds, max_pixels)
     return (problem.code, str(problem)) if problem else None

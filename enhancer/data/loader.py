@@ -69,8 +69,10 @@ def make_loader(
     if loader == "auto":
         loader = "dali" if dali_available() and dtype != torch.bfloat16 and not dicom else "torch"
     elif loader == "dali" and dicom:
-        raise ValueError(f"loader='dali' cannot decode DICOM ({len(dicom)} .dcm files, e.g. {dicom[0]}); use "
-                         "loader='torch' or 'auto' (which picks torch for DICOM)")
+        raise ValueError(
+            f"loader='dali' cannot decode DICOM ({len(dicom)} .dcm files, e.g. {dicom[0]}); use "
+            "loader='torch' or 'auto' (which picks torch for DICOM)"
+        )
     elif loader == "dali" and not dali_available():
         raise DataError("loader='dali' but nvidia-dali cannot be imported; install nvidia-dali-cuda130 or use 'torch'")
     cls = DaliLoader if loader == "dali" else TorchLoader

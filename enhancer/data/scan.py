@@ -123,6 +123,4 @@ def scan(path: str | os.PathLike[str]) -> Scan:
         return scan_folder(p)
     if p.suffix.lower() == ".csv":
         return scan_csv(p)
-    raise DataError(
-        f"cannot scan {os.fspath(p)!r}: expected an ImageFolder directory or a .csv file list (path,label)"
-    )
+    raise DataError(f"cannot scan {os.fspath(p)!r}: expected an ImageFolder directory or a .csv file list (path,label)")

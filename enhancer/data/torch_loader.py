@@ -55,7 +55,7 @@ class _CpuDataset(Dataset):
             model = np.array(grey.resize((width, height), Image.BILINEAR))
             source = np.array(grey.resize((self.source_size, self.source_size), Image.BILINEAR))
             return {"i": i, "model": model, "source": source, "orig": (grey.height, grey.width)}
-        except Exception as exc:  # noqa: BLE001 - reported to the main process as a rejection
+        except Exception as exc:
             return {"i": i, "error": classify_decode_error(exc, s.path)}
 
 
@@ -81,7 +81,7 @@ class _GpuDataset(Dataset):
                     return {"i": i, "jpeg": torch.from_numpy(data), "orig": (im.height, im.width)}
                 grey = to_grey(im)
             return {"i": i, "grey": torch.from_numpy(np.asarray(grey).copy()), "orig": (grey.height, grey.width)}
-        except Exception as exc:  # noqa: BLE001 - reported to the main process as a rejection
+        except Exception as exc:
             return {"i": i, "error": classify_decode_error(exc, s.path)}
 
 
@@ -103,8 +103,9 @@ class TorchLoader(Loader):
         source_size: int = 512,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size,
-                         dtype=dtype)  # fmt: skip
+        super().__init__(
+            samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size, dtype=dtype
+        )
         self.name = "torch-gpu" if self.device.type == "cuda" else "torch-cpu"
         self.num_workers = max(0, num_threads)
 
@@ -156,19 +157,19 @@ class TorchLoader(Loader):
             return []
         try:
             return list(decode_jpeg(jpegs, mode=ImageReadMode.GRAY, device=self.device))
-        except Exception as exc:  # noqa: BLE001 - isolate below
+        except Exception as exc:
             log.info("%s: batched GPU decode failed (%s); decoding one by one", self.name, exc)
         out: list[torch.Tensor | None] = []
         for data, s in zip(jpegs, samples, strict=True):
             try:
                 out.append(decode_jpeg(data, mode=ImageReadMode.GRAY, device=self.device))
                 continue
-            except Exception as exc:  # noqa: BLE001 - nvJPEG may refuse what libjpeg-turbo reads: try PIL
+            except Exception as exc:
                 gpu_error = exc
             try:
                 grey = np.array(load_grey(s.path))
                 out.append(torch.from_numpy(grey).to(self.device).unsqueeze(0))
-            except Exception as exc:  # noqa: BLE001 - recorded as a rejection
+            except Exception as exc:
                 log.debug("%s: GPU decode of %s failed too: %s", self.name, s.path, gpu_error)
                 self._reject(s, *classify_decode_error(exc, s.path))
                 out.append(None)

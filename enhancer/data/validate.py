@@ -123,7 +123,7 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
         if has_dicom_magic(path):
             return Rejection.of(sample, "unsupported", "a DICOM file without the .dcm suffix; rename it to *.dcm")
         return Rejection.of(sample, "not_image", f"not a recognised image file ({st.st_size} bytes)")
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded rejection, never a silent skip
+    except Exception as exc:
         code, message = classify_decode_error(exc, path)
         return Rejection.of(sample, code, message)
     return None
@@ -137,7 +137,7 @@ def _check_dicom(sample: Sample, level: str, max_pixels: int) -> Rejection | Non
     if level == "full":
         try:
             load_dicom_grey(sample.path, max_pixels=max_pixels)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded rejection
+        except Exception as exc:
             return Rejection.of(sample, *classify_decode_error(exc, sample.path))
     return None
 

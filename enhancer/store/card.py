@@ -37,11 +37,16 @@ def render_card(m: Manifest) -> str:
     for name in names:
         lines.append(f"| {name} | {m.class_counts['label'].get(name, 0)} | {m.class_counts['pred'].get(name, 0)} |")
     if m.localisation:
-        lines += ["", "## Localisation", "",
-                  "Means over the samples where a metric is defined (hits: pointing-game hit rate); definitions in the",
-                  "shards' `localisation` attribute.", "",
-                  "| metric | all (n) | " + " | ".join(f"{c} (n)" for c in names) + " |",
-                  "|---|---:|" + "---:|" * len(names)]  # fmt: skip
+        lines += [
+            "",
+            "## Localisation",
+            "",
+            "Means over the samples where a metric is defined (hits: pointing-game hit rate); definitions in the",
+            "shards' `localisation` attribute.",
+            "",
+            "| metric | all (n) | " + " | ".join(f"{c} (n)" for c in names) + " |",
+            "|---|---:|" + "---:|" * len(names),
+        ]
         for metric, st in m.localisation.items():
             cells = [_mean_n(st)] + [_mean_n(st["by_class"].get(c, {"mean": None, "n": 0})) for c in names]
             lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")

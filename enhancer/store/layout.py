@@ -37,10 +37,14 @@ def check_output_dir(out_dir: str | os.PathLike[str], identity: dict[str, Any]) 
         raise StoreError(f"{out_dir} exists and is not a directory; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     foreign = sorted(
-        p.name for p in out_dir.iterdir()
-        if parse_shard_name(p.name) is None and p.name not in DATASET_FILES and not p.name.startswith(".")
-        and not p.name.endswith(".rejected.csv") and p.name != "logs"
-    )  # fmt: skip
+        p.name
+        for p in out_dir.iterdir()
+        if parse_shard_name(p.name) is None
+        and p.name not in DATASET_FILES
+        and not p.name.startswith(".")
+        and not p.name.endswith(".rejected.csv")
+        and p.name != "logs"
+    )
     if foreign:
         raise StoreError(
             f"{out_dir} holds files that are not part of an enhanced dataset ({', '.join(foreign[:5])}); "

@@ -15,7 +15,7 @@ Layout of one shard (HDF5, default ``libver`` so HDF5 1.10/1.14 readers open it)
   inputs of this shard that were not written, with the reason. Keeping them inside the shard makes them part of
   the same atomic rename as the samples, so a complete shard always carries its rejections;
 - measured fields (``LUNG_FIELDS`` with a lung model, ``BOX_FIELDS`` with a box file; see
-  ``enhancer.localisation`` for the metric definitions): float metrics are NaN and hits -1 where undefined;
+  ``enhancer.explain.localisation`` for the metric definitions): float metrics are NaN and hits -1 where undefined;
 - file attributes: ``schema_version``, ``complete``, ``n_samples``, ``n_rejected``, ``expected`` (-1 = unknown),
   ``shard_id``, ``num_shards``, ``fields`` (JSON list) plus the caller's provenance. Provenance values that are not
   str/int/float/bool (dicts, lists, None) are stored as JSON strings; their keys are listed in ``json_attrs``.
@@ -70,13 +70,29 @@ _FIELD_LIST = [
     Field("crop_box", "int32", (4,), False, "crop box x0, y0, x1, y1 in original pixels"),
     Field("enhanced", "uint8", (1, "H", "W"), False, "enhanced image: salient regions kept, the rest suppressed"),
     Field("lung_mask", "uint8", ("H", "W"), False, "lung segmentation at model resolution, 1 = lung", True),
-    Field("lung_energy", "float32", (), False, "share of the Grad-CAM energy inside the lung mask; NaN: undefined", True),
-    Field("lung_hit", "int8", (), False, "pointing game: map maximum inside the lungs 1, outside 0, undefined -1", True),
-    Field("box_energy", "float32", (), False, "share of the Grad-CAM energy inside the annotated boxes; NaN: undefined",
-          True),
+    Field(
+        "lung_energy", "float32", (), False, "share of the Grad-CAM energy inside the lung mask; NaN: undefined", True
+    ),
+    Field(
+        "lung_hit", "int8", (), False, "pointing game: map maximum inside the lungs 1, outside 0, undefined -1", True
+    ),
+    Field(
+        "box_energy",
+        "float32",
+        (),
+        False,
+        "share of the Grad-CAM energy inside the annotated boxes; NaN: undefined",
+        True,
+    ),
     Field("box_hit", "int8", (), False, "pointing game on the annotated boxes: 1 hit, 0 miss, -1 undefined", True),
-    Field("box_iou", "float32", (), False, "IoU of the thresholded map's box with the annotated boxes; NaN: undefined",
-          True),
+    Field(
+        "box_iou",
+        "float32",
+        (),
+        False,
+        "IoU of the thresholded map's box with the annotated boxes; NaN: undefined",
+        True,
+    ),
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
 REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if f.required)

@@ -97,7 +97,7 @@ def is_complete(path: str | os.PathLike) -> bool:
             if f[REJECTED_GROUP]["index"].shape[0] != n_rej:
                 return False
             return expected < 0 or expected == n + n_rej
-    except Exception as e:  # noqa: BLE001 - any unreadable file is simply "not complete": the rerun rewrites it
+    except Exception as e:
         log.debug("shard %s is not complete: %s", path, e)
         return False
 
@@ -347,7 +347,7 @@ class ShardWriter:
         if self._file is not None:
             try:
                 self._file.close()
-            except Exception as e:  # noqa: BLE001 - the file is discarded anyway; keep the original error in front
+            except Exception as e:
                 log.debug("closing %s after failure: %s", self.tmp_path, e)
             self._file = None
         try:
@@ -546,7 +546,7 @@ class AsyncShardWriter:
                     self.writer.write(payload)
                 else:
                     self.writer.add_rejected(payload)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller thread, which re-raises it
+            except BaseException as e:
                 self._error = e
 
     def _stop(self, drain: bool) -> None:

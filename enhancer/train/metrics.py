@@ -2,7 +2,7 @@
 
 Usage::
 
-    from enhancer.metrics import classification_metrics
+    from enhancer.train.metrics import classification_metrics
     m = classification_metrics(labels=[0, 1, 1], probs=[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], loss=0.41)
     m["accuracy"], m["sensitivity"], m["specificity"], m["auroc"], m["confusion_matrix"]
 
@@ -24,8 +24,9 @@ import numpy as np
 POSITIVE_CLASS = 1  # PNEUMONIA
 
 
-def confusion_matrix(labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray,
-                     num_classes: int = 2) -> list[list[int]]:  # fmt: skip
+def confusion_matrix(
+    labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray, num_classes: int = 2
+) -> list[list[int]]:
     """``cm[true][pred]`` counts as a list of lists (JSON-ready)."""
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     preds = np.asarray(preds, dtype=np.int64).reshape(-1)
@@ -120,5 +121,7 @@ def format_metrics(m: dict[str, Any]) -> str:
 
     loss = "n/a" if m.get("loss") is None else f"{m['loss']:.4f}"
     auc = "n/a" if m.get("auroc") is None else f"{m['auroc']:.4f}"
-    return (f"n {m['n']}  loss {loss}  acc {pct(m['accuracy'])}  sens {pct(m['sensitivity'])}  "
-            f"spec {pct(m['specificity'])}  AUROC {auc}  confusion {m['confusion_matrix']}")  # fmt: skip
+    return (
+        f"n {m['n']}  loss {loss}  acc {pct(m['accuracy'])}  sens {pct(m['sensitivity'])}  "
+        f"spec {pct(m['specificity'])}  AUROC {auc}  confusion {m['confusion_matrix']}"
+    )

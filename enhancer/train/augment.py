@@ -2,7 +2,7 @@
 
 Usage::
 
-    from enhancer.augment import train_transform, eval_transform
+    from enhancer.train.augment import train_transform, eval_transform
     t = train_transform(preprocessing)          # preprocessing from the checkpoint (size, channels, mean, std)
     x = t(torch.zeros(1, 512, 512, dtype=torch.uint8))   # -> (in_chans, 224, 224) float32, normalised
 
@@ -42,18 +42,20 @@ def train_transform(preprocessing: Preprocessing, *, crop_fraction: float = CROP
     """The seed's training augmentations followed by the model's normalisation."""
     size = tuple(preprocessing.size)
     crop = (round(size[0] * crop_fraction), round(size[1] * crop_fraction))
-    return v2.Compose([
-        v2.Resize(size, antialias=True),
-        v2.RandomRotation(20),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(**JITTER),
-        v2.RandomApply([v2.RandomAffine(degrees=0, translate=(0.05, 0.3))], p=0.5),
-        v2.RandomPerspective(distortion_scale=0.2, p=0.5),
-        v2.Resize(size, antialias=True),
-        v2.CenterCrop(crop),
-        v2.Resize(size, antialias=True),
-        *_finish(preprocessing),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.Resize(size, antialias=True),
+            v2.RandomRotation(20),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(**JITTER),
+            v2.RandomApply([v2.RandomAffine(degrees=0, translate=(0.05, 0.3))], p=0.5),
+            v2.RandomPerspective(distortion_scale=0.2, p=0.5),
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(crop),
+            v2.Resize(size, antialias=True),
+            *_finish(preprocessing),
+        ]
+    )
 
 
 def eval_transform(preprocessing: Preprocessing) -> Transform:

@@ -2,8 +2,8 @@
 
 Usage::
 
-    from enhancer.curves import draw_curves
-    draw_curves(history, "runs/r1/curves.png")   # history: the per-epoch dicts of enhancer.train.fit
+    from enhancer.train.curves import draw_curves
+    draw_curves(history, "runs/r1/curves.png")   # history: the per-epoch dicts of enhancer.train.loop.fit
 
 Two panels side by side, train (blue) and validation (orange), the best epoch marked with a grey line.
 """
@@ -22,8 +22,14 @@ PANEL = (460, 320)
 MARGIN = (56, 28, 16, 40)  # left, top, right, bottom
 
 
-def _panel(draw: ImageDraw.ImageDraw, x0: int, title: str, epochs: list[int],
-           series: dict[str, list[float | None]], best: int | None) -> None:  # fmt: skip
+def _panel(
+    draw: ImageDraw.ImageDraw,
+    x0: int,
+    title: str,
+    epochs: list[int],
+    series: dict[str, list[float | None]],
+    best: int | None,
+) -> None:
     font = ImageFont.load_default()
     left, top, right, bottom = MARGIN
     w, h = PANEL
@@ -72,10 +78,22 @@ def draw_curves(
     image = Image.new("RGB", (2 * PANEL[0], PANEL[1]), "white")
     draw = ImageDraw.Draw(image)
     best = best_epoch  # 1-based, like the history's epochs
-    _panel(draw, 0, "loss", epochs, {"train": [r.get("train_loss") for r in history],
-                                     "val": [r.get("val_loss") for r in history]}, best)  # fmt: skip
-    _panel(draw, PANEL[0], "accuracy", epochs, {"train": [r.get("train_acc") for r in history],
-                                                "val": [r.get("val_acc") for r in history]}, best)  # fmt: skip
+    _panel(
+        draw,
+        0,
+        "loss",
+        epochs,
+        {"train": [r.get("train_loss") for r in history], "val": [r.get("val_loss") for r in history]},
+        best,
+    )
+    _panel(
+        draw,
+        PANEL[0],
+        "accuracy",
+        epochs,
+        {"train": [r.get("train_acc") for r in history], "val": [r.get("val_acc") for r in history]},
+        best,
+    )
     tmp = f"{path}.tmp"
     image.save(tmp, format="PNG")
     os.replace(tmp, path)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from enhancer.training_data import open_source, stratified_split, collate_skipping
+    from enhancer.train.data import open_source, stratified_split, collate_skipping
     src = open_source("/data/chest_xray", split="train")          # or an enhanced dataset dir, field="enhanced"
     train_idx, val_idx = stratified_split(src.labels, val_fraction=0.1, seed=0)
     ds = src.dataset(transform, train_idx)                          # items: (x, label, index) or Unreadable
@@ -77,8 +77,14 @@ def collate_skipping(items: list[Any]) -> ItemBatch:
 class FolderDataset(Dataset):
     """Image files decoded with PIL to grey, squash-resized to ``size`` (the seed's ``Resize``), transformed."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], indices: Sequence[int],
-                 size: tuple[int, int], transform: Transform) -> None:  # fmt: skip
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        indices: Sequence[int],
+        size: tuple[int, int],
+        transform: Transform,
+    ) -> None:
         self.paths, self.labels, self.indices = paths, labels, list(indices)
         self.size, self.transform = size, transform
 
@@ -91,7 +97,7 @@ class FolderDataset(Dataset):
         try:
             with Image.open(path) as im:
                 grey = to_grey(im).resize((self.size[1], self.size[0]), Image.BILINEAR)
-        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a counted, reported marker
+        except Exception as exc:
             code, message = classify_decode_error(exc, path)
             return Unreadable(index, path, f"{code}: {message}")
         x = torch.from_numpy(np.array(grey, dtype=np.uint8)).unsqueeze(0)
@@ -101,8 +107,9 @@ class FolderDataset(Dataset):
 class EnhancedFieldDataset(Dataset):
     """One image field of an enhanced dataset (uint8 ``(1, H, W)``) with its label, transformed."""
 
-    def __init__(self, out_dir: str, field: str, labels: np.ndarray, indices: Sequence[int],
-                 transform: Transform) -> None:  # fmt: skip
+    def __init__(
+        self, out_dir: str, field: str, labels: np.ndarray, indices: Sequence[int], transform: Transform
+    ) -> None:
         from enhancer.store import EnhancedDataset
 
         self.out_dir, self.field, self.labels = out_dir, field, labels
@@ -116,7 +123,7 @@ class EnhancedFieldDataset(Dataset):
         index = self.indices[i]
         try:
             x = self.store[index][self.field]
-        except Exception as exc:  # noqa: BLE001 - a damaged chunk or shard is counted and reported, not fatal
+        except Exception as exc:
             return Unreadable(index, f"{self.out_dir}#{index}", f"{type(exc).__name__}: {exc}")
         if x.ndim == 2:
             x = x.unsqueeze(0)
@@ -137,8 +144,9 @@ class Source:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def dataset(self, transform: Transform, indices: Sequence[int] | None = None,
-                size: tuple[int, int] = (224, 224)) -> Dataset:  # fmt: skip
+    def dataset(
+        self, transform: Transform, indices: Sequence[int] | None = None, size: tuple[int, int] = (224, 224)
+    ) -> Dataset:
         """A Dataset over ``indices`` (all samples by default); ``size`` is the model input size."""
         indices = range(len(self)) if indices is None else indices
         if self.kind == "enhanced":
@@ -170,8 +178,10 @@ def open_source(path: str | os.PathLike[str], *, split: str | None = "train", fi
     if not found.samples:
         raise DataError(f"{root}: no image files found; expected <root>/<CLASS>/<file> (e.g. NORMAL/, PNEUMONIA/)")
     if set(found.class_names) & {"train", "test", "val"}:
-        raise DataError(f"{root}: its sub-folders look like splits ({', '.join(found.class_names)}), not classes; "
-                        f"point at the split folder or make sure {root}/{split} exists")  # fmt: skip
+        raise DataError(
+            f"{root}: its sub-folders look like splits ({', '.join(found.class_names)}), not classes; "
+            f"point at the split folder or make sure {root}/{split} exists"
+        )
     return Source(
         kind="folder",
         root=str(root),
@@ -190,8 +200,14 @@ def _open_enhanced(root: Path, field: str) -> Source:
     ds.close()
     if not len(ds):
         raise DataError(f"{root}: the enhanced dataset holds no samples")
-    return Source(kind="enhanced", root=str(root), labels=ds.labels.copy(), paths=[],
-                  class_names=tuple(ds.class_names), field=field)  # fmt: skip
+    return Source(
+        kind="enhanced",
+        root=str(root),
+        labels=ds.labels.copy(),
+        paths=[],
+        class_names=tuple(ds.class_names),
+        field=field,
+    )
 
 
 def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -227,43 +227,53 @@ def _run_enhance_job(spec: EnhanceSpec, context: RunContext) -> list[str]:
     from enhancer.enhance import merge_enhanced, run_enhance
 
     if context.workers > 1:
-        from enhancer.launch import run_enhance_workers
+        from enhancer.run.launch import run_enhance_workers
 
         lines = run_enhance_workers(spec, context.workers)
     else:
-        lines = [run_enhance(dataclasses.replace(spec, shard_id=k), progress=context.progress,
-                             extra_attrs=context.extra_attrs).line() for k in range(spec.num_shards)]  # fmt: skip
+        lines = [
+            run_enhance(
+                dataclasses.replace(spec, shard_id=k), progress=context.progress, extra_attrs=context.extra_attrs
+            ).line()
+            for k in range(spec.num_shards)
+        ]
     manifest = merge_enhanced(spec.out)
-    merged = (f"{spec.out}: merged {manifest.n_written} written, {manifest.n_rejected} rejected of {manifest.n_in} "
-              f"in {len(manifest.shards)} shard(s)")  # fmt: skip
+    merged = (
+        f"{spec.out}: merged {manifest.n_written} written, {manifest.n_rejected} rejected of {manifest.n_in} "
+        f"in {len(manifest.shards)} shard(s)"
+    )
     return [*lines, merged]
 
 
 def _submit_enhance_job(job: Job, **options: Any) -> list[Any]:
-    from enhancer.slurm import submit_enhance
+    from enhancer.run.slurm import submit_enhance
 
     return submit_enhance(job, **options)
 
 
 def _run_train_job(spec: Any, context: RunContext) -> list[str]:
-    from enhancer.train import fit
+    from enhancer.train.loop import fit
 
     if context.workers > 1:
-        raise SpecError("training runs several processes through torchrun, not --workers: "
-                        "torchrun --nproc-per-node N -m enhancer.cli train --job FILE")  # fmt: skip
+        raise SpecError(
+            "training runs several processes through torchrun, not --workers: "
+            "torchrun --nproc-per-node N -m enhancer.cli train --job FILE"
+        )
     say = context.on_line
 
     def on_epoch(r: dict[str, Any]) -> None:
         if say is not None:
-            say(f"epoch {r.get('epoch')}: train loss {r.get('train_loss')}, val loss {r.get('val_loss')}, "
-                f"val acc {r.get('val_acc')}{' (best)' if r.get('best') else ''}")  # fmt: skip
+            say(
+                f"epoch {r.get('epoch')}: train loss {r.get('train_loss')}, val loss {r.get('val_loss')}, "
+                f"val acc {r.get('val_acc')}{' (best)' if r.get('best') else ''}"
+            )
 
     result = fit(spec, on_epoch=on_epoch)
     return [result.line()] if result.is_main else []
 
 
 def _submit_train_job(job: Job, **options: Any) -> list[Any]:
-    from enhancer.slurm import submit_torchrun
+    from enhancer.run.slurm import submit_torchrun
 
     return submit_torchrun(job, subcommand="train", **options)
 
@@ -279,8 +289,11 @@ def _register_training_kinds() -> None:
     from enhancer import specs
 
     if hasattr(specs, "TrainSpec"):
-        register_job(JobKind("train", specs.TrainSpec, _run_train_job, path_fields=("data", "out", "init"),
-                             submit=_submit_train_job))  # fmt: skip
+        register_job(
+            JobKind(
+                "train", specs.TrainSpec, _run_train_job, path_fields=("data", "out", "init"), submit=_submit_train_job
+            )
+        )
     if hasattr(specs, "CycleSpec"):
         register_job(
             JobKind("cycle", specs.CycleSpec, _run_cycle_job, path_fields=("data", "test", "checkpoint", "out"))

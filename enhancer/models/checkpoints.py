@@ -2,7 +2,7 @@
 
 Usage::
 
-    from enhancer.checkpoints import load_checkpoint, save_checkpoint
+    from enhancer.models.checkpoints import load_checkpoint, save_checkpoint
     ck = load_checkpoint("ResNet-101_GradCAM_Cropped_v4.pth")   # architecture detected from the weights
     ck.model, ck.config, ck.preprocessing, ck.class_names, ck.meta
     save_checkpoint("run/best.pt", ck.model, preprocessing=ck.preprocessing, meta={"epoch": 3})
@@ -25,7 +25,7 @@ from torch import nn
 
 from enhancer import __version__
 from enhancer.hashing import file_sha256
-from enhancer.models import (
+from enhancer.models.zoo import (
     DEFAULT_CLASS_NAMES,
     RESNET_BLOCKS,
     SEED_HEADS,

@@ -22,12 +22,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from enhancer.jobs import Job, SlurmSpec
-from enhancer.launch import SPEC_FILE
+from enhancer.run.launch import SPEC_FILE
 from enhancer.specs import SpecError
 
-SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "slurm"  # the repository's slurm/ (editable install)
+if TYPE_CHECKING:  # jobs.py calls into this module to submit: the types only, so that there is no import cycle
+    from enhancer.run.jobs import Job, SlurmSpec
+
+SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "slurm"  # the repository's slurm/ (editable install)
 
 
 class SubmitError(RuntimeError):
@@ -45,12 +48,21 @@ class Submitted:
         return shlex.join(self.command)
 
 
-def resource_options(slurm: SlurmSpec, *, gpus: int | None = None, cpus: int | None = None,
-                     time: str | None = None) -> list[str]:  # fmt: skip
+def resource_options(
+    slurm: SlurmSpec, *, gpus: int | None = None, cpus: int | None = None, time: str | None = None
+) -> list[str]:
     """The sbatch options every job of a spec shares; empty settings leave the cluster's defaults."""
     gpus = slurm.gpus_per_task if gpus is None else gpus
-    opts = [f"--{name}={value}" for name, value in (("partition", slurm.partition), ("account", slurm.account),
-                                                    ("qos", slurm.qos), ("mem", slurm.mem)) if value]  # fmt: skip
+    opts = [
+        f"--{name}={value}"
+        for name, value in (
+            ("partition", slurm.partition),
+            ("account", slurm.account),
+            ("qos", slurm.qos),
+            ("mem", slurm.mem),
+        )
+        if value
+    ]
     # none: clears the scripts' own "#SBATCH --gres=gpu:N" default for CPU-only jobs (merge, gloo training).
     opts.append(f"--gres=gpu:{slurm.gpu_type + ':' if slurm.gpu_type else ''}{gpus}" if gpus else "--gres=none")
     opts += [f"--cpus-per-task={cpus or slurm.cpus_per_task}", f"--time={time or slurm.time}"]
@@ -87,16 +99,25 @@ def _sbatch(command: list[str], env: dict[str, str], dry_run: bool) -> str:
     try:
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     except FileNotFoundError:
-        raise SubmitError("sbatch not found: run this on a SLURM login node (or start a local test cluster with "
-                          "scripts/slurm-local.sh start)") from None  # fmt: skip
+        raise SubmitError(
+            "sbatch not found: run this on a SLURM login node (or start a local test cluster with "
+            "scripts/slurm-local.sh start)"
+        ) from None
     if proc.returncode != 0:
-        raise SubmitError(f"sbatch refused the job ({proc.stderr.strip() or proc.stdout.strip()}); "
-                          f"command: {shlex.join(command)}")  # fmt: skip
+        raise SubmitError(
+            f"sbatch refused the job ({proc.stderr.strip() or proc.stdout.strip()}); command: {shlex.join(command)}"
+        )
     return proc.stdout.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
 
 
-def submit_enhance(job: Job, *, shards: Sequence[int] | None = None, dry_run: bool = False,
-                   scripts_dir: Path = SCRIPTS_DIR, environ: Mapping[str, str] | None = None) -> list[Submitted]:  # fmt: skip
+def submit_enhance(
+    job: Job,
+    *,
+    shards: Sequence[int] | None = None,
+    dry_run: bool = False,
+    scripts_dir: Path = SCRIPTS_DIR,
+    environ: Mapping[str, str] | None = None,
+) -> list[Submitted]:
     """The enhance array and its merge job; returns both with their ids."""
     spec, slurm = job.spec, job.slurm
     out = Path(spec.out).resolve()
@@ -113,22 +134,48 @@ def submit_enhance(job: Job, *, shards: Sequence[int] | None = None, dry_run: bo
     name = f"enhance-{out.name}"
     array_log = str(log_dir / "enhance-%A_%a.out")
     array = array_spec(spec.num_shards, shards, slurm.array_throttle)
-    array_cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--array={array}", f"--output={array_log}", "--open-mode=append", "--requeue",
-                 f"--signal=B:USR1@{slurm.signal_seconds}", "--ntasks=1", *resource_options(slurm), *slurm.extra,
-                 str(scripts_dir / "enhance.sbatch"), str(job_file)]  # fmt: skip
+    array_cmd = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={name}",
+        f"--array={array}",
+        f"--output={array_log}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{slurm.signal_seconds}",
+        "--ntasks=1",
+        *resource_options(slurm),
+        *slurm.extra,
+        str(scripts_dir / "enhance.sbatch"),
+        str(job_file),
+    ]
     array_id = _sbatch(array_cmd, env, dry_run)
     merge_log = str(log_dir / "merge-%j.out")
-    merge_cmd = ["sbatch", "--parsable", f"--job-name=merge-{out.name}",
-                 f"--dependency=afterok:{array_id or '<array id>'}", "--kill-on-invalid-dep=yes",
-                 f"--output={merge_log}", "--ntasks=1",
-                 *resource_options(slurm, gpus=0, cpus=min(2, slurm.cpus_per_task), time=slurm.merge_time),
-                 *slurm.extra, str(scripts_dir / "merge.sbatch"), str(out)]  # fmt: skip
+    merge_cmd = [
+        "sbatch",
+        "--parsable",
+        f"--job-name=merge-{out.name}",
+        f"--dependency=afterok:{array_id or '<array id>'}",
+        "--kill-on-invalid-dep=yes",
+        f"--output={merge_log}",
+        "--ntasks=1",
+        *resource_options(slurm, gpus=0, cpus=min(2, slurm.cpus_per_task), time=slurm.merge_time),
+        *slurm.extra,
+        str(scripts_dir / "merge.sbatch"),
+        str(out),
+    ]
     merge_id = _sbatch(merge_cmd, env, dry_run)
     return [Submitted("array", array_id, array_cmd, array_log), Submitted("merge", merge_id, merge_cmd, merge_log)]
 
 
-def submit_torchrun(job: Job, *, dry_run: bool = False, scripts_dir: Path = SCRIPTS_DIR,
-                    environ: Mapping[str, str] | None = None, subcommand: str = "train") -> list[Submitted]:  # fmt: skip
+def submit_torchrun(
+    job: Job,
+    *,
+    dry_run: bool = False,
+    scripts_dir: Path = SCRIPTS_DIR,
+    environ: Mapping[str, str] | None = None,
+    subcommand: str = "train",
+) -> list[Submitted]:
     """A multi-node DDP job (``slurm/train.sbatch``): one torchrun per node, ``gpus_per_task`` processes each.
 
     For job kinds whose runner is ``enhancer <subcommand> --job FILE`` (training; register it with this)."""
@@ -144,20 +191,35 @@ def submit_torchrun(job: Job, *, dry_run: bool = False, scripts_dir: Path = SCRI
     env["ENHANCER_NPROC_PER_NODE"] = str(max(1, slurm.gpus_per_task))  # CPU-only: one process per node
     env["ENHANCER_SUBCOMMAND"] = subcommand
     log = str(log_dir / f"{subcommand}-%j.out")
-    cmd = ["sbatch", "--parsable", f"--job-name={subcommand}-{out.name}", f"--nodes={slurm.nodes}",
-           "--ntasks-per-node=1", f"--output={log}", "--open-mode=append", "--requeue",
-           f"--signal=B:USR1@{slurm.signal_seconds}", *resource_options(slurm), *slurm.extra,
-           str(scripts_dir / "train.sbatch"), str(job_file)]  # fmt: skip
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={subcommand}-{out.name}",
+        f"--nodes={slurm.nodes}",
+        "--ntasks-per-node=1",
+        f"--output={log}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{slurm.signal_seconds}",
+        *resource_options(slurm),
+        *slurm.extra,
+        str(scripts_dir / "train.sbatch"),
+        str(job_file),
+    ]
     return [Submitted(subcommand, _sbatch(cmd, env, dry_run), cmd, log)]
 
 
 def watch_lines(submitted: Sequence[Submitted]) -> list[str]:
     """What to tell the user after a submission: ids, how to watch, where the logs are, how to cancel."""
     ids = [s.job_id for s in submitted if s.job_id]
-    lines = [f"submitted {s.name} job {s.job_id}: log {s.log}" if s.job_id else f"dry run: {s.name} job, log {s.log}"
-             for s in submitted]  # fmt: skip
+    lines = [
+        f"submitted {s.name} job {s.job_id}: log {s.log}" if s.job_id else f"dry run: {s.name} job, log {s.log}"
+        for s in submitted
+    ]
     if ids:
-        lines += [f"watch:   squeue -j {','.join(ids)}        (every 10 s: watch -n 10 squeue -j {','.join(ids)})",
-                  f"details: scontrol show job {ids[0]}      (kept for MinJobAge after the end)",
-                  f"cancel:  scancel {' '.join(ids)}"]  # fmt: skip
+        lines += [
+            f"watch:   squeue -j {','.join(ids)}        (every 10 s: watch -n 10 squeue -j {','.join(ids)})",
+            f"details: scontrol show job {ids[0]}      (kept for MinJobAge after the end)",
+            f"cancel:  scancel {' '.join(ids)}",
+        ]
     return lines

@@ -55,7 +55,7 @@ def draw_grid(
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(np.asarray(ds.labels)):
         by_class.setdefault(int(label), []).append(i)
-    order = [i for group in zip(*by_class.values()) for i in group] if by_class else []
+    order = [i for group in zip(*by_class.values(), strict=False) for i in group] if by_class else []
     chosen = (order + [i for i in range(len(ds)) if i not in order])[:n]
     grid = Image.new("RGB", (CELL * len(COLUMNS), (CELL + TITLE_H) * max(1, len(chosen)) + TITLE_H), "white")
     draw = ImageDraw.Draw(grid)
@@ -72,8 +72,12 @@ def draw_grid(
         title = f"{names[label]} | Good" if prob >= good_threshold else f"{names[label]} | {prob:.2f}"
         draw.text((4, top + 2), f"{title}   {Path(str(s['path'])).name}", fill="black")
         grey = np.asarray(s["image"]).squeeze()
-        cells = [grey, overlay(grey, np.asarray(s["heatmap"])), np.asarray(s["crop"]).squeeze(),
-                 np.asarray(s["enhanced"]).squeeze()]  # fmt: skip
+        cells = [
+            grey,
+            overlay(grey, np.asarray(s["heatmap"])),
+            np.asarray(s["crop"]).squeeze(),
+            np.asarray(s["enhanced"]).squeeze(),
+        ]
         for c, array in enumerate(cells):
             grid.paste(_cell(np.asarray(array)), (c * CELL, top + TITLE_H))
     out = Path(out)

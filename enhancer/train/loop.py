@@ -8,7 +8,7 @@ Usage::
     srun enhancer train --job jobs/train.toml                       # SLURM (MASTER_ADDR/PORT set in the script)
     enhancer evaluate --data /data/chest_xray --checkpoint ResNet-101_GradCAM_Cropped_v4.pth --json test.json
 
-    from enhancer.train import fit, run_evaluate
+    from enhancer.train.loop import fit, run_evaluate
     result = fit(TrainSpec(data="...", out="runs/r1"))
 
 The recipe (seed notebook, flaws fixed): RAdam lr 1e-4 weight decay 1e-3, CosineAnnealingLR(T_max=15) stepped per
@@ -42,17 +42,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from enhancer.augment import eval_transform, train_transform
-from enhancer.checkpoints import load_checkpoint, save_checkpoint
-from enhancer.curves import draw_curves
 from enhancer.data.loader import resolve_device
-from enhancer.distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown
-from enhancer.metrics import classification_metrics, format_metrics
-from enhancer.models import ZOO, ModelError, SeedResNet, build_model, count_parameters, preprocessing_for, set_trainable
+from enhancer.models.checkpoints import load_checkpoint, save_checkpoint
+from enhancer.models.zoo import (
+    ZOO,
+    ModelError,
+    SeedResNet,
+    build_model,
+    count_parameters,
+    preprocessing_for,
+    set_trainable,
+)
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec
-from enhancer.training_data import ItemBatch, Source, Unreadable, collate_skipping, open_source, stratified_split
+from enhancer.train.augment import eval_transform, train_transform
+from enhancer.train.curves import draw_curves
+from enhancer.train.data import ItemBatch, Source, Unreadable, collate_skipping, open_source, stratified_split
+from enhancer.train.distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown
+from enhancer.train.metrics import classification_metrics, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +102,11 @@ class FitResult:
     def line(self) -> str:
         best = self.history[self.best_epoch - 1] if self.best_epoch else {}
         how = "stopped early" if self.stopped_early else "finished"
-        return (f"{self.run_dir}: {how} after {self.epochs_run} epoch(s); best epoch {self.best_epoch} "
-                f"(val loss {_num(best.get('val_loss'))}, val acc {_num(best.get('val_acc'))}) -> "
-                f"{Path(self.run_dir) / 'best.pt'}; {len({u.path for u in self.unreadable})} unreadable image(s)")  # fmt: skip
+        return (
+            f"{self.run_dir}: {how} after {self.epochs_run} epoch(s); best epoch {self.best_epoch} "
+            f"(val loss {_num(best.get('val_loss'))}, val acc {_num(best.get('val_acc'))}) -> "
+            f"{Path(self.run_dir) / 'best.pt'}; {len({u.path for u in self.unreadable})} unreadable image(s)"
+        )
 
 
 def _num(v: float | None) -> str:
@@ -116,8 +126,10 @@ def initial_model(spec: TrainSpec) -> tuple[nn.Module, Preprocessing, str]:
         preprocessing = ck.preprocessing
         if spec.input_size and spec.input_size != ck.config.input_size:
             if ck.config.arch == "tinyvgg":
-                raise ModelError(f"{spec.init}: tinyvgg was built for input {ck.config.input_size}, its classifier "
-                                 f"cannot take {spec.input_size}; drop input_size")  # fmt: skip
+                raise ModelError(
+                    f"{spec.init}: tinyvgg was built for input {ck.config.input_size}, its classifier "
+                    f"cannot take {spec.input_size}; drop input_size"
+                )
             preprocessing = dataclasses.replace(preprocessing, size=(spec.input_size, spec.input_size))
             ck.model.config = dataclasses.replace(ck.config, input_size=spec.input_size)
         return ck.model, preprocessing, f"{spec.init} ({ck.source_format} format, sha256 {ck.sha256[:16]})"
@@ -144,8 +156,9 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.backend == "nccl" else None)
 
 
-def _loader(dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, device: str,
-            sampler: Any = None) -> DataLoader:  # fmt: skip
+def _loader(
+    dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, device: str, sampler: Any = None
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -166,9 +179,17 @@ def _inputs(batch: ItemBatch, device: str, channels_last: bool) -> tuple[torch.T
     return x, batch.labels.to(device, non_blocking=True)
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, device: str,
-                    ctx: DistContext, amp: bool = False, channels_last: bool = False,
-                    input_shape: tuple[int, int, int] = (1, 224, 224)) -> dict[str, Any]:  # fmt: skip
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: str,
+    ctx: DistContext,
+    amp: bool = False,
+    channels_last: bool = False,
+    input_shape: tuple[int, int, int] = (1, 224, 224),
+) -> dict[str, Any]:
     """One pass over ``loader``: mean cross-entropy per batch, one optimizer step per batch. Returns the loss and
     accuracy over all ranks and the unreadable items (every rank's)."""
     model.train()
@@ -211,9 +232,16 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, device: str, ctx: DistContext | None = None,
-             class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), amp: bool = False,
-             channels_last: bool = False) -> tuple[dict[str, Any], list[Unreadable]]:  # fmt: skip
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: str,
+    ctx: DistContext | None = None,
+    class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+    amp: bool = False,
+    channels_last: bool = False,
+) -> tuple[dict[str, Any], list[Unreadable]]:
     """Metrics of ``model`` on ``loader`` (each rank passes its own part; results combine over ranks):
     loss (mean cross-entropy), accuracy, sensitivity, specificity, AUROC, confusion matrix. Also returns the
     unreadable items."""
@@ -233,8 +261,12 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: str, ctx: DistCont
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         labels.append(y.cpu())
         probs.append(logits.softmax(1).cpu())
-    mine = (torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
-            torch.cat(probs) if probs else torch.zeros(0, len(class_names)), loss_sum, failed)  # fmt: skip
+    mine = (
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+        torch.cat(probs) if probs else torch.zeros(0, len(class_names)),
+        loss_sum,
+        failed,
+    )
     parts = all_gather_objects(ctx, mine)
     all_labels = torch.cat([p[0] for p in parts]).numpy()
     all_probs = torch.cat([p[1] for p in parts]).numpy()
@@ -248,8 +280,9 @@ def _resume_decision(spec: TrainSpec, last: Path) -> bool:
     if spec.resume is True and not last.exists():
         raise SpecError(f"resume = true but {last} does not exist; drop --resume to start a new run there")
     if spec.resume is False and last.exists():
-        raise SpecError(f"{last.parent} already holds a run (last.pt); choose another --out, or resume it "
-                        "(drop --no-resume)")  # fmt: skip
+        raise SpecError(
+            f"{last.parent} already holds a run (last.pt); choose another --out, or resume it (drop --no-resume)"
+        )
     return last.exists()
 
 
@@ -271,8 +304,9 @@ def _write_epoch_files(run: Path, history: list[dict[str, Any]], unreadable: lis
     draw_curves(history, run / "curves.png", best_epoch=best or None)
 
 
-def fit(spec: TrainSpec, *, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        ctx: DistContext | None = None) -> FitResult:  # fmt: skip
+def fit(
+    spec: TrainSpec, *, on_epoch: Callable[[dict[str, Any]], None] | None = None, ctx: DistContext | None = None
+) -> FitResult:
     """Train as ``spec`` says (resuming ``spec.out/last.pt`` when it exists) and return the best model.
 
     Without ``ctx`` the process group comes from the launcher's environment (torchrun, srun) and is left again at
@@ -305,8 +339,11 @@ def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]],
     _check_classes(model, source)
     train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed)
     size = tuple(preprocessing.size)
-    transform = train_transform(preprocessing, crop_fraction=spec.crop_fraction) if spec.augment else \
-        eval_transform(preprocessing)  # fmt: skip
+    transform = (
+        train_transform(preprocessing, crop_fraction=spec.crop_fraction)
+        if spec.augment
+        else eval_transform(preprocessing)
+    )
     train_ds = source.dataset(transform, train_idx, size=size)
     val_ds = source.dataset(eval_transform(preprocessing), val_idx[ctx.rank :: ctx.world_size], size=size)
 
@@ -355,18 +392,41 @@ def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]],
         # Seeded per (seed, epoch, rank): dropout and augmentation do not depend on what ran before, which makes
         # a resumed run equal to an uninterrupted one.
         torch.manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
-        sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                     seed=spec.seed, drop_last=False)  # fmt: skip
+        sampler = DistributedSampler(
+            train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False
+        )
         sampler.set_epoch(epoch)
-        train_loader = _loader(train_ds, batch_size=spec.batch_size // ctx.world_size, sampler=sampler,
-                               num_workers=spec.num_workers, seed=spec.seed + epoch, device=device)  # fmt: skip
+        train_loader = _loader(
+            train_ds,
+            batch_size=spec.batch_size // ctx.world_size,
+            sampler=sampler,
+            num_workers=spec.num_workers,
+            seed=spec.seed + epoch,
+            device=device,
+        )
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, train_loader, optimizer, device=device, ctx=ctx, amp=amp,
-                                channels_last=channels_last, input_shape=(preprocessing.in_chans, *size))  # fmt: skip
-        val_loader = _loader(val_ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed,
-                             device=device)  # fmt: skip
-        metrics, val_failed = evaluate(model, val_loader, device=device, ctx=ctx, class_names=source.class_names,
-                                       amp=amp, channels_last=channels_last)  # fmt: skip
+        stats = train_one_epoch(
+            net,
+            train_loader,
+            optimizer,
+            device=device,
+            ctx=ctx,
+            amp=amp,
+            channels_last=channels_last,
+            input_shape=(preprocessing.in_chans, *size),
+        )
+        val_loader = _loader(
+            val_ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, device=device
+        )
+        metrics, val_failed = evaluate(
+            model,
+            val_loader,
+            device=device,
+            ctx=ctx,
+            class_names=source.class_names,
+            amp=amp,
+            channels_last=channels_last,
+        )
         scheduler.step()
         failed = stats["failed"] + val_failed
         unreadable += [(epoch + 1, u) for u in failed]
@@ -395,22 +455,34 @@ def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]],
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if failed and ctx.is_main:
             shown = ", ".join(u.path for u in failed[:5]) + (" ..." if len(failed) > 5 else "")
-            log.warning("epoch %d: %d unreadable image(s) skipped: %s (all listed in %s)", epoch + 1, len(failed),
-                        shown, run / "unreadable.csv")  # fmt: skip
+            log.warning(
+                "epoch %d: %d unreadable image(s) skipped: %s (all listed in %s)",
+                epoch + 1,
+                len(failed),
+                shown,
+                run / "unreadable.csv",
+            )
         if ctx.is_main:
             meta = _meta(spec, history, metrics, init_desc, source, len(train_idx), len(val_idx))
             if improved:
-                save_checkpoint(best_path, model, preprocessing=preprocessing, class_names=source.class_names,
-                                meta=meta)  # fmt: skip
+                save_checkpoint(
+                    best_path, model, preprocessing=preprocessing, class_names=source.class_names, meta=meta
+                )
             train_state = {
                 "epoch": epoch + 1,
                 "early_stopping": dataclasses.asdict(stopper),
                 "trainable": list(groups),
                 "unreadable": [(e, dataclasses.asdict(u)) for e, u in unreadable],
             }
-            save_checkpoint(last, model, preprocessing=preprocessing, class_names=source.class_names,
-                            meta={**meta, "train_state": train_state}, optimizer_state=optimizer.state_dict(),
-                            scheduler_state=scheduler.state_dict())  # fmt: skip
+            save_checkpoint(
+                last,
+                model,
+                preprocessing=preprocessing,
+                class_names=source.class_names,
+                meta={**meta, "train_state": train_state},
+                optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
+            )
             _write_epoch_files(run, history, unreadable, stopper.best_epoch)
             if on_epoch is not None:
                 on_epoch({**record, "unreadable": [u.path for u in failed]})
@@ -418,19 +490,41 @@ def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]],
     if best_state is not None:
         model.load_state_dict(best_state)  # restore the best weights (early stopping or not)
     model = model.to("cpu").eval()
-    result = FitResult(str(run), len(history), stopper.best_epoch, stopper.stopped, history, model,
-                       [u for _, u in unreadable], ctx.is_main)  # fmt: skip
+    result = FitResult(
+        str(run),
+        len(history),
+        stopper.best_epoch,
+        stopper.stopped,
+        history,
+        model,
+        [u for _, u in unreadable],
+        ctx.is_main,
+    )
     if ctx.is_main:
-        summary = {"run_dir": str(run), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                   "stopped_early": result.stopped_early, "best": history[result.best_epoch - 1] if result.best_epoch
-                   else None, "n_unreadable": len(unreadable), "spec": spec.to_dict(), **provenance()}  # fmt: skip
+        summary = {
+            "run_dir": str(run),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "best": history[result.best_epoch - 1] if result.best_epoch else None,
+            "n_unreadable": len(unreadable),
+            "spec": spec.to_dict(),
+            **provenance(),
+        }
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("%s", result.line())
     return result
 
 
-def _meta(spec: TrainSpec, history: list[dict[str, Any]], metrics: dict[str, Any], init: str, source: Source,
-          n_train: int, n_val: int) -> dict[str, Any]:  # fmt: skip
+def _meta(
+    spec: TrainSpec,
+    history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    init: str,
+    source: Source,
+    n_train: int,
+    n_val: int,
+) -> dict[str, Any]:
     return {
         "epoch": history[-1]["epoch"],
         "history": history,
@@ -445,8 +539,10 @@ def _meta(spec: TrainSpec, history: list[dict[str, Any]], metrics: dict[str, Any
 def _check_classes(model: nn.Module, source: Source) -> None:
     n = model.config.num_classes
     if n != len(source.class_names):
-        raise ModelError(f"the model has {n} outputs but {source.root} has {len(source.class_names)} classes "
-                         f"({', '.join(source.class_names)}); train a model with num_classes matching the data")  # fmt: skip
+        raise ModelError(
+            f"the model has {n} outputs but {source.root} has {len(source.class_names)} classes "
+            f"({', '.join(source.class_names)}); train a model with num_classes matching the data"
+        )
 
 
 def _warn_changed(saved: dict[str, Any], spec: TrainSpec) -> None:
@@ -462,8 +558,11 @@ def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     source = open_source(spec.data, split="test", field=spec.field)
     _check_classes(ck.model, source)
     if tuple(source.class_names) != tuple(ck.class_names):
-        log.warning("class names differ: checkpoint %s, data %s; labels are matched by index",
-                    ck.class_names, source.class_names)  # fmt: skip
+        log.warning(
+            "class names differ: checkpoint %s, data %s; labels are matched by index",
+            ck.class_names,
+            source.class_names,
+        )
     device = resolve_device(spec.device)
     model = ck.model.to(device).eval()
     ds = source.dataset(eval_transform(ck.preprocessing), size=tuple(ck.preprocessing.size))

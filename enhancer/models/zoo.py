@@ -2,7 +2,7 @@
 
 Usage::
 
-    from enhancer.models import build_model
+    from enhancer.models.zoo import build_model
     model = build_model("resnet101")            # seed ResNet-101, 1-channel stem, "220k" head, random init
     a = model.features(x)                       # (N, 2048, 7, 7): the Grad-CAM target layer
     logits = model.head(a)                      # (N, 2); model(x) == model.head(model.features(x))
@@ -84,9 +84,9 @@ def _seed_mlp(head: str, num_classes: int) -> nn.Sequential:
 
 def _one_channel_conv_like(conv: nn.Conv2d) -> nn.Conv2d:
     """A 1-input-channel copy of ``conv`` whose weights are the mean over its RGB weights (the seed's stem)."""
-    stem = nn.Conv2d(
-        1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
-    ).to(conv.weight.device)
+    stem = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None).to(
+        conv.weight.device
+    )
     with torch.no_grad():
         stem.weight.copy_(conv.weight.mean(dim=1, keepdim=True))
         if conv.bias is not None:
@@ -214,10 +214,17 @@ class TinyVGG(nn.Module):
             raise ModelError(f"tinyvgg needs an input size divisible by 4, got {input_size}")
         conv = {"kernel_size": 3, "padding": 1}
         self.feature_extractor = nn.Sequential(
-            nn.Conv2d(1, width, **conv), nn.ReLU(), nn.Conv2d(width, width, **conv), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),
-            nn.Conv2d(width, width, **conv), nn.ReLU(), nn.Conv2d(width, width, **conv), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(1, width, **conv),
+            nn.ReLU(),
+            nn.Conv2d(width, width, **conv),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+            nn.Conv2d(width, width, **conv),
+            nn.ReLU(),
+            nn.Conv2d(width, width, **conv),
+            nn.ReLU(),
+        )
         self.max_pool = nn.MaxPool2d(2)
         self.dense_neural_network = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.25), nn.Linear(width * (input_size // 4) ** 2, num_classes)
@@ -259,26 +266,39 @@ def _build_tv_resnet(depth: int) -> Callable[[ModelConfig], nn.Module]:
 
 ZOO: dict[str, ArchInfo] = {
     "tinyvgg": ArchInfo(
-        "tinyvgg", "seed baseline TinyVGG CNN (4 conv, 1 linear), 1-channel",
-        lambda cfg: TinyVGG(cfg.width or 15, cfg.input_size, cfg.num_classes), SEED_PREPROCESSING,
+        "tinyvgg",
+        "seed baseline TinyVGG CNN (4 conv, 1 linear), 1-channel",
+        lambda cfg: TinyVGG(cfg.width or 15, cfg.input_size, cfg.num_classes),
+        SEED_PREPROCESSING,
     ),
     "vgg16": ArchInfo(
-        "vgg16", "seed VGG-16, 1-channel first conv, 1000->10->2 head (only the head trains)",
-        lambda cfg: SeedVGG16(cfg.num_classes), SEED_PREPROCESSING,
-        default_trainable=("head",), imagenet_weights="VGG16_Weights",
+        "vgg16",
+        "seed VGG-16, 1-channel first conv, 1000->10->2 head (only the head trains)",
+        lambda cfg: SeedVGG16(cfg.num_classes),
+        SEED_PREPROCESSING,
+        default_trainable=("head",),
+        imagenet_weights="VGG16_Weights",
     ),
     **{
         f"resnet{d}": ArchInfo(
-            f"resnet{d}", f"seed ResNet-{d}, 1-channel stem, ImageNet fc + MLP head",
-            _build_seed_resnet(d), SEED_PREPROCESSING, heads=tuple(SEED_HEADS), default_head=head,
-            default_trainable=("head", "fc", "layer4"), imagenet_weights=f"ResNet{d}_Weights",
+            f"resnet{d}",
+            f"seed ResNet-{d}, 1-channel stem, ImageNet fc + MLP head",
+            _build_seed_resnet(d),
+            SEED_PREPROCESSING,
+            heads=tuple(SEED_HEADS),
+            default_head=head,
+            default_trainable=("head", "fc", "layer4"),
+            imagenet_weights=f"ResNet{d}_Weights",
         )
         for d, head in ((50, "10k"), (101, "220k"), (152, "15k"))
     },
     **{
         f"tv-resnet{d}": ArchInfo(
-            f"tv-resnet{d}", f"standard torchvision ResNet-{d} (3-channel) with a new fc",
-            _build_tv_resnet(d), RGB_PREPROCESSING, imagenet_weights=f"ResNet{d}_Weights",
+            f"tv-resnet{d}",
+            f"standard torchvision ResNet-{d} (3-channel) with a new fc",
+            _build_tv_resnet(d),
+            RGB_PREPROCESSING,
+            imagenet_weights=f"ResNet{d}_Weights",
         )
         for d in (18, 50, 101, 152)
     },
@@ -291,8 +311,9 @@ def _arch_info(arch: str) -> ArchInfo:
     return ZOO[arch]
 
 
-def resolve_config(arch: str, *, head: str | None = None, num_classes: int = 2, input_size: int = 224,
-                   width: int | None = None) -> ModelConfig:  # fmt: skip
+def resolve_config(
+    arch: str, *, head: str | None = None, num_classes: int = 2, input_size: int = 224, width: int | None = None
+) -> ModelConfig:
     """Validate the options against the zoo entry and fill in its defaults."""
     info = _arch_info(arch)
     if head is not None and head not in info.heads:
@@ -385,8 +406,8 @@ def _offline_message(arch: str, path: str, reason: str) -> str:
     weights = _arch_info(arch).imagenet_weights
     return (
         f"ImageNet weights for {arch} are not cached at {path} and cannot be fetched ({reason}). "
-        f"On a machine with internet access run `TORCH_HOME=/shared/torch python -c \"import torchvision; "
-        f"torchvision.models.{weights}.DEFAULT.get_state_dict()\"`, then set TORCH_HOME=/shared/torch here; "
+        f'On a machine with internet access run `TORCH_HOME=/shared/torch python -c "import torchvision; '
+        f'torchvision.models.{weights}.DEFAULT.get_state_dict()"`, then set TORCH_HOME=/shared/torch here; '
         f"or start from a checkpoint instead (--init CHECKPOINT)."
     )
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from enhancer.lungs import load_lung_model, lung_masks
+    from enhancer.models.lungs import load_lung_model, lung_masks
     lungs = load_lung_model("UNet_LungSegmentation.pt")        # the public plain state_dict loads strictly
     mask = lung_masks(lungs.to(device), source, (224, 224))   # source (N, 1, S, S) uint8 -> (N, 224, 224) bool
 
@@ -42,11 +42,25 @@ LUNG_CLASS = 1
 FORMAT = "enhancer.lung-model"
 
 # (attribute, in, out) of the encoder convolutions: torchvision vgg11().features[0, 3, 6, 8, 11, 13, 16, 18]
-ENCODER = (("conv1", 3, 64), ("conv2", 64, 128), ("conv3", 128, 256), ("conv3s", 256, 256),
-           ("conv4", 256, 512), ("conv4s", 512, 512), ("conv5", 512, 512), ("conv5s", 512, 512))  # fmt: skip
+ENCODER = (
+    ("conv1", 3, 64),
+    ("conv2", 64, 128),
+    ("conv3", 128, 256),
+    ("conv3s", 256, 256),
+    ("conv4", 256, 512),
+    ("conv4s", 512, 512),
+    ("conv5", 512, 512),
+    ("conv5s", 512, 512),
+)
 # (attribute, in, mid, out) of the decoder blocks
-DECODER = (("center", 512, 512, 256), ("dec5", 512 + 256, 512, 256), ("dec4", 512 + 256, 512, 128),
-           ("dec3", 256 + 128, 256, 64), ("dec2", 128 + 64, 128, 32), ("dec1", 64 + 32, 64, 32))  # fmt: skip
+DECODER = (
+    ("center", 512, 512, 256),
+    ("dec5", 512 + 256, 512, 256),
+    ("dec4", 512 + 256, 512, 128),
+    ("dec3", 256 + 128, 256, 64),
+    ("dec2", 128 + 64, 128, 32),
+    ("dec1", 64 + 32, 64, 32),
+)
 
 
 class LungModelError(ValueError):
@@ -80,8 +94,9 @@ class LungUNet(nn.Module):
     """U-Net with a VGG11 encoder; state_dict layout of the public ``PretrainedUNet``. Input (N, in_channels, H, W)
     normalised as ``INPUT_SHIFT`` says, H and W multiples of 32; output (N, out_channels, H, W) logits."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 2, *, batch_norm: bool = True,
-                 upscale_mode: str = "bilinear") -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int = 1, out_channels: int = 2, *, batch_norm: bool = True, upscale_mode: str = "bilinear"
+    ) -> None:
         super().__init__()
         if upscale_mode not in ("bilinear", "nearest"):
             raise ValueError(f"upscale_mode={upscale_mode!r} is not valid; choose 'bilinear' or 'nearest'")
@@ -105,8 +120,13 @@ class LungUNet(nn.Module):
         enc4 = relu(self.conv4s(relu(self.conv4(down(enc3, 2)))))
         enc5 = relu(self.conv5s(relu(self.conv5(down(enc4, 2)))))
         x = self.center(down(enc5, 2))
-        for block, skip in ((self.dec5, enc5), (self.dec4, enc4), (self.dec3, enc3), (self.dec2, enc2),
-                            (self.dec1, enc1)):  # fmt: skip
+        for block, skip in (
+            (self.dec5, enc5),
+            (self.dec4, enc4),
+            (self.dec3, enc3),
+            (self.dec2, enc2),
+            (self.dec1, enc1),
+        ):
             x = block(torch.cat([self._up(x, skip), skip], 1))
         return self.out(x)
 
@@ -126,9 +146,14 @@ class LungModel:
 
     def describe(self) -> dict[str, Any]:
         """Provenance for shard attributes."""
-        return {"path": os.path.abspath(self.path), "sha256": self.sha256, "input_size": self.input_size,
-                "normalisation": f"grey01 - {INPUT_SHIFT}", "lung_class": LUNG_CLASS,
-                "architecture": "PretrainedUNet(1, 2, batch_norm=True, upscale_mode='bilinear'), VGG11 encoder"}  # fmt: skip
+        return {
+            "path": os.path.abspath(self.path),
+            "sha256": self.sha256,
+            "input_size": self.input_size,
+            "normalisation": f"grey01 - {INPUT_SHIFT}",
+            "lung_class": LUNG_CLASS,
+            "architecture": "PretrainedUNet(1, 2, batch_norm=True, upscale_mode='bilinear'), VGG11 encoder",
+        }
 
 
 def save_lung_checkpoint(path: str | os.PathLike[str], net: LungUNet, *, input_size: int = INPUT_SIZE) -> str:
@@ -143,13 +168,17 @@ def load_lung_model(path: str | os.PathLike[str]) -> LungModel:
     ``save_lung_checkpoint`` file. Strict: every parameter name and shape must match. Returns it on the CPU."""
     path = os.fspath(path)
     if not Path(path).is_file():
-        raise LungModelError(f"{path}: no such lung-segmentation checkpoint; pass the file of the public "
-                             "lung-segmentation U-Net (VGG11 encoder), e.g. UNet_LungSegmentation.pt")  # fmt: skip
+        raise LungModelError(
+            f"{path}: no such lung-segmentation checkpoint; pass the file of the public "
+            "lung-segmentation U-Net (VGG11 encoder), e.g. UNet_LungSegmentation.pt"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise LungModelError(f"{path}: not a readable weights-only torch file ({str(exc).splitlines()[0]}); "
-                             "save the U-Net's state_dict with torch.save(model.state_dict(), path)") from None  # fmt: skip
+        raise LungModelError(
+            f"{path}: not a readable weights-only torch file ({str(exc).splitlines()[0]}); "
+            "save the U-Net's state_dict with torch.save(model.state_dict(), path)"
+        ) from None
     input_size = INPUT_SIZE
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         input_size = int(obj["input_size"])
@@ -160,8 +189,9 @@ def load_lung_model(path: str | os.PathLike[str]) -> LungModel:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise LungModelError(f"{path}: expected a state_dict (name -> tensor) of the lung U-Net, got "
-                             f"{type(obj).__name__}")  # fmt: skip
+        raise LungModelError(
+            f"{path}: expected a state_dict (name -> tensor) of the lung U-Net, got {type(obj).__name__}"
+        )
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     net = LungUNet()
     expected = net.state_dict()
@@ -169,12 +199,16 @@ def load_lung_model(path: str | os.PathLike[str]) -> LungModel:
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or wrong:
-        parts = [f"{label} {names[:4]}{' ...' if len(names) > 4 else ''}"
-                 for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                 if names]  # fmt: skip
-        raise LungModelError(f"{path}: not the lung-segmentation U-Net with a VGG11 encoder ({'; '.join(parts)}); "
-                             "the expected file is PretrainedUNet(1, 2, batch_norm=True, upscale_mode='bilinear')'s "
-                             "state_dict")  # fmt: skip
+        parts = [
+            f"{label} {names[:4]}{' ...' if len(names) > 4 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if names
+        ]
+        raise LungModelError(
+            f"{path}: not the lung-segmentation U-Net with a VGG11 encoder ({'; '.join(parts)}); "
+            "the expected file is PretrainedUNet(1, 2, batch_norm=True, upscale_mode='bilinear')'s "
+            "state_dict"
+        )
     net.load_state_dict(state, strict=True)
     return LungModel(net.eval(), input_size, path, file_sha256(path))
 
@@ -184,13 +218,19 @@ def lung_input(source: torch.Tensor, input_size: int) -> torch.Tensor:
     squash-resized (bilinear, antialiased when shrinking), grey01 - 0.5."""
     x = source.float() / 255 if source.dtype == torch.uint8 else source.float()
     if tuple(x.shape[-2:]) != (input_size, input_size):
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
-                          antialias=bool(x.shape[-1] > input_size or x.shape[-2] > input_size))  # fmt: skip
+        x = F.interpolate(
+            x,
+            size=(input_size, input_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=bool(x.shape[-1] > input_size or x.shape[-2] > input_size),
+        )
     return x.clamp(0, 1) - INPUT_SHIFT
 
 
-def lung_masks(lungs: LungModel, source: torch.Tensor, size: tuple[int, int] | torch.Size, *,
-               amp: bool = False) -> torch.Tensor:  # fmt: skip
+def lung_masks(
+    lungs: LungModel, source: torch.Tensor, size: tuple[int, int] | torch.Size, *, amp: bool = False
+) -> torch.Tensor:
     """Lung masks (N, *size) bool for a batch of loader sources (N, 1, S_h, S_w), on the source's device.
 
     The logits are upsampled bilinearly to ``size`` (the classifier's input resolution) before the argmax, so the

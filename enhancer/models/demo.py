@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -c "from enhancer.demo_model import build_demo_model, xray_like_batch; \
+    python -c "from enhancer.models.demo import build_demo_model, xray_like_batch; \
 m = build_demo_model('resnet50', input_size=64); print(m(xray_like_batch(4, 64)))"
 
 Why this exists: a randomly initialised ResNet in eval mode uses BatchNorm's default running statistics
@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from enhancer.models import SeedResNet, SeedVGG16, TinyVGG, TorchvisionResNet, build_model, preprocessing_for
+from enhancer.models.zoo import SeedResNet, SeedVGG16, TinyVGG, TorchvisionResNet, build_model, preprocessing_for
 from enhancer.preprocessing import Preprocessing
 
 
@@ -149,7 +149,9 @@ def hook_target(model: nn.Module) -> nn.Module:
 
 
 _NOT_MEDICAL = "its heatmaps show the pipeline working, not medical evidence"
-DEMO_NOTE_SYNTHETIC = f"demonstration model: random weights, BatchNorm calibrated on synthetic X-ray-like images; {_NOT_MEDICAL}"
+DEMO_NOTE_SYNTHETIC = (
+    f"demonstration model: random weights, BatchNorm calibrated on synthetic X-ray-like images; {_NOT_MEDICAL}"
+)
 DEMO_NOTE_FITTED = (
     "demonstration model: random weights, BatchNorm calibrated and the output layer fitted on the sample images it "
     f"is shown with; {_NOT_MEDICAL}"
@@ -183,7 +185,7 @@ def save_demo_checkpoint(path: str, arch: str = "resnet101", *, seed: int = 0, d
     Without ``data`` it is calibrated on synthetic X-ray-like images. With ``data`` (an ImageFolder, e.g. the 16
     sample X-rays) BatchNorm is calibrated on those images and the output layer fitted to their labels, so that a
     demo on them shows varied, mostly correct predictions; it has learnt nothing beyond them."""
-    from enhancer.checkpoints import save_checkpoint
+    from enhancer.models.checkpoints import save_checkpoint
 
     preprocessing = preprocessing_for(arch, 224)
     if data is None:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -c "import torch; from enhancer.models import build_model; from enhancer.cam import grad_cam; \
+    python -c "import torch; from enhancer.models.zoo import build_model; from enhancer.explain.cam import grad_cam; \
 r = grad_cam(build_model('tinyvgg', input_size=64).eval(), torch.randn(4, 1, 64, 64)); print(r.cam.shape)"
 
     r = grad_cam(model.eval(), x)                       # x (N, C, H, W) normalised model input, on any device
@@ -13,7 +13,7 @@ r = grad_cam(build_model('tinyvgg', input_size=64).eval(), torch.randn(4, 1, 64,
     enhanced = enhance(image01, heat)                   # (N, 1, H, W) uint8
 
 Grad-CAM here needs only the model's two halves (``features``: input -> target-layer activations, ``head``:
-activations -> logits; every ``enhancer.models`` zoo model has them). The trunk runs once without autograd, then
+activations -> logits; every ``enhancer.models.zoo`` zoo model has them). The trunk runs once without autograd, then
 only the head is differentiated w.r.t. the activations: the same gradient a hook + full backward pass gives, for
 about the cost of one forward pass, and the whole batch stays on the device. Nothing here does I/O or picks a
 device: every result lives on the input's device.
@@ -172,8 +172,10 @@ def grad_cam(
     ``target='label'``. Returns a ``CamResult`` on ``x``'s device.
     """
     if model.training:
-        raise ValueError("grad_cam needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
-                         "Dropout would make each map depend on the rest of the batch and on chance")  # fmt: skip
+        raise ValueError(
+            "grad_cam needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
+            "Dropout would make each map depend on the rest of the batch and on chance"
+        )
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
     on_cuda = x.device.type == "cuda"
@@ -374,8 +376,9 @@ def crop(
     src = source.float() if source.dtype == torch.uint8 else source.float() * 255
     size_t = torch.as_tensor(orig_size, device=source.device).reshape(n, 2).float()
     scale = torch.stack([s_w / size_t[:, 1], s_h / size_t[:, 0]], 1).repeat(1, 2)  # x, y, x, y
-    rois = torch.cat([torch.arange(n, device=source.device, dtype=torch.float)[:, None],
-                      boxes.to(source.device).float() * scale], 1)  # fmt: skip
+    rois = torch.cat(
+        [torch.arange(n, device=source.device, dtype=torch.float)[:, None], boxes.to(source.device).float() * scale], 1
+    )
     out = roi_align(src, rois, output_size=tuple(size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
     return out.round().clamp(0, 255).to(torch.uint8)
 
@@ -417,8 +420,10 @@ def enhance(
     """Emphasise the Grad-CAM regions of image (N, 1, H, W) float in [0, 1] with heat (N, H, W) in [0, 1] (the
     upsampled ``cam``) and an optional lung_mask (N, H, W) (bool or probability). Returns (N, 1, H, W) uint8."""
     if heat.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"heat {tuple(heat.shape)} and image {tuple(image.shape)} sizes differ; upsample(cam, "
-                         "image.shape[-2:]) first")  # fmt: skip
+        raise ValueError(
+            f"heat {tuple(heat.shape)} and image {tuple(image.shape)} sizes differ; upsample(cam, "
+            "image.shape[-2:]) first"
+        )
     weight = settings.floor + (1 - settings.floor) * heat.float().nan_to_num(0.0).clamp(0, 1) ** settings.gamma
     if lung_mask is not None:
         if lung_mask.shape[-2:] != image.shape[-2:]:

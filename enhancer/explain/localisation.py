@@ -3,11 +3,11 @@ plus the box CSV reader.
 
 Usage::
 
-    from enhancer.localisation import energy_inside, pointing_hit, box_iou, boxes_mask, read_boxes
+    from enhancer.explain.localisation import energy_inside, pointing_hit, box_iou, boxes_mask, read_boxes
     heat = upsample(cam_result.cam, (224, 224))             # (N, H, W) in [0, 1]
     energy_inside(heat, lung)                               # (N,) float32: share of the map's energy in the lungs
     pointing_hit(heat, lung)                                # (N,) int8: 1 the maximum is in the lungs, 0 not, -1 n/a
-    table = read_boxes("stage_2_train_labels.csv")          # RSNA (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1
+    table = read_boxes("stage_2_train_labels.csv")          # RSNA (patientId,x,y,width,height,Target) or path,x0..y1
     gt = boxes_mask(table.batch(paths), orig_size, (224, 224))   # (N, H, W) bool: union of each sample's boxes
     box_iou(heat, gt)                                       # (N,) float32: IoU of the thresholded map's box and gt
 
@@ -50,8 +50,10 @@ NOTE = (
 
 def _check(heat: torch.Tensor, mask: torch.Tensor) -> None:
     if heat.ndim != 3 or heat.shape != mask.shape:
-        raise ValueError(f"heat and mask must both be (N, H, W) of one shape, got {tuple(heat.shape)} and "
-                         f"{tuple(mask.shape)}; upsample the map to the mask's size first")  # fmt: skip
+        raise ValueError(
+            f"heat and mask must both be (N, H, W) of one shape, got {tuple(heat.shape)} and "
+            f"{tuple(mask.shape)}; upsample the map to the mask's size first"
+        )
 
 
 def _clean(heat: torch.Tensor) -> torch.Tensor:
@@ -202,8 +204,10 @@ def read_boxes(csv_path: str | os.PathLike[str]) -> BoxTable:
     elif set(PATH_COLUMNS) <= columns:
         kind, store = "path", table.by_path
     else:
-        raise ValueError(f"{csv_s}: the header must be {','.join(RSNA_COLUMNS)} (RSNA) or {','.join(PATH_COLUMNS)}, "
-                         f"got {sorted(columns)}")  # fmt: skip
+        raise ValueError(
+            f"{csv_s}: the header must be {','.join(RSNA_COLUMNS)} (RSNA) or {','.join(PATH_COLUMNS)}, "
+            f"got {sorted(columns)}"
+        )
     base = os.path.dirname(csv_s)
     for line, row in enumerate(rows, start=2):
         if kind == "rsna":
@@ -223,7 +227,9 @@ def read_boxes(csv_path: str | os.PathLike[str]) -> BoxTable:
             raise ValueError(f"{csv_s}:{line}: box coordinates {coords} are not numbers") from None
         x0, y0, x1, y1 = (a, b, a + c, b + d) if kind == "rsna" else (a, b, c, d)
         if not (x1 > x0 and y1 > y0 and all(math.isfinite(v) for v in (x0, y0, x1, y1))):
-            raise ValueError(f"{csv_s}:{line}: box {coords} is empty or inverted (need x0 < x1 and y0 < y1; RSNA "
-                             "width and height > 0)")  # fmt: skip
+            raise ValueError(
+                f"{csv_s}:{line}: box {coords} is empty or inverted (need x0 < x1 and y0 < y1; RSNA "
+                "width and height > 0)"
+            )
         boxes.append((x0, y0, x1, y1))
     return table

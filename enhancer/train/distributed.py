@@ -5,7 +5,7 @@ Usage::
     torchrun --nproc-per-node 2 -m enhancer.cli train --data /data/chest_xray --out runs/r1     # one box
     srun --ntasks-per-node 4 enhancer train --job jobs/train.toml  # SLURM: MASTER_ADDR/MASTER_PORT exported
 
-    from enhancer.distributed import init_distributed, shutdown
+    from enhancer.train.distributed import init_distributed, shutdown
     ctx = init_distributed("auto")     # DistContext(rank, world_size, local_rank, device); no group when alone
     ...
     shutdown(ctx)                       # barrier + destroy_process_group (after dropping the DDP model)
@@ -89,8 +89,7 @@ def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> Dist
         os.environ.setdefault("WORLD_SIZE", str(world))
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))  # fmt: skip
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     log.info("rank %d of %d (local %d) joined the %s process group", rank, world, local, backend)
     return DistContext(rank, world, local, f"cuda:{local}" if use_cuda else "cpu", backend)
 

@@ -94,8 +94,17 @@ def run_enhance_workers(
             env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
         env.setdefault("OMP_NUM_THREADS", threads)  # N processes sharing the cores, not N x all cores
         pool.append(_Worker(k, shards, env, log_dir / f"worker-{k}.log"))
-    command = [python, "-m", "enhancer.cli", "enhance", "--job", str(job_file), "--num-shards", str(spec.num_shards),
-               "--no-progress"]  # fmt: skip
+    command = [
+        python,
+        "-m",
+        "enhancer.cli",
+        "enhance",
+        "--job",
+        str(job_file),
+        "--num-shards",
+        str(spec.num_shards),
+        "--no-progress",
+    ]
     lines: list[str] = []
     failed: list[tuple[int, int, Path]] = []
     try:
@@ -112,8 +121,9 @@ def run_enhance_workers(
                     with open(w.log, "a") as log:
                         log.write(f"== shard {w.shard} of {spec.num_shards}\n")
                         log.flush()
-                        w.proc = subprocess.Popen([*command, "--shard-id", str(w.shard)], env=w.env, stdout=log,
-                                                  stderr=subprocess.STDOUT)  # fmt: skip
+                        w.proc = subprocess.Popen(
+                            [*command, "--shard-id", str(w.shard)], env=w.env, stdout=log, stderr=subprocess.STDOUT
+                        )
             time.sleep(0.1)
     except BaseException:
         _stop([w.proc for w in pool if w.proc is not None])
@@ -121,8 +131,10 @@ def run_enhance_workers(
     if failed:
         detail = "; ".join(f"shard {s} (exit {rc}, log {log})" for s, rc, log in sorted(failed))
         reruns = " and ".join(f"--shard-id {s}" for s, _, _ in sorted(failed))
-        raise WorkerError(f"{len(failed)} shard(s) failed: {detail}. Rerun them with `enhancer enhance --job "
-                          f"{job_file} {reruns}` or run the same command again (complete shards are skipped)")  # fmt: skip
+        raise WorkerError(
+            f"{len(failed)} shard(s) failed: {detail}. Rerun them with `enhancer enhance --job "
+            f"{job_file} {reruns}` or run the same command again (complete shards are skipped)"
+        )
     return lines
 
 

@@ -1,0 +1,10 @@
+"""The ``enhancer`` command line: thin click commands that parse options, build a spec and call one library function.
+
+Usage: ``enhancer --help``; ``enhancer inspect ResNet-101_GradCAM_Cropped_v4.pth``; ``enhancer models``.
+Heavy imports (torch, DALI) happen inside the commands so that ``enhancer --help`` is instant.
+"""
+
+from enhancer.cli import dataset_commands, enhance_commands, model_commands, train_commands  # noqa: F401 (registers)
+from enhancer.cli.app import main
+
+__all__ = ["main"]

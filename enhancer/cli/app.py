@@ -1,0 +1,101 @@
+"""The ``enhancer`` click group and what every command shares: errors with exit code 2, ``--set`` overrides, SLURM
+ids for provenance, clean stops on SIGTERM/SIGUSR1. The commands live in the ``*_commands`` modules beside this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from enhancer import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class EnhancerError(click.ClickException):
+    """A user-facing error: one clear message, exit code 2 (bad input), no traceback."""
+
+    exit_code = 2
+
+
+def reports_errors(func: F) -> F:
+    """Turn the library's input errors (which carry the file and the fix in their message) into exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from enhancer.data import DataError
+        from enhancer.data.samples import FetchError
+        from enhancer.models.checkpoints import CheckpointError
+        from enhancer.models.zoo import ModelError
+        from enhancer.specs import SpecError
+        from enhancer.store import StoreError
+        from enhancer.train.distributed import DistributedError
+
+        try:
+            return func(*args, **kwargs)
+        except (CheckpointError, ModelError, SpecError, StoreError, FetchError, DataError, DistributedError) as exc:
+            raise EnhancerError(str(exc)) from None
+        except OSError as exc:  # a full disk, a permission: name the file, no traceback
+            raise EnhancerError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "-V", "--version", prog_name="enhancer")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Grad-CAM enhancement of chest X-ray datasets, in large GPU batches, into HDF5 shards.
+
+    Point it at an ImageFolder dataset and a trained classifier checkpoint (including the original research's
+    ResNet-101 / ResNet-152 / VGG-16 / TinyVGG files); it writes heatmaps, Grad-CAM-guided crops and enhanced
+    images for every image, and the same training code fine-tunes the model on the result.
+    """
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
+    """Options given on the command line (None = not given) plus ``--set key=value`` pairs, as spec overrides."""
+    from enhancer.specs import parse_value
+
+    found = {k: v for k, v in options.items() if v is not None}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. cam.score=logit)", param_hint="--set")
+        found[key.strip()] = parse_value(value.strip())
+    return found
+
+
+def slurm_ids() -> dict[str, Any]:
+    """SLURM's job ids, for provenance (read here at the edge; library code never reads SLURM_* itself)."""
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME")
+    found = {k.lower(): os.environ[k] for k in keys if k in os.environ}
+    return {"slurm": found} if found else {}
+
+
+def stoppable(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``func`` with SIGTERM/SIGUSR1 (SLURM's cancel, requeue and time-limit warning) turned into a clean stop:
+    the shard being written is discarded, never completed; exit code 128 + the signal."""
+    from enhancer.run.jobs import Preempted, stop_on_signals
+    from enhancer.run.launch import WorkerError
+
+    try:
+        with stop_on_signals():
+            return func(*args, **kwargs)
+    except Preempted as exc:
+        click.echo(
+            f"{exc}: the shard being written was discarded; run the command again (or let SLURM requeue "
+            "the task) to write it; complete shards are skipped",
+            err=True,
+        )
+        raise SystemExit(128 + exc.signum) from None
+    except WorkerError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,171 @@
+"""Commands that make an enhanced dataset: enhance (one shard, or local workers), run a job file, submit to SLURM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
+
+
+@main.command()
+@click.option(
+    "--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([enhance] table)."
+)
+@click.option("--data", help="ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
+@click.option("--checkpoint", help="Classifier checkpoint (the research notebook's .pth, a state_dict or ours).")
+@click.option("--out", help="Output directory of the enhanced dataset (one dataset per directory).")
+@click.option("--arch", help="Architecture, when detection from the weights is not wanted (see `enhancer models`).")
+@click.option("--shard-id", type=int, help="Which shard to write.  [default: 0]")
+@click.option("--num-shards", type=int, help="Total number of shards (e.g. SLURM array size).  [default: 1]")
+@click.option("--batch-size", type=int, help="Images per batch.  [default: 64]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device.  [default: auto]")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), help="Image loader.  [default: auto = DALI]")
+@click.option("--num-threads", type=int, help="Loader CPU threads / workers.  [default: 2]")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast + channels_last on CUDA.  [default: off]")
+@click.option(
+    "--fields",
+    help="Optional fields to store, comma-separated (image,cam,heatmap,crop,crop_box,"
+    "enhanced) or 'all'; index, label, pred, prob, path, orig_size are always stored.  [default: all]",
+)
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), help="HDF5 compression.  [default: gzip]")
+@click.option(
+    "--validate", type=click.Choice(["header", "full"]), help="File check before decoding.  [default: header]"
+)
+@click.option(
+    "--lung-model",
+    help="Lung-segmentation U-Net weights (the public VGG11-encoder model's state_dict): "
+    "stores lung_mask, lung_energy, lung_hit.  [default: none]",
+)
+@click.option(
+    "--lung-mask-in-enhanced/--no-lung-mask-in-enhanced",
+    default=None,
+    help="Also suppress outside the lungs in the enhanced image (needs --lung-model).  [default: off]",
+)
+@click.option(
+    "--boxes",
+    help="Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: "
+    "stores box_energy, box_hit, box_iou.  [default: none]",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other spec setting, e.g. cam.score=logit, crop.threshold=0.4, enhance.floor=0.2.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="Processes on this machine, one per GPU (N on the "
+    "CPU); worker k writes shards k, k+N, ... of --num-shards (default N). Logs in OUT/logs/.",
+)
+@reports_errors
+def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, workers: int, **options: Any) -> None:
+    """Write Grad-CAM heatmaps, crops and enhanced images of every image into an HDF5 shard.
+
+    Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
+    ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
+    interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
+    """
+    from enhancer.enhance import run_enhance
+    from enhancer.specs import EnhanceSpec, load_spec
+
+    spec = load_spec(
+        EnhanceSpec, job_file, table="enhance" if job_file else None, overrides=overrides(options, settings)
+    )
+    if workers > 1:
+        import dataclasses
+
+        from enhancer.run.launch import run_enhance_workers
+
+        if options["shard_id"] is not None:
+            raise click.BadParameter("give either --workers (all shards) or --shard-id (one)", param_hint="--workers")
+        spec = dataclasses.replace(spec, num_shards=max(spec.num_shards, workers))
+        for line in stoppable(run_enhance_workers, spec, workers):
+            click.echo(line)
+        return
+    summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=slurm_ids())
+    click.echo(summary.line())
+
+
+@main.command("run")
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a setting of the job table (batch_size=16, cam.score=logit) or of [slurm] (slurm.time=1:00:00).",
+)
+@click.option(
+    "--workers", default=1, show_default=True, help="Processes on this machine (enhance: one per GPU, or N on the CPU)."
+)
+@click.option("--check", is_flag=True, help="Only validate the job file and print the resolved spec.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@reports_errors
+def run_job_file(job_file: str, settings: tuple[str, ...], workers: int, check: bool, progress: bool) -> None:
+    """Run a job file (jobs/*.toml) on this machine; its table says what it is ([enhance], ...).
+
+    An enhance job writes every shard (in one process, or in --workers processes) and merges them. Settings: --set
+    > ENHANCER_* environment (ENHANCER_SLURM__<KEY> for [slurm]) > the job file > defaults.
+    """
+    from enhancer.run.jobs import RunContext, load_job, run_job
+
+    job = load_job(job_file, overrides({}, settings))
+    if check:
+        click.echo(job.resolved_toml(), nl=False)
+        return
+    context = RunContext(workers=workers, progress=progress, extra_attrs=slurm_ids(), on_line=click.echo)
+    for line in stoppable(run_job, job, context):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a setting, e.g. slurm.partition=gpu, slurm.array_throttle=20, num_shards=200.",
+)
+@click.option(
+    "--shards",
+    help="Submit only these shards (comma-separated), e.g. those `enhancer merge` names as missing.  [default: all]",
+)
+@click.option("--dry-run", is_flag=True, help="Print the sbatch commands; submit nothing.")
+@reports_errors
+def submit(job_file: str, settings: tuple[str, ...], shards: str | None, dry_run: bool) -> None:
+    """Submit a job file to SLURM: an enhance job as an array (one shard per task) plus a merge after it succeeds.
+
+    Partition, account, GPU type, CPUs, memory, time, throttle and the environment to activate come from the job's
+    [slurm] table, ENHANCER_SLURM__<KEY> variables (e.g. ENHANCER_SLURM__ACCOUNT) or --set slurm.<key>=VALUE.
+    """
+    from enhancer.run.jobs import load_job
+    from enhancer.run.slurm import SubmitError, watch_lines
+
+    job = load_job(job_file, overrides({}, settings))
+    if job.kind.submit is None:
+        raise EnhancerError(
+            f"{job_file}: [{job.kind.table}] jobs have no SLURM submission; run them with `enhancer run`"
+        )
+    options: dict[str, Any] = {"dry_run": dry_run}
+    if shards:
+        try:
+            options["shards"] = [int(s) for s in shards.split(",") if s.strip()]
+        except ValueError:
+            raise click.BadParameter(
+                f"{shards!r} is not a comma-separated list of shard ids", param_hint="--shards"
+            ) from None
+    try:
+        submitted = job.kind.submit(job, **options)
+    except SubmitError as exc:
+        raise click.ClickException(str(exc)) from None
+    for s in submitted if dry_run else ():
+        click.echo(s.shell())
+    for line in watch_lines(submitted):
+        click.echo(line)

@@ -1,0 +1,1 @@
+"""Looking at an enhanced dataset: figures drawn from the shards."""
