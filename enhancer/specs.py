@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enhancer.explain.cam import CamSettings, CropSettings, EnhanceSettings
+from enhancer.settings import CamSettings, CropSettings, EnhanceSettings
 
 T = TypeVar("T")
 ENV_PREFIX = "ENHANCER_"

@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enhancer.specs import EnhanceSpec, SpecError, dump_toml, load_spec, read_job_file, to_plain
+from enhancer.specs import (
+    CycleSpec,
+    EnhanceSpec,
+    SpecError,
+    TrainSpec,
+    dump_toml,
+    load_spec,
+    read_job_file,
+    to_plain,
+)
 
 SLURM_TABLE = "slurm"
 SLURM_ENV_PREFIX = "ENHANCER_SLURM__"
@@ -251,7 +260,7 @@ def _submit_enhance_job(job: Job, **options: Any) -> list[Any]:
     return submit_enhance(job, **options)
 
 
-def _run_train_job(spec: Any, context: RunContext) -> list[str]:
+def _run_train_job(spec: TrainSpec, context: RunContext) -> list[str]:
     from enhancer.train.loop import fit
 
     if context.workers > 1:
@@ -278,26 +287,10 @@ def _submit_train_job(job: Job, **options: Any) -> list[Any]:
     return submit_torchrun(job, subcommand="train", **options)
 
 
-def _run_cycle_job(spec: Any, context: RunContext) -> list[str]:
+def _run_cycle_job(spec: CycleSpec, context: RunContext) -> list[str]:
     from enhancer.cycle import run_cycle
 
     return [run_cycle(spec, on_line=context.on_line).markdown]
-
-
-def _register_training_kinds() -> None:
-    """``[train]`` and ``[cycle]`` (their specs live with the training code in ``enhancer.specs``)."""
-    from enhancer import specs
-
-    if hasattr(specs, "TrainSpec"):
-        register_job(
-            JobKind(
-                "train", specs.TrainSpec, _run_train_job, path_fields=("data", "out", "init"), submit=_submit_train_job
-            )
-        )
-    if hasattr(specs, "CycleSpec"):
-        register_job(
-            JobKind("cycle", specs.CycleSpec, _run_cycle_job, path_fields=("data", "test", "checkpoint", "out"))
-        )
 
 
 # Registering is a dict insertion (like timm's @register_model); the runners import torch only when called.
@@ -306,4 +299,5 @@ register_job(
         "enhance", EnhanceSpec, _run_enhance_job, path_fields=("data", "out", "checkpoint"), submit=_submit_enhance_job
     )
 )
-_register_training_kinds()
+register_job(JobKind("train", TrainSpec, _run_train_job, path_fields=("data", "out", "init"), submit=_submit_train_job))
+register_job(JobKind("cycle", CycleSpec, _run_cycle_job, path_fields=("data", "test", "checkpoint", "out")))
