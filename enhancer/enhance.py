@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
+from enhancer.data import Batch, Rejection, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
@@ -366,11 +366,6 @@ def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:
         {"index": r.index, "path": storable_path(r.path), "code": r.code, "message": storable_path(r.message)}
         for r in rejections
     ]
-
-
-def samples_of(spec: EnhanceSpec) -> list[Sample]:
-    """The samples shard ``spec.shard_id`` is responsible for (the same deterministic split the job uses)."""
-    return shard(list(scan(spec.data).samples), spec.shard_id, spec.num_shards)
 
 
 def merge_enhanced(out_dir: str | os.PathLike[str]) -> Manifest:
