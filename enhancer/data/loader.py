@@ -69,9 +69,10 @@ def make_loader(
     if loader == "auto":
         loader = "dali" if dali_available() and dtype != torch.bfloat16 and not dicom else "torch"
     elif loader == "dali" and dicom:
-        raise ValueError(
-            f"loader='dali' cannot decode DICOM ({len(dicom)} .dcm files, e.g. {dicom[0]}); use "
-            "loader='torch' or 'auto' (which picks torch for DICOM)"
+        more = f" and {len(dicom) - 1} more .dcm file(s)" if len(dicom) > 1 else ""
+        raise DataError(
+            f"{dicom[0]}{more}: loader 'dali' cannot decode DICOM; use --loader torch (loader = \"torch\" in a job "
+            "file) or auto, which picks torch when there is DICOM"
         )
     elif loader == "dali" and not dali_available():
         raise DataError("loader='dali' but nvidia-dali cannot be imported; install nvidia-dali-cuda130 or use 'torch'")
