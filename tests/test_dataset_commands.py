@@ -8,13 +8,15 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from enhancer.cli import main
 from enhancer.data.samples import SAMPLE_SHA256, verify_samples
 from enhancer.enhance import merge_enhanced, run_enhance
-from enhancer.report.grid import CELL, TITLE_H
+from enhancer.explain.cam import colorize_jet
+from enhancer.report.grid import CELL, TITLE_H, overlay
 from enhancer.specs import EnhanceSpec
 
 
@@ -82,6 +84,22 @@ def test_show_draws_rows_and_leaves_wrong_predictions_blank(tmp_path, dataset):
             assert (cells == 255).all(), f"row {row} (sample {i}) is a wrong prediction and must stay blank"
         else:
             assert cells.std() > 10, f"row {row} (sample {i}) must show images"
+
+
+def test_show_colours_heatmaps_with_the_cam_colour_map():
+    """One JET map in the package: the overlay is colorize_jet's colour at 40% over the grey image, where the heat is
+    at least 20%. (The grid once had its own float32 copy of the formula; it rounded 136 of the 768 table entries
+    the other way, so overlays moved by at most one level.)"""
+    levels = np.arange(256, dtype=np.uint8)[None].repeat(2, 0)
+    grey = np.array([[0], [200]], dtype=np.uint8).repeat(256, 1)
+    jet = colorize_jet(torch.from_numpy(levels[:1])[None])[0, :, 0].T.numpy().astype(np.float32)  # (256, 3)
+    drawn = overlay(grey, levels).astype(int)
+    assert drawn.shape == (2, 256, 3) and drawn.dtype == int
+    hot = levels[0] >= 51
+    np.testing.assert_array_equal(drawn[0, hot], np.round(jet[hot] * np.float32(0.4)))
+    np.testing.assert_array_equal(drawn[1, hot], np.round(np.float32(200 * 0.6) + jet[hot] * np.float32(0.4)))
+    assert (drawn[:, ~hot] == grey[:, ~hot, None]).all()
+    assert drawn[0, 255].tolist() == [51, 0, 0]  # the hottest level: dark red (128, 0, 0) at 40%
 
 
 def test_export_writes_a_png_imagefolder(tmp_path, dataset):

@@ -189,10 +189,16 @@ def _jet_lut() -> torch.Tensor:
 
 
 def colorize_jet(heat: torch.Tensor) -> torch.Tensor:
-    """JET colouring of heat (N, H, W) in [0, 1] -> (N, 3, H, W) uint8 RGB, on heat's device. Levels are
-    ``uint8(255 * heat)`` (truncated, as ``cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)`` is used by
-    pytorch-grad-cam); out-of-range values are clamped and NaN counts as 0."""
-    idx = (heat.float().nan_to_num(0.0).clamp(0, 1) * 255).long()
+    """JET colouring of heat (N, H, W) -> (N, 3, H, W) uint8 RGB, on heat's device; the one colour map of the
+    package (``enhancer show`` draws its overlays with it).
+
+    Float heat in [0, 1] becomes the levels ``uint8(255 * heat)`` (truncated, as pytorch-grad-cam's
+    ``cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)``); out-of-range values are clamped and NaN counts
+    as 0. uint8 heat (a stored ``heatmap``) is used as the levels themselves."""
+    if heat.dtype == torch.uint8:
+        idx = heat.long()
+    else:
+        idx = (heat.float().nan_to_num(0.0).clamp(0, 1) * 255).long()
     return _jet_lut().to(heat.device)[idx].permute(0, 3, 1, 2).contiguous()
 
 
