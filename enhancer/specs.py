@@ -19,13 +19,18 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from enhancer.settings import CamSettings, CropSettings, EnhanceSettings
 
 T = TypeVar("T")
 ENV_PREFIX = "ENHANCER_"
 REQUIRED = "<required>"  # marker default of required string fields, so that any table can omit them until merged
+DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
+LOADERS = ("auto", "dali", "torch")
+COMPRESSIONS = ("gzip", "lzf", "none")
+VALIDATE_LEVELS = ("header", "full")
+IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
 
 
 class SpecError(ValueError):
@@ -58,6 +63,12 @@ class EnhanceSpec:
     cam: CamSettings = field(default_factory=CamSettings)
     crop: CropSettings = field(default_factory=CropSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "device": DEVICES,
+        "loader": LOADERS,
+        "compression": COMPRESSIONS,
+        "validate": VALIDATE_LEVELS,
+    }
 
     def __post_init__(self) -> None:
         if self.lung_mask_in_enhanced and not self.lung_model:
@@ -69,10 +80,7 @@ class EnhanceSpec:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
-        _check_choice("loader", self.loader, ("auto", "dali", "torch"))
-        _check_choice("compression", self.compression, ("gzip", "lzf", "none"))
-        _check_choice("validate", self.validate, ("header", "full"))
+        _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -107,6 +115,7 @@ class TrainSpec:
     num_workers: int = 4  # DataLoader worker processes per rank (decode + augmentation)
     amp: bool = True  # bf16 autocast + channels_last on CUDA; ignored on CPU
     resume: bool | None = None  # None: resume when out/last.pt exists; true: require it; false: refuse an old run
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"field": IMAGE_FIELDS, "device": DEVICES}
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "t_max"):
@@ -121,8 +130,7 @@ class TrainSpec:
             raise SpecError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.unfreeze_schedule and not self.unfreeze_every:
             raise SpecError("unfreeze_schedule needs unfreeze_every (epochs between two unfreezing steps) >= 1")
-        _check_choice("field", self.field, ("enhanced", "crop", "image"))
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -140,12 +148,12 @@ class EvaluateSpec:
     device: str = "auto"
     num_workers: int = 2
     json: str | None = None  # also write the report as JSON to this file
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"field": IMAGE_FIELDS, "device": DEVICES}
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
             raise SpecError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
-        _check_choice("field", self.field, ("enhanced", "crop", "image"))
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -176,6 +184,13 @@ class CycleSpec:
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise SpecError(f"{name} = {value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def _check_choices(spec: Any) -> None:
+    """Every field named in the spec's ``CHOICES`` (the command line offers the same choices)."""
+    for name, valid in spec.CHOICES.items():
+        value = getattr(spec, name)
+        _check_choice(name, value.split(":")[0] if name == "device" else value, valid)
 
 
 def to_plain(obj: Any) -> Any:

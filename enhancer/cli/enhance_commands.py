@@ -7,46 +7,53 @@ from typing import Any
 import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
+from enhancer.cli.options import spec_option
+from enhancer.specs import EnhanceSpec
 
 
 @main.command()
 @click.option(
     "--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([enhance] table)."
 )
-@click.option("--data", help="ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
-@click.option("--checkpoint", help="Classifier checkpoint (the research notebook's .pth, a state_dict or ours).")
-@click.option("--out", help="Output directory of the enhanced dataset (one dataset per directory).")
-@click.option("--arch", help="Architecture, when detection from the weights is not wanted (see `enhancer models`).")
-@click.option("--shard-id", type=int, help="Which shard to write.  [default: 0]")
-@click.option("--num-shards", type=int, help="Total number of shards (e.g. SLURM array size).  [default: 1]")
-@click.option("--batch-size", type=int, help="Images per batch.  [default: 64]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device.  [default: auto]")
-@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), help="Image loader.  [default: auto = DALI]")
-@click.option("--num-threads", type=int, help="Loader CPU threads / workers.  [default: 2]")
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast + channels_last on CUDA.  [default: off]")
-@click.option(
-    "--fields",
-    help="Optional fields to store, comma-separated (image,cam,heatmap,crop,crop_box,"
-    "enhanced) or 'all'; index, label, pred, prob, path, orig_size are always stored.  [default: all]",
+@spec_option(EnhanceSpec, "data", "ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
+@spec_option(
+    EnhanceSpec,
+    "checkpoint",
+    "Classifier checkpoint (the research notebook's .pth, a state_dict or ours); needed to run "
+    "(`enhancer demo-model` makes one for trying the tool).",
 )
-@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), help="HDF5 compression.  [default: gzip]")
-@click.option(
-    "--validate", type=click.Choice(["header", "full"]), help="File check before decoding.  [default: header]"
+@spec_option(EnhanceSpec, "out", "Output directory of the enhanced dataset (one dataset per directory).")
+@spec_option(EnhanceSpec, "arch", "Architecture (see `enhancer models`); none: detected from the weights.")
+@spec_option(EnhanceSpec, "shard_id", "Which shard to write.")
+@spec_option(EnhanceSpec, "num_shards", "Total number of shards (e.g. SLURM array size).")
+@spec_option(EnhanceSpec, "batch_size", "Images per batch.")
+@spec_option(EnhanceSpec, "device", "Compute device.")
+@spec_option(EnhanceSpec, "loader", "Image loader; auto: DALI when installed and no file is DICOM, else torch.")
+@spec_option(EnhanceSpec, "num_threads", "Loader CPU threads / workers.")
+@spec_option(EnhanceSpec, "amp", "bf16 autocast + channels_last on CUDA.")
+@spec_option(
+    EnhanceSpec,
+    "fields",
+    "Optional fields to store, comma-separated, or 'all'; index, label, pred, prob, path, orig_size are always stored.",
 )
-@click.option(
-    "--lung-model",
-    help="Lung-segmentation U-Net weights (the public VGG11-encoder model's state_dict): "
-    "stores lung_mask, lung_energy, lung_hit.  [default: none]",
+@spec_option(EnhanceSpec, "compression", "HDF5 compression.")
+@spec_option(EnhanceSpec, "validate", "File check before decoding.")
+@spec_option(
+    EnhanceSpec,
+    "lung_model",
+    "Lung-segmentation U-Net weights (the public VGG11-encoder model's state_dict): stores lung_mask, lung_energy, "
+    "lung_hit.",
 )
-@click.option(
-    "--lung-mask-in-enhanced/--no-lung-mask-in-enhanced",
-    default=None,
-    help="Also suppress outside the lungs in the enhanced image (needs --lung-model).  [default: off]",
+@spec_option(
+    EnhanceSpec,
+    "lung_mask_in_enhanced",
+    "Also suppress outside the lungs in the enhanced image (needs --lung-model).",
 )
-@click.option(
-    "--boxes",
-    help="Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: "
-    "stores box_energy, box_hit, box_iou.  [default: none]",
+@spec_option(
+    EnhanceSpec,
+    "boxes",
+    "Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: stores box_energy, box_hit, "
+    "box_iou.",
 )
 @click.option(
     "--set",
@@ -72,7 +79,7 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
     interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
     """
     from enhancer.enhance import run_enhance
-    from enhancer.specs import EnhanceSpec, load_spec
+    from enhancer.specs import load_spec
 
     spec = load_spec(
         EnhanceSpec, job_file, table="enhance" if job_file else None, overrides=overrides(options, settings)
