@@ -23,7 +23,7 @@ from enhancer.report.select import select_samples
 from enhancer.report.svg import histogram, line_chart, matrix_chart
 from enhancer.report.thumbs import BOX_RGB, draw_boxes, jet_table, overlay, thumb_paths
 from enhancer.store.tables import read_columns, read_rejected
-from tests.tools.report_synth import CLASSES, SIZE, write_report_dataset
+from tests.tools.report_synth import CLASSES, SIZE, make_audit_dir, write_report_dataset
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -207,34 +207,6 @@ def test_charts_are_well_formed_svg_carrying_their_numbers(synth: Path) -> None:
 
 
 # ---- cycle and audit -----------------------------------------------------------------------------------------
-
-
-def make_audit_dir(path: Path) -> Path:
-    """An audit directory laid out as issue 17 fixes it (audit.json keys and PNGs)."""
-    path.mkdir(parents=True)
-    audit = {
-        "verdict": "fail",
-        "randomisation": {
-            "verdict": "pass",
-            "stages": [
-                {"stage": "fc", "ssim": 0.41, "baseline_ssim_hi": 0.3, "spearman": 0.5, "verdict": "fail"},
-                {"stage": "layer4", "ssim": 0.12, "baseline_ssim_hi": 0.3, "verdict": "pass"},
-            ],
-        },
-        "deletion": {"auc": 0.2125, "baseline": {"auc": 0.31}},
-        "insertion": {"auc": 0.6631},
-        "road": {"most_relevant_first": {"10": 0.05, "50": 0.2}, "verdict": "pass"},
-        "localisation": {
-            "miou": {"value": 0.3412, "ci_low": 0.3011, "ci_high": 0.3798},
-            "hit_rate": {"value": 0.81, "ci_low": 0.7, "ci_high": 0.9},
-        },
-        "repeatability": {"ssim": 0.93},
-    }
-    (path / "audit.json").write_text(json.dumps(audit))
-    Image.new("RGB", (40, 20), "red").save(path / "deletion_curves.png")
-    (path / "randomisation").mkdir()
-    Image.new("RGB", (40, 20), "blue").save(path / "randomisation" / "stage-fc.png")
-    return path
 
 
 def test_audit_section_shows_verdicts_intervals_and_plots(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from enhancer.store.schema import METRIC_FIELDS
 from enhancer.store.tables import ColumnReader, read_rejected
@@ -68,12 +69,15 @@ class ReportData:
         return tuple(m for m in METRIC_FIELDS if m in self.columns)
 
 
-def collect(dataset_dir: str | os.PathLike[str]) -> ReportData:
-    """Read the per-sample scalars, the counts and the rejected rows of a merged dataset."""
+def collect(dataset_dir: str | os.PathLike[str], *, progress: bool = False) -> ReportData:
+    """Read the per-sample scalars, the counts and the rejected rows of a merged dataset (``progress``: a tqdm bar
+    over the fields; with one HDF5 chunk per sample this is the slow part of a report on a large dataset)."""
     with ColumnReader(dataset_dir) as reader:
         m = reader.manifest
         wanted = SCALARS + tuple(f for f in OPTIONAL_SCALARS if f in m.fields)
-        columns = reader.read(wanted)
+        columns = {}
+        for name in tqdm(wanted, desc=f"reading {m.n_written} samples", unit="field", disable=not progress):
+            columns.update(reader.read((name,)))
     n_classes = columns["prob"].shape[1] if columns["prob"].ndim == 2 else 0
     names = list(m.class_names) if m.class_names else [str(k) for k in range(n_classes)]
     keep = ("architecture", "checkpoint", "checkpoint_sha256", "target_layer", "package_version", "code_revision")

@@ -82,7 +82,7 @@ def write_report(
     if not 0.0 <= good <= 1.0:
         raise ReportError(f"--good {good} is not a probability; give a value in [0, 1] such as 0.85")
     dataset_dir, out = Path(dataset_dir), Path(out)
-    data = collect(dataset_dir)
+    data = collect(dataset_dir, progress=progress)
     rounds = load_cycle(cycle) if cycle is not None else None  # read before writing anything: fail early
     audit_doc = load_audit(audit) if audit is not None else None
     prepare_out_dir(out, dataset_dir)

@@ -1,14 +1,17 @@
 """A synthetic enhanced dataset for the report tests, written through the product's writer and merge: any number of
 samples, small images, every localisation metric (with undefined values), rejected rows.
 
-Usage: ``write_report_dataset(tmp_path / "synth", n=2000, rejected=7)`` (fast: ~2 s for 2,000 samples).
+Usage: ``write_report_dataset(tmp_path / "synth", n=2000, rejected=7)`` (fast: ~2 s for 2,000 samples);
+``make_audit_dir(tmp_path / "audit")`` lays out an ``enhancer audit`` output with the keys its issue fixes.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from enhancer.store import ShardWriter, merge, per_sample_shapes, resolve_fields
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
@@ -78,3 +81,31 @@ def write_report_dataset(out: Path, n: int = 2000, *, rejected: int = 7, num_sha
             )
     merge(out, expected_indices=range(total))
     return out
+
+
+def make_audit_dir(path: Path) -> Path:
+    """An audit directory laid out as issue 17 fixes it (audit.json keys and PNGs)."""
+    path.mkdir(parents=True)
+    audit = {
+        "verdict": "fail",
+        "randomisation": {
+            "verdict": "pass",
+            "stages": [
+                {"stage": "fc", "ssim": 0.41, "baseline_ssim_hi": 0.3, "spearman": 0.5, "verdict": "fail"},
+                {"stage": "layer4", "ssim": 0.12, "baseline_ssim_hi": 0.3, "verdict": "pass"},
+            ],
+        },
+        "deletion": {"auc": 0.2125, "baseline": {"auc": 0.31}},
+        "insertion": {"auc": 0.6631},
+        "road": {"most_relevant_first": {"10": 0.05, "50": 0.2}, "verdict": "pass"},
+        "localisation": {
+            "miou": {"value": 0.3412, "ci_low": 0.3011, "ci_high": 0.3798},
+            "hit_rate": {"value": 0.81, "ci_low": 0.7, "ci_high": 0.9},
+        },
+        "repeatability": {"ssim": 0.93},
+    }
+    (path / "audit.json").write_text(json.dumps(audit))
+    Image.new("RGB", (40, 20), "red").save(path / "deletion_curves.png")
+    (path / "randomisation").mkdir()
+    Image.new("RGB", (40, 20), "blue").save(path / "randomisation" / "stage-fc.png")
+    return path
