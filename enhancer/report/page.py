@@ -84,7 +84,6 @@ def write_rejected(data: ReportData, data_dir: Path) -> None:
 def page_config(data: ReportData, selected: np.ndarray, n_chunks: int, good: float) -> dict[str, Any]:
     panels = panels_for(data.fields)
     return {
-        "dataset": data.dataset_dir.name,
         "classes": data.class_names,
         "n_samples": data.n_written,
         "n_selected": int(len(selected)),
@@ -97,7 +96,6 @@ def page_config(data: ReportData, selected: np.ndarray, n_chunks: int, good: flo
         "metrics": list(data.metrics),
         "range_metrics": [m for m in data.metrics if m in RANGE_METRICS],
         "panels": [[p, PANELS[p]] for p in panels],
-        "has_box": "crop_box" in data.columns,
     }
 
 
