@@ -62,7 +62,13 @@ class Chromium:
         )
         self._ids = itertools.count(1)
         self._events: list[dict[str, Any]] = []
-        self.ws = websocket.create_connection(self._ws_url(), timeout=timeout, suppress_origin=True)
+        try:
+            self.ws = websocket.create_connection(self._ws_url(), timeout=timeout, suppress_origin=True)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise
 
     def _ws_url(self) -> str:
         port_file = self.profile / "DevToolsActivePort"
