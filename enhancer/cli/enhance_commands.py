@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
+from enhancer.cli.model_options import model_options, model_overrides
 
 
 @main.command()
@@ -16,7 +17,8 @@ from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slu
 @click.option("--data", help="ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
 @click.option("--checkpoint", help="Classifier checkpoint (the research notebook's .pth, a state_dict or ours).")
 @click.option("--out", help="Output directory of the enhanced dataset (one dataset per directory).")
-@click.option("--arch", help="Architecture, when detection from the weights is not wanted (see `enhancer models`).")
+@click.option("--arch", help="Zoo architecture, when detection from the weights is not wanted (or use --model).")
+@model_options()
 @click.option("--shard-id", type=int, help="Which shard to write.  [default: 0]")
 @click.option("--num-shards", type=int, help="Total number of shards (e.g. SLURM array size).  [default: 1]")
 @click.option("--batch-size", type=int, help="Images per batch.  [default: 64]")
@@ -74,8 +76,12 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
     from enhancer.enhance import run_enhance
     from enhancer.specs import EnhanceSpec, load_spec
 
+    chosen = model_overrides(options)
     spec = load_spec(
-        EnhanceSpec, job_file, table="enhance" if job_file else None, overrides=overrides(options, settings)
+        EnhanceSpec,
+        job_file,
+        table="enhance" if job_file else None,
+        overrides={**chosen, **overrides(options, settings)},
     )
     if workers > 1:
         import dataclasses
