@@ -105,7 +105,7 @@ def explain(
     them before the job starts)."""
     split = model if target is None else target.split
     assert split is not None, "check_explainable(target) first"
-    return cam.grad_cam(split, x, settings, labels=labels)
+    return cam.grad_cam(split, x, settings, labels=labels)  # type: ignore[arg-type]  # a SplitView quacks the same
 
 
 def check_explainable(target: TargetLayer, model_name: str) -> None:

@@ -301,16 +301,19 @@ def library_preprocessing(model: nn.Module) -> Preprocessing:
     return Preprocessing(size=size, in_chans=in_chans, mean=mean, std=std)
 
 
-class SplitView(nn.Module):
+class SplitView:
     """A model seen as its two halves at the target layer: ``features`` (input -> target activations) and ``head``
-    (activations -> logits), the interface of the zoo models that today's Grad-CAM needs. Shares the model's
-    parameters (never saved)."""
+    (activations -> logits), the interface of the zoo models that today's Grad-CAM needs. A view, not a module:
+    it has no state of its own (``training`` is the model's) and is never saved."""
 
     def __init__(self, model: nn.Module, family: Family) -> None:
-        super().__init__()
         assert family.features is not None and family.head is not None
         self.model = model
         self._features, self._head = family.features, family.head
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
 
     def features(self, x: Tensor) -> Tensor:
         return self._features(self.model, x)
@@ -318,7 +321,7 @@ class SplitView(nn.Module):
     def head(self, a: Tensor) -> Tensor:
         return self._head(self.model, a)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
 
@@ -333,7 +336,7 @@ class TargetLayer:
     module: nn.Module
     shape: tuple[int, ...]
     default: bool
-    split: nn.Module | None
+    split: nn.Module | SplitView | None
     family: str
     head_layer: str
     layers: tuple[LayerOutput, ...]  # every submodule's output in the probe, registration order
