@@ -80,7 +80,8 @@ def override(
         if len(values) == 1:
             return tuple(values) * in_chans
         if len(values) != in_chans:
-            raise ValueError(f"--{name} {','.join(map(str, values))} needs 1 or {in_chans} values (one per channel)")
+            count = "1 value (one channel)" if in_chans == 1 else f"1 or {in_chans} values (one per channel)"
+            raise ValueError(f"--{name} {','.join(map(str, values))} needs {count}")
         return tuple(values)
 
     return Preprocessing(

@@ -162,6 +162,9 @@ class EvaluateSpec:
     data: str = REQUIRED  # ImageFolder root (its test/ sub-folder when there is one) or an enhanced dataset dir
     checkpoint: str = REQUIRED  # the research notebook's .pth files work unchanged
     arch: str | None = None  # override architecture detection
+    model: str | None = None  # zoo name, tv:NAME, timm:NAME or package.module:callable; None: detected (zoo)
+    num_classes: int | None = None  # classes of a model from outside the zoo; None: what the weights say
+    input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     field: str = "enhanced"  # image field of an enhanced dataset
     batch_size: int = 64
     device: str = "auto"

@@ -202,3 +202,18 @@ def test_enhance_refuses_bad_layers_before_any_work(densenet, kermany_dir, tmp_p
 def test_build_gives_the_config_to_external_models():
     model = build(ModelConfig(arch="tests.tools.user_models:tiny_net", num_classes=4))
     assert model.config.num_classes == 4 and model.fc.out_features == 4
+
+
+def test_evaluate_takes_any_model(kermany_dir, tmp_path):
+    torch.manual_seed(0)
+    torch.save(TinyNet(2).state_dict(), tmp_path / "tiny.pt")
+    name = "tests.tools.user_models:tiny_net"
+    args = ["evaluate", "--data", str(kermany_dir), "--checkpoint", str(tmp_path / "tiny.pt"), "--model", name]
+    result = CliRunner().invoke(
+        main, [*args, "--input-size", "64", "--json", str(tmp_path / "r.json"), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["architecture"] == name and sum(map(sum, report["metrics"]["confusion_matrix"])) == 16
+    result = CliRunner().invoke(main, [*args, "--mean", "0.1,0.2"])
+    assert result.exit_code == 2 and "--mean 0.1,0.2 needs 1 value (one channel)" in result.output, result.output

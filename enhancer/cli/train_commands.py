@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from enhancer.cli.app import main, overrides, reports_errors
+from enhancer.cli.model_options import model_options, model_overrides
 
 
 @main.command()
@@ -96,6 +97,7 @@ def _print_epoch(r: dict[str, Any]) -> None:
 @click.option("--data", help="ImageFolder root (its test/ sub-folder when present) or an enhanced dataset directory.")
 @click.option("--checkpoint", help="Checkpoint to evaluate (the research notebook's .pth, a state_dict or ours).")
 @click.option("--arch", help="Architecture, when detection from the weights is not wanted.")
+@model_options(target_layer=False)
 @click.option(
     "--field",
     type=click.Choice(["enhanced", "crop", "image"]),
@@ -117,7 +119,7 @@ def evaluate(job_file: str | None, settings: tuple[str, ...], json_out: str | No
         EvaluateSpec,
         job_file,
         table="evaluate" if job_file else None,
-        overrides=overrides({**options, "json": json_out}, settings),
+        overrides={**model_overrides(options), **overrides({**options, "json": json_out}, settings)},
     )
     report = run_evaluate(spec)
     click.echo(f"{report['checkpoint']} on {report['data']}")
