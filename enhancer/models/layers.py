@@ -38,24 +38,37 @@ class LayerOutput:
         return self.calls == 1 and self.shape is not None and len(self.shape) == 4 and self.shape[2] * self.shape[3] > 1
 
 
+class _Recorder:
+    """Forward-hook state of one probe: calls and last output shape per module, and the modules that returned the
+    latest spatial map (kept as one tensor reference, not every activation)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...] | None] = {}
+        self.last_map: torch.Tensor | None = None
+        self.trunk: list[str] = []
+
+    def hook(self, name: str) -> Callable[[nn.Module, object, object], None]:
+        def record(_m: nn.Module, _inputs: object, output: object) -> None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            self.shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            if output is self.last_map:
+                self.trunk.append(name)
+            elif isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[2] * output.shape[3] > 1:
+                self.last_map, self.trunk = output, [name]
+
+        return record
+
+
 def probe(
     model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], object] | None = None
 ) -> tuple[list[LayerOutput], list[str]]:
     """Run ``forward`` (default ``model``) once on ``x`` without autograd, the model in eval mode, and record every
     named submodule's output. Returns the layers in registration order, and the names of the submodules whose
     output is the last spatial map produced (the trunk's output), in the order their hooks fired."""
-    seen: dict[str, list[object]] = {name: [] for name, _ in model.named_modules() if name}
-    fired: list[tuple[str, object]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m: nn.Module, _inputs: object, output: object, name: str = name) -> None:
-            seen[name].append(output)
-            fired.append((name, output))
-
-        handles.append(module.register_forward_hook(hook))
+    recorder = _Recorder()
+    named = [(name, module) for name, module in model.named_modules() if name]
+    handles = [module.register_forward_hook(recorder.hook(name)) for name, module in named]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -67,24 +80,13 @@ def probe(
         for h in handles:
             h.remove()
         model.train(was_training)
-    modules = dict(model.named_modules())
-    layers = [_describe(name, modules[name], outputs) for name, outputs in seen.items()]
-    return layers, _trunk_output(fired)
-
-
-def _describe(name: str, module: nn.Module, outputs: list[object]) -> LayerOutput:
-    last = outputs[-1] if outputs else None
-    shape = tuple(last.shape) if isinstance(last, torch.Tensor) else None
-    return LayerOutput(name, type(module).__name__, shape, len(outputs), name.count(".") + 1)
-
-
-def _trunk_output(fired: list[tuple[str, object]]) -> list[str]:
-    """Names of the submodules that returned the last spatial map (N, C, h>1 or w>1) of the forward."""
-    spatial = [o for _, o in fired if isinstance(o, torch.Tensor) and o.ndim == 4 and o.shape[2] * o.shape[3] > 1]
-    if not spatial:
-        return []
-    last = spatial[-1]
-    return list(dict.fromkeys(name for name, o in fired if o is last))
+    layers = [
+        LayerOutput(
+            name, type(module).__name__, recorder.shapes.get(name), recorder.calls.get(name, 0), name.count(".") + 1
+        )
+        for name, module in named
+    ]
+    return layers, list(dict.fromkeys(recorder.trunk))
 
 
 def shallowest(names: list[str]) -> str | None:

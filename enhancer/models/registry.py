@@ -346,7 +346,8 @@ def resolve_target(model: nn.Module, preprocessing: Preprocessing, name: str | N
     """The target layer ``name`` (default: the family's) of ``model``, checked by one probe forward of a zero image
     at ``preprocessing``'s size: it must exist, run once and output a spatial map (N, C, h, w)."""
     family = family_of(model.config.arch)
-    x = torch.zeros(1, preprocessing.in_chans, *preprocessing.size, device=next(model.parameters()).device)
+    first = next(iter(model.parameters()), None)
+    x = torch.zeros(1, preprocessing.in_chans, *preprocessing.size, device=first.device if first is not None else None)
     layers, trunk = probe(model, x)
     default = family.target_layer(model) if family.target_layer is not None else shallowest(trunk)
     if default is None and name is None:
