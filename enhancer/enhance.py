@@ -33,8 +33,10 @@ from enhancer.data.loader import resolve_device
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.hashing import file_sha256
-from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
+from enhancer.models.checkpoints import LoadedCheckpoint
+from enhancer.models.inspection import open_model
 from enhancer.models.lungs import LungModel, LungModelError, load_lung_model, lung_masks
+from enhancer.models.registry import TargetLayer
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
@@ -95,6 +97,29 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def explain(
+    model: nn.Module, target: TargetLayer | None, x: torch.Tensor, settings: cam.CamSettings, labels: torch.Tensor
+) -> cam.CamResult:
+    """The CAM of one batch at ``target`` (None: ``model`` is a zoo model, explained at its own split), through the
+    model's features/head halves at that layer (``target.split``; ``check_explainable`` refuses a target without
+    them before the job starts)."""
+    split = model if target is None else target.split
+    assert split is not None, "check_explainable(target) first"
+    return cam.grad_cam(split, x, settings, labels=labels)  # type: ignore[arg-type]  # a SplitView quacks the same
+
+
+def check_explainable(target: TargetLayer, model_name: str) -> None:
+    """Refuse, before any work, a target layer the batch Grad-CAM cannot reach: it needs the model's features/head
+    halves at that layer, which the registry knows for zoo models and for the default layer of the torchvision and
+    timm families; other layers need the generic head-only gradient (a forward hook at the layer)."""
+    if target.split is None:
+        raise SpecError(
+            f"target layer {target.name!r} of {model_name} (family {target.family}): the batch Grad-CAM needs the "
+            "model split into features/head at that layer, known only at the family's default layer; explaining at any "
+            "layer needs the generic head-only gradient (cam.compute_cam). Drop --target-layer to use the default"
+        )
+
+
 def compute_outputs(
     model: nn.Module,
     batch: Batch,
@@ -102,13 +127,15 @@ def compute_outputs(
     *,
     lungs: LungModel | None = None,
     gt_boxes: torch.Tensor | None = None,
+    target: TargetLayer | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
+    ``target``: the CAM layer (``resolve_target``); None explains a zoo model at its own features/head split.
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
     original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
     device = batch.image.device
-    result = cam.grad_cam(model, batch.image, settings.cam, labels=batch.label.to(device))
+    result = explain(model, target, batch.image, settings.cam, batch.label.to(device))
     size = tuple(batch.image.shape[-2:])
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
@@ -162,13 +189,26 @@ def storable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def load_model(spec: EnhanceSpec) -> LoadedCheckpoint:
+def load_model(spec: EnhanceSpec) -> tuple[LoadedCheckpoint, TargetLayer]:
+    """The spec's model (``model``/``arch``, ``num_classes``) with its preprocessing (the library's, overridden by
+    ``spec.input``) and its checked target layer."""
     if spec.checkpoint is None:
         raise SpecError(
             "no checkpoint given: pass --checkpoint FILE (the original research's .pth files load as they are), "
             "or make a demonstration model with `enhancer demo-model`"
         )
-    return load_checkpoint(spec.checkpoint, arch=spec.arch)
+    i = spec.input
+    return open_model(
+        spec.checkpoint,
+        arch=spec.arch,
+        model=spec.model,
+        num_classes=spec.num_classes,
+        target_layer=spec.target_layer,
+        size=i.size,
+        mean=i.mean,
+        std=i.std,
+        channels=i.channels,
+    )
 
 
 def output_settings(spec: EnhanceSpec, ck: LoadedCheckpoint, device: str) -> OutputSettings:
@@ -197,16 +237,23 @@ def measured_fields(spec: EnhanceSpec) -> tuple[str, ...]:
     return resolve_fields((*chosen, *extra))
 
 
-def feature_size(model: nn.Module, preprocessing: Preprocessing, device: str) -> tuple[int, int]:
-    """(h, w) of the Grad-CAM target layer at the model's input size."""
-    x = torch.zeros(1, preprocessing.in_chans, *preprocessing.size, device=device)
-    with torch.no_grad():
-        return tuple(model.features(x).shape[-2:])
+def model_attrs(ck: LoadedCheckpoint, target: TargetLayer) -> dict[str, Any]:
+    """What explained the images: the model (zoo name, tv:/timm: name or builder), its family, class count, head and
+    the target layer with its output shape for one input."""
+    return {
+        "name": ck.config.arch,
+        "family": target.family,
+        "num_classes": ck.config.num_classes,
+        "head_layer": target.head_layer,
+        "target_layer": target.name,
+        "target_shape": list(target.shape),
+    }
 
 
 def dataset_attrs(
     spec: EnhanceSpec,
     ck: LoadedCheckpoint,
+    target: TargetLayer,
     settings: OutputSettings,
     n_total: int,
     class_names: Sequence[str],
@@ -230,6 +277,7 @@ def dataset_attrs(
         "n_total": n_total,
         "num_shards": spec.num_shards,
         "checkpoint_sha256": ck.sha256,
+        "model": {k: v for k, v in model_attrs(ck, target).items() if k in ("name", "num_classes", "target_layer")},
         "fields": list(settings.fields),
         "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
         "crop": settings.crop.to_dict(),
@@ -244,7 +292,8 @@ def dataset_attrs(
         "checkpoint_sha256": ck.sha256,
         "architecture": ck.config.arch,
         "head": ck.config.head or "",
-        "target_layer": ck.model.target_layer,
+        "target_layer": target.name,
+        "model": model_attrs(ck, target),
         "gradcam": settings.cam.to_dict(),
         "raw_cam_scale": cam.RAW_CAM_SCALE_NOTE,
         "preprocessing": settings.preprocessing.to_dict(),
@@ -268,13 +317,16 @@ def run_enhance(
     started = time.perf_counter()
     out_dir = Path(spec.out)
     final = shard_path(out_dir, spec.shard_id, spec.num_shards)
-    ck = load_model(spec)
+    ck, target = load_model(spec)
+    check_explainable(target, ck.config.arch)
     found = scan(spec.data)
     device = resolve_device(spec.device)
     settings = output_settings(spec, ck, device)
     lungs = _load_lungs(spec)
     boxes = _load_boxes(spec)
-    attrs = dataset_attrs(spec, ck, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes)
+    attrs = dataset_attrs(
+        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
+    )
     check_output_dir(out_dir, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
@@ -297,7 +349,7 @@ def run_enhance(
         num_threads=spec.num_threads,
         source_size=spec.source_size,
     )
-    h, w = feature_size(model, ck.preprocessing, device)
+    h, w = target.shape[-2:]
     H, W = ck.preprocessing.size
     shapes = per_sample_shapes(
         settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
@@ -322,7 +374,7 @@ def run_enhance(
         for batch in loader:
             names = [paths[int(i)] for i in batch.index]
             batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
-            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes)
+            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes, target=target)
             writer.put(_host_arrays(outputs, names))
             bar.update(len(batch))
         decode_rejected = list(loader.rejected)

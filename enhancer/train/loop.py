@@ -53,7 +53,7 @@ from enhancer.models.zoo import (
     preprocessing_for,
     set_trainable,
 )
-from enhancer.preprocessing import Preprocessing
+from enhancer.preprocessing import Preprocessing, override
 from enhancer.provenance import provenance
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec
 from enhancer.train.augment import eval_transform, train_transform
@@ -554,7 +554,13 @@ def _warn_changed(saved: dict[str, Any], spec: TrainSpec) -> None:
 
 def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     """Evaluate a checkpoint (any format the loader accepts) on a dataset; write ``spec.json`` when set."""
-    ck = load_checkpoint(spec.checkpoint, arch=spec.arch)
+    ck = load_checkpoint(spec.checkpoint, arch=spec.arch, model=spec.model, num_classes=spec.num_classes)
+    i = spec.input
+    try:
+        preprocessing = override(ck.preprocessing, size=i.size, mean=i.mean, std=i.std, channels=i.channels)
+    except ValueError as exc:
+        raise SpecError(f"input: {exc}") from None
+    ck = dataclasses.replace(ck, preprocessing=preprocessing)
     source = open_source(spec.data, split="test", field=spec.field)
     _check_classes(ck.model, source)
     if tuple(source.class_names) != tuple(ck.class_names):
