@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from enhancer import __version__
+from enhancer.atomic import atomic_path
 from enhancer.hashing import file_sha256
 from enhancer.models.zoo import (
     DEFAULT_CLASS_NAMES,
@@ -304,6 +305,5 @@ def save_checkpoint(
         payload["scheduler_state_dict"] = scheduler_state
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # torch names the records after the file less its last suffix: path.name
+        torch.save(payload, tmp)
