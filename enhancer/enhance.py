@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
+from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
@@ -39,7 +39,7 @@ from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
-from enhancer.store.layout import check_output_dir, read_shard_attrs
+from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
 log = logging.getLogger(__name__)
@@ -297,15 +297,43 @@ def run_enhance(
         num_threads=spec.num_threads,
         source_size=spec.source_size,
     )
+    writer = _shard_writer(spec, ck, model, settings, attrs, expected=len(mine), device=device)
+    n_decode_rejected = _stream(
+        loader, model, writer, settings, ok, rejected, lungs=lungs, boxes=boxes, progress=progress, desc=final.name
+    )
+    summary = EnhanceSummary(
+        str(final),
+        False,
+        len(mine),
+        writer.n_samples,
+        len(rejected) + n_decode_rejected,
+        time.perf_counter() - started,
+        loader.name,
+        device,
+        writer.blocked_s,
+    )
+    log.info("%s", summary.line())
+    return summary
+
+
+def _shard_writer(
+    spec: EnhanceSpec,
+    ck: LoadedCheckpoint,
+    model: nn.Module,
+    settings: OutputSettings,
+    attrs: dict[str, Any],
+    *,
+    expected: int,
+    device: str,
+) -> AsyncShardWriter:
+    """The background writer of this job's shard, its per-sample shapes taken from the model and the settings."""
     h, w = feature_size(model, ck.preprocessing, device)
     H, W = ck.preprocessing.size
     shapes = per_sample_shapes(
         settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
     )
-    paths = {s.index: storable_path(s.path) for s in ok}
-    sources = {s.index: s.path for s in ok}
-    writer = AsyncShardWriter(
-        out_dir,
+    return AsyncShardWriter(
+        Path(spec.out),
         spec.shard_id,
         spec.num_shards,
         maxsize=spec.queue_size,
@@ -314,10 +342,29 @@ def run_enhance(
         fields=settings.fields,
         compression=spec.compression,
         attrs=attrs,
-        expected=len(mine),
+        expected=expected,
         overwrite=True,
     )
-    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1) as bar:
+
+
+def _stream(
+    loader: Loader,
+    model: nn.Module,
+    writer: AsyncShardWriter,
+    settings: OutputSettings,
+    ok: Sequence[Sample],
+    rejected: Sequence[Rejection],
+    *,
+    lungs: LungModel | None,
+    boxes: BoxTable | None,
+    progress: bool,
+    desc: str,
+) -> int:
+    """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
+    many the loader rejected (files that failed to decode)."""
+    paths = {s.index: storable_path(s.path) for s in ok}
+    sources = {s.index: s.path for s in ok}
+    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1) as bar:
         writer.add_rejected(_rows(rejected))
         for batch in loader:
             names = [paths[int(i)] for i in batch.index]
@@ -327,20 +374,7 @@ def run_enhance(
             bar.update(len(batch))
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
-    n_rejected = len(rejected) + len(decode_rejected)
-    summary = EnhanceSummary(
-        str(final),
-        False,
-        len(mine),
-        writer.n_samples,
-        n_rejected,
-        time.perf_counter() - started,
-        loader.name,
-        device,
-        writer.blocked_s,
-    )
-    log.info("%s", summary.line())
-    return summary
+    return len(decode_rejected)
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
@@ -376,6 +410,6 @@ def samples_of(spec: EnhanceSpec) -> list[Sample]:
 def merge_enhanced(out_dir: str | os.PathLike[str]) -> Manifest:
     """Merge the shards of ``out_dir``, checking that written + rejected samples cover the scanned dataset exactly
     (every index in ``range(n_total)`` once; ``n_total`` is recorded by the job in every shard)."""
-    shards = sorted(Path(out_dir).glob("shard-*-of-*.h5"))
+    shards = sorted(Path(out_dir).glob(SHARD_GLOB))
     n_total = read_shard_attrs(shards[0]).get("n_total") if shards else None
     return merge(out_dir, expected_indices=range(n_total) if n_total is not None else None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from enhancer.store.layout import shard_name, shard_path
 from enhancer.store.manifest import Manifest, merge
 from enhancer.store.schema import (
     FIELDS,
@@ -26,17 +27,9 @@ from enhancer.store.schema import (
     StoreError,
     per_sample_shapes,
     resolve_fields,
-    shard_name,
 )
 from enhancer.store.verify import VerifyReport, verify
-from enhancer.store.writer import (
-    AsyncShardWriter,
-    ShardWriteError,
-    ShardWriter,
-    is_complete,
-    shard_path,
-    shard_status,
-)
+from enhancer.store.writer import AsyncShardWriter, ShardWriteError, ShardWriter, is_complete, shard_status
 
 _LAZY = {"EnhancedDataset", "export_imagefolder"}
 
