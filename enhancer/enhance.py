@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.data import Batch, Rejection, make_loader, scan, shard, validate
+from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
@@ -41,7 +41,7 @@ from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
-from enhancer.store.layout import check_output_dir, read_shard_attrs
+from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
 log = logging.getLogger(__name__)
@@ -315,8 +315,7 @@ def run_enhance(
 
     ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here)."""
     started = time.perf_counter()
-    out_dir = Path(spec.out)
-    final = shard_path(out_dir, spec.shard_id, spec.num_shards)
+    final = shard_path(spec.out, spec.shard_id, spec.num_shards)
     ck, target = load_model(spec)
     check_explainable(target, ck.config.arch)
     found = scan(spec.data)
@@ -327,19 +326,12 @@ def run_enhance(
     attrs = dataset_attrs(
         spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
     )
-    check_output_dir(out_dir, attrs["identity"])
+    check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
-        done = read_shard_attrs(final)
-        return EnhanceSummary(
-            str(final), True, len(mine), int(done.get("n_samples", 0)), int(done.get("n_rejected", 0)), 0.0, "-", device
-        )
+        return _already_complete(final, len(mine), device)
     ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
-    model = ck.model.to(device).eval()
-    if lungs is not None:
-        lungs.to(device)
-    if settings.cam.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _on_device(ck.model, lungs, settings, device)
     loader = make_loader(
         ok,
         ck.preprocessing,
@@ -349,15 +341,67 @@ def run_enhance(
         num_threads=spec.num_threads,
         source_size=spec.source_size,
     )
+    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine))
+    n_decode_rejected = _stream(
+        loader,
+        model,
+        target,
+        writer,
+        settings,
+        ok,
+        rejected,
+        lungs=lungs,
+        boxes=boxes,
+        progress=progress,
+        desc=final.name,
+    )
+    summary = EnhanceSummary(
+        str(final),
+        False,
+        len(mine),
+        writer.n_samples,
+        len(rejected) + n_decode_rejected,
+        time.perf_counter() - started,
+        loader.name,
+        device,
+        writer.blocked_s,
+    )
+    log.info("%s", summary.line())
+    return summary
+
+
+def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
+    """The summary of a shard a previous run completed (a rerun skips it)."""
+    done = read_shard_attrs(final)
+    n_written, n_rejected = int(done.get("n_samples", 0)), int(done.get("n_rejected", 0))
+    return EnhanceSummary(str(final), True, n_in, n_written, n_rejected, 0.0, "-", device)
+
+
+def _on_device(model: nn.Module, lungs: LungModel | None, settings: OutputSettings, device: str) -> nn.Module:
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask."""
+    model = model.to(device).eval()
+    if lungs is not None:
+        lungs.to(device)
+    return model.to(memory_format=torch.channels_last) if settings.cam.channels_last else model
+
+
+def _shard_writer(
+    spec: EnhanceSpec,
+    ck: LoadedCheckpoint,
+    target: TargetLayer,
+    settings: OutputSettings,
+    attrs: dict[str, Any],
+    *,
+    expected: int,
+) -> AsyncShardWriter:
+    """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings."""
     h, w = target.shape[-2:]
     H, W = ck.preprocessing.size
     shapes = per_sample_shapes(
         settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
     )
-    paths = {s.index: storable_path(s.path) for s in ok}
-    sources = {s.index: s.path for s in ok}
-    writer = AsyncShardWriter(
-        out_dir,
+    return AsyncShardWriter(
+        Path(spec.out),
         spec.shard_id,
         spec.num_shards,
         maxsize=spec.queue_size,
@@ -366,10 +410,30 @@ def run_enhance(
         fields=settings.fields,
         compression=spec.compression,
         attrs=attrs,
-        expected=len(mine),
+        expected=expected,
         overwrite=True,
     )
-    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1) as bar:
+
+
+def _stream(
+    loader: Loader,
+    model: nn.Module,
+    target: TargetLayer,
+    writer: AsyncShardWriter,
+    settings: OutputSettings,
+    ok: Sequence[Sample],
+    rejected: Sequence[Rejection],
+    *,
+    lungs: LungModel | None,
+    boxes: BoxTable | None,
+    progress: bool,
+    desc: str,
+) -> int:
+    """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
+    many the loader rejected (files that failed to decode)."""
+    paths = {s.index: storable_path(s.path) for s in ok}
+    sources = {s.index: s.path for s in ok}
+    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1) as bar:
         writer.add_rejected(_rows(rejected))
         for batch in loader:
             names = [paths[int(i)] for i in batch.index]
@@ -379,20 +443,7 @@ def run_enhance(
             bar.update(len(batch))
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
-    n_rejected = len(rejected) + len(decode_rejected)
-    summary = EnhanceSummary(
-        str(final),
-        False,
-        len(mine),
-        writer.n_samples,
-        n_rejected,
-        time.perf_counter() - started,
-        loader.name,
-        device,
-        writer.blocked_s,
-    )
-    log.info("%s", summary.line())
-    return summary
+    return len(decode_rejected)
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
@@ -423,6 +474,6 @@ def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:
 def merge_enhanced(out_dir: str | os.PathLike[str]) -> Manifest:
     """Merge the shards of ``out_dir``, checking that written + rejected samples cover the scanned dataset exactly
     (every index in ``range(n_total)`` once; ``n_total`` is recorded by the job in every shard)."""
-    shards = sorted(Path(out_dir).glob("shard-*-of-*.h5"))
+    shards = sorted(Path(out_dir).glob(SHARD_GLOB))
     n_total = read_shard_attrs(shards[0]).get("n_total") if shards else None
     return merge(out_dir, expected_indices=range(n_total) if n_total is not None else None)

@@ -85,8 +85,10 @@ def _print_epoch(r: dict[str, Any]) -> None:
         f"{r['seconds']:.1f} s]{'  *best' if r['best'] else ''}"
     )
     if r["unreadable"]:
+        from enhancer.train.rundir import UNREADABLE  # fit has loaded the training modules by now
+
         shown = ", ".join(r["unreadable"][:5]) + (" ..." if len(r["unreadable"]) > 5 else "")
-        click.echo(f"  {len(r['unreadable'])} unreadable image(s) skipped: {shown} (listed in unreadable.csv)")
+        click.echo(f"  {len(r['unreadable'])} unreadable image(s) skipped: {shown} (listed in {UNREADABLE})")
 
 
 @main.command()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from enhancer import __version__
+from enhancer.atomic import atomic_path
 from enhancer.hashing import file_sha256
 from enhancer.models.external import parse_model_name
 from enhancer.models.registry import build, detect_config, library_preprocessing
@@ -369,6 +370,5 @@ def save_checkpoint(
         payload["scheduler_state_dict"] = scheduler_state
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # torch names the records after the file less its last suffix: path.name
+        torch.save(payload, tmp)
