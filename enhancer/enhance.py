@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
-from enhancer.data.loader import resolve_device
+from enhancer.data.loader import resolve_device, resolve_loader
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.hashing import file_sha256
@@ -40,7 +40,9 @@ from enhancer.models.registry import TargetLayer
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
+from enhancer.stopping import batch_boundaries
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
+from enhancer.store.claims import ShardClaim
 from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
@@ -309,13 +311,32 @@ def dataset_attrs(
 
 
 def run_enhance(
-    spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[str, Any] | None = None
+    spec: EnhanceSpec,
+    *,
+    progress: bool = True,
+    extra_attrs: dict[str, Any] | None = None,
+    claim: ShardClaim | None = None,
 ) -> EnhanceSummary:
     """Write shard ``spec.shard_id`` of the enhanced dataset of ``spec.data`` into ``spec.out``.
 
-    ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here)."""
-    started = time.perf_counter()
+    ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here, under
+    ``"slurm"``; they are recorded with the shard's claim too). ``claim``: the shard's claim when the caller holds it
+    already (the command line takes it before importing torch, so that a second job on the shard is refused at
+    once); without one it is taken here (``enhancer.store.claims``), and a job holding it makes this one fail."""
+    extra_attrs = extra_attrs or {}
+    if claim is not None:
+        return _run_claimed(spec, claim, progress=progress, extra_attrs=extra_attrs)
     final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    with ShardClaim(final, job=extra_attrs.get("slurm"), force=spec.force_claim) as held:
+        return _run_claimed(spec, held, progress=progress, extra_attrs=extra_attrs)
+
+
+def _run_claimed(
+    spec: EnhanceSpec, claim: ShardClaim, *, progress: bool, extra_attrs: dict[str, Any]
+) -> EnhanceSummary:
+    """``run_enhance`` under the shard's claim."""
+    started = time.perf_counter()
+    final = claim.shard
     ck, target = load_model(spec)
     check_explainable(target, ck.config.arch)
     found = scan(spec.data)
@@ -323,14 +344,12 @@ def run_enhance(
     settings = output_settings(spec, ck, device)
     lungs = _load_lungs(spec)
     boxes = _load_boxes(spec)
-    attrs = dataset_attrs(
-        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
-    )
+    attrs = dataset_attrs(spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs, lungs, boxes)
     check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
         return _already_complete(final, len(mine), device)
-    ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
+    ok, rejected = _validate(spec, mine, device)
     model = _on_device(ck.model, lungs, settings, device)
     loader = make_loader(
         ok,
@@ -340,20 +359,12 @@ def run_enhance(
         device=device,
         num_threads=spec.num_threads,
         source_size=spec.source_size,
+        max_pixels=spec.max_pixels,
+        timeout_s=spec.decode_timeout_s or None,
     )
-    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine))
+    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine), claim=claim)
     n_decode_rejected = _stream(
-        loader,
-        model,
-        target,
-        writer,
-        settings,
-        ok,
-        rejected,
-        lungs=lungs,
-        boxes=boxes,
-        progress=progress,
-        desc=final.name,
+        loader, model, target, writer, settings, ok, rejected, lungs=lungs, boxes=boxes, progress=progress
     )
     summary = EnhanceSummary(
         str(final),
@@ -368,6 +379,28 @@ def run_enhance(
     )
     log.info("%s", summary.line())
     return summary
+
+
+def validation_level(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> str:
+    """``spec.validate``, with ``auto`` resolved: ``full`` (every file decoded by PIL first) when DALI or nvJPEG will
+    decode, because both can crash the whole process on a corrupt file that PIL refuses cleanly (DALI 2.4: a JPEG
+    with a zeroed Huffman table in a batch of 32 or more; found by tests/fuzz); ``header`` when PIL decodes anyway,
+    in the torch loader on the CPU, which rejects such files one by one."""
+    if spec.validate != "auto":
+        return spec.validate
+    pil_decodes = resolve_loader(spec.loader, samples) == "torch" and not device.startswith("cuda")
+    return "header" if pil_decodes else "full"
+
+
+def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tuple[list[Sample], list[Rejection]]:
+    level = validation_level(spec, samples, device)
+    return validate(
+        samples,
+        level=level,
+        workers=max(1, spec.num_threads),
+        max_pixels=spec.max_pixels,
+        timeout_s=spec.decode_timeout_s or None,
+    )
 
 
 def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
@@ -393,6 +426,7 @@ def _shard_writer(
     attrs: dict[str, Any],
     *,
     expected: int,
+    claim: ShardClaim,
 ) -> AsyncShardWriter:
     """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings."""
     h, w = target.shape[-2:]
@@ -412,6 +446,7 @@ def _shard_writer(
         attrs=attrs,
         expected=expected,
         overwrite=True,
+        claim=claim,
     )
 
 
@@ -427,13 +462,14 @@ def _stream(
     lungs: LungModel | None,
     boxes: BoxTable | None,
     progress: bool,
-    desc: str,
 ) -> int:
     """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
-    many the loader rejected (files that failed to decode)."""
+    many the loader rejected (files that failed to decode). A stop signal lets the batch in flight finish, then
+    discards the shard (``enhancer.stopping``)."""
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
-    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1) as bar:
+    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=writer.path.name, smoothing=0.1)
+    with writer, bar, batch_boundaries() as stop_point:
         writer.add_rejected(_rows(rejected))
         for batch in loader:
             names = [paths[int(i)] for i in batch.index]
@@ -441,6 +477,7 @@ def _stream(
             outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes, target=target)
             writer.put(_host_arrays(outputs, names))
             bar.update(len(batch))
+            stop_point()
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
     return len(decode_rejected)

@@ -29,7 +29,7 @@ REQUIRED = "<required>"  # marker default of required string fields, so that any
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
 LOADERS = ("auto", "dali", "torch")
 COMPRESSIONS = ("gzip", "lzf", "none")
-VALIDATE_LEVELS = ("header", "full")
+VALIDATE_LEVELS = ("auto", "header", "full")
 IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
 
 
@@ -79,7 +79,13 @@ class EnhanceSpec:
     amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
     compression: str = "gzip"  # gzip | lzf | none
-    validate: str = "header"  # header | full: how deeply files are checked before decoding
+    # auto | header | full: how deeply files are checked before the loader decodes them. auto: full (a PIL decode)
+    # when DALI or nvJPEG decode (they crash the process on some corrupt files), header when PIL decodes anyway
+    validate: str = "auto"
+    # larger images are rejected (too_large) from their header, never allocated; = data.validate.DEFAULT_MAX_PIXELS
+    max_pixels: int = 10_000 * 10_000
+    decode_timeout_s: float = 60.0  # a file whose decoding takes longer is rejected (timeout); 0: no limit
+    force_claim: bool = False  # take over a shard's claim that another process seems to hold (store.claims)
     source_size: int = 512  # resolution of the crop source (crops are cut from it, not from the model input)
     queue_size: int = 4  # batches waiting for the writer thread
     lung_model: str | None = None  # lung-segmentation U-Net (VGG11 encoder) state_dict: lung_mask + lung metrics
@@ -100,9 +106,11 @@ class EnhanceSpec:
             raise SpecError("lung_mask_in_enhanced needs lung_model (--lung-model FILE, the lung U-Net's weights)")
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
-        for name in ("batch_size", "source_size", "queue_size"):
+        for name in ("batch_size", "source_size", "queue_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_timeout_s < 0:
+            raise SpecError(f"decode_timeout_s must be >= 0 (0: no limit), got {self.decode_timeout_s}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
         if self.num_classes is not None and self.num_classes < 1:

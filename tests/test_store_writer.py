@@ -167,7 +167,7 @@ def test_rerun_rules(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
-def test_sigkill_while_writing_leaves_only_tmp(tmp_path: Path) -> None:
+def test_sigkill_while_writing_leaves_only_tmp_and_its_claim(tmp_path: Path, caplog) -> None:
     child = _run_child(
         """
         import sys
@@ -190,12 +190,14 @@ def test_sigkill_while_writing_leaves_only_tmp(tmp_path: Path) -> None:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
-    assert os.listdir(tmp_path) == ["shard-00001-of-00003.h5.tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["shard-00001-of-00003.h5.lock", "shard-00001-of-00003.h5.tmp"]
     assert shard_status(tmp_path, 3) == {0: "missing", 1: "incomplete", 2: "missing"}
     assert not is_complete(tmp_path / "shard-00001-of-00003.h5.tmp")
     with h5py.File(tmp_path / "shard-00001-of-00003.h5.tmp", "r") as f:  # flushed, readable, but not complete
         assert not f.attrs["complete"]
-    write_shard(tmp_path, 1, 3, [1, 4])
+    with caplog.at_level("WARNING", logger="enhancer.store.claims"):
+        write_shard(tmp_path, 1, 3, [1, 4])
+    assert f"taking over the stale claim on shard-00001-of-00003.h5 of pid {child.pid} on host" in caplog.text
     assert os.listdir(tmp_path) == ["shard-00001-of-00003.h5"]
     assert shard_status(tmp_path, 3)[1] == "complete"
 

@@ -41,7 +41,24 @@ from enhancer.specs import EnhanceSpec
     "Optional fields to store, comma-separated, or 'all'; index, label, pred, prob, path, orig_size are always stored.",
 )
 @spec_option(EnhanceSpec, "compression", "HDF5 compression.")
-@spec_option(EnhanceSpec, "validate", "File check before decoding.")
+@spec_option(
+    EnhanceSpec,
+    "validate",
+    "File check before decoding; auto: full (a PIL decode of every file) when DALI or nvJPEG decode, which crash on "
+    "some corrupt files, header when PIL decodes anyway.",
+)
+@spec_option(
+    EnhanceSpec,
+    "max_pixels",
+    "Reject images with more pixels, from their header, before any is allocated (decompression bombs).",
+)
+@spec_option(EnhanceSpec, "decode_timeout_s", "Reject a file whose decoding takes longer (seconds; 0: no limit).")
+@spec_option(
+    EnhanceSpec,
+    "force_claim",
+    "Take over the shard's claim even though another process seems to hold it (a crashed host whose lock the file "
+    "server keeps); never while that job may still run.",
+)
 @spec_option(
     EnhanceSpec,
     "lung_model",
@@ -80,9 +97,9 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
 
     Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
     ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
-    interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
+    interrupted one (also by SIGTERM, SIGINT or SIGUSR1: a clean stop after the current batch) is rewritten. A second
+    job on the same shard exits with code 2, naming the one writing it. After all shards: `enhancer merge OUT`.
     """
-    from enhancer.enhance import run_enhance
     from enhancer.specs import load_spec
 
     chosen = model_overrides(options)
@@ -103,7 +120,16 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
         for line in stoppable(run_enhance_workers, spec, workers):
             click.echo(line)
         return
-    summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=slurm_ids())
+    from enhancer.store.claims import ShardClaim
+    from enhancer.store.layout import shard_path
+
+    ids = slurm_ids()
+    final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    # Claimed before torch is imported: a second job on this shard is refused within a second, naming the first.
+    with ShardClaim(final, job=ids.get("slurm"), force=spec.force_claim) as claim:
+        from enhancer.enhance import run_enhance
+
+        summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())
 
 

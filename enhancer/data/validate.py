@@ -13,7 +13,8 @@ Levels:
   a regular file), ``empty`` (zero bytes), ``not_image`` (no image signature), ``unsupported`` (an image format or
   pixel mode the decoders do not handle, e.g. GIF or 32-bit float TIFF), ``too_large`` (more than ``max_pixels``
   pixels: decompression-bomb guard), ``truncated`` (a JPEG without its end marker or a PNG without ``IEND``).
-- ``full`` additionally decodes every file with PIL: ``truncated`` / ``decode_error``.
+- ``full`` additionally decodes every file with PIL: ``truncated`` / ``decode_error``, or ``timeout`` when one
+  file takes longer than ``timeout_s`` (``enhancer.data.decode``: the decode stops at its next read).
 
 RGB, RGBA, CMYK, palette and 16-bit inputs are accepted: the loaders convert them to 8-bit grey. DICOM files
 (``.dcm``) are checked from their header with pydicom (``full``: decoded too); a DICOM file without the suffix is
@@ -32,13 +33,14 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from enhancer.data.decode import (
     CONVERTIBLE_MODES,
     SIXTEEN_BIT_MODES,
     SUPPORTED_FORMATS,
     classify_decode_error,
+    open_image,
     to_grey,
 )
 from enhancer.data.dicom import check_dicom_header, has_dicom_magic, is_dicom_path, load_dicom_grey
@@ -57,6 +59,7 @@ REJECTION_CODES = (
     "too_large",
     "truncated",
     "decode_error",
+    "timeout",
 )
 DEFAULT_MAX_PIXELS = 10_000 * 10_000  # X-rays are at most ~4k x 4k; PIL itself refuses > ~179 M pixels
 _TAIL_BYTES = 4096  # how far from the end an end marker may sit (some writers pad or append metadata)
@@ -82,8 +85,11 @@ def _tail(path: str, size: int) -> bytes:
         return fh.read()
 
 
-def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS) -> Rejection | None:
-    """Validate one sample; ``None`` when it is accepted."""
+def check_sample(
+    sample: Sample, *, level: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS, timeout_s: float | None = None
+) -> Rejection | None:
+    """Validate one sample; ``None`` when it is accepted. ``timeout_s`` bounds the time it may take (None: no
+    limit)."""
     path = sample.path
     try:
         st = os.stat(path)
@@ -98,7 +104,7 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
     if is_dicom_path(path):
         return _check_dicom(sample, level, max_pixels)
     try:
-        with Image.open(path) as im:
+        with open_image(path, timeout_s=timeout_s) as im:
             fmt, mode, (width, height) = im.format, im.mode, im.size
             if fmt not in SUPPORTED_FORMATS:
                 return Rejection.of(
@@ -148,8 +154,10 @@ def validate(
     level: str = "header",
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float | None = None,
 ) -> tuple[list[Sample], list[Rejection]]:
-    """Check every sample in parallel threads; returns ``(accepted, rejected)``, both in input order.
+    """Check every sample in parallel threads; returns ``(accepted, rejected)``, both in input order. ``timeout_s``:
+    the time one file may take (None: no limit).
 
     ``len(accepted) + len(rejected) == len(samples)`` always holds.
     """
@@ -160,7 +168,7 @@ def validate(
     samples = list(samples)
 
     def one(s: Sample) -> Rejection | None:
-        return check_sample(s, level=level, max_pixels=max_pixels)
+        return check_sample(s, level=level, max_pixels=max_pixels, timeout_s=timeout_s)
 
     if workers == 1 or len(samples) < 2:
         results = [one(s) for s in samples]

@@ -13,7 +13,9 @@ Usage::
         w.put(batch)
 
 A rerun skips shards for which ``shard_status(out_dir, n)[i] == "complete"``; a left-over ``.tmp`` (killed job) is
-deleted and rewritten when the shard is entered again.
+deleted and rewritten when the shard is entered again. A writer holds the shard's claim (``enhancer.store.claims``)
+from ``open`` until the shard is renamed or discarded, so a second writer of the same shard is refused, naming the
+first; pass ``claim=`` a claim the caller already holds (the enhance job claims its shard before loading the model).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import h5py
 import numpy as np
 
 from enhancer.atomic import move_into_place
+from enhancer.store.claims import ShardClaim
 from enhancer.store.layout import shard_path, tmp_path_for
 from enhancer.store.schema import (
     FIELDS,
@@ -135,6 +138,7 @@ class ShardWriter:
         expected: int | None = None,
         overwrite: bool = False,
         flush_interval_s: float = 10.0,
+        claim: ShardClaim | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
@@ -171,6 +175,11 @@ class ShardWriter:
         self.n_rejected = 0
         self._seen: set[int] = set()
         self._file: h5py.File | None = None
+        if claim is not None and claim.shard != self.path:
+            raise StoreError(f"the claim given is on {claim.shard}, not on this writer's shard {self.path}")
+        self._given_claim = claim
+        self._tmp_id: tuple[int, int] | None = None  # (device, inode) of the .tmp this writer created
+        self._own_claim: ShardClaim | None = None
 
     # -- context manager -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -192,6 +201,16 @@ class ShardWriter:
                 f"{self.path} already exists; skip complete shards (shard_status) or pass overwrite=True to rewrite it"
             )
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._hold_claim()
+        try:
+            self._create_file()
+        except BaseException:
+            self.abort("the shard file could not be created")
+            raise
+        log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
+
+    def _create_file(self) -> None:
+        """The ``.tmp`` file with its (empty) datasets and attributes, replacing a left-over one."""
         if self.tmp_path.exists():
             log.warning(
                 "removing left-over %s from an interrupted run; rewriting shard %d", self.tmp_path, self.shard_id
@@ -204,6 +223,8 @@ class ShardWriter:
             # broken handles that crash the interpreter at exit. Uncached, the failing write() itself raises.
             f = h5py.File(self.tmp_path, "w-", rdcc_nbytes=0)
             self._file = f
+            st = os.stat(self.tmp_path)
+            self._tmp_id = (st.st_dev, st.st_ino)
             filters: dict[str, Any] = {}
             if self.compression == "gzip":
                 filters = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
@@ -237,7 +258,6 @@ class ShardWriter:
             a["json_attrs"] = json.dumps(self._json_keys)
             for key, value in self.attrs.items():
                 a[key] = value
-        log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def write(self, batch: Mapping[str, Any]) -> int:
@@ -317,10 +337,12 @@ class ShardWriter:
                 f.flush()
                 f.close()
                 self._file = None
+                self._check_tmp_is_ours()
                 move_into_place(self.tmp_path, self.path, sync_dir=True)  # fsync, rename, fsync the directory
         except BaseException:
             self.abort("finish failed")
             raise
+        self._drop_claim()
         log.info("shard %s complete: %d written, %d rejected", self.path.name, self.n_samples, self.n_rejected)
         return self.path
 
@@ -333,12 +355,40 @@ class ShardWriter:
                 log.debug("closing %s after failure: %s", self.tmp_path, e)
             self._file = None
         try:
-            self.tmp_path.unlink(missing_ok=True)
+            if self._tmp_is_ours():
+                self.tmp_path.unlink()
         except OSError as e:
             log.warning("could not remove %s (%s); it will be replaced on rerun", self.tmp_path, e)
+        self._tmp_id = None
+        self._drop_claim()
         log.warning("shard %s not written (%s)", self.path.name, reason)
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    def _hold_claim(self) -> None:
+        """The shard's claim: the caller's (which must be held) or one of its own, taken here."""
+        if self._given_claim is not None:
+            if not self._given_claim.held:
+                raise StoreError(f"the claim on {self.path.name} given to the writer is not held; acquire it first")
+        elif self._own_claim is None:
+            self._own_claim = ShardClaim(self.path).acquire()
+
+    def _tmp_is_ours(self) -> bool:
+        """Whether the ``.tmp`` is the file this writer created (not removed, not replaced by another process)."""
+        try:
+            st = os.stat(self.tmp_path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._tmp_id
+
+    def _check_tmp_is_ours(self) -> None:
+        if not self._tmp_is_ours():
+            raise FileNotFoundError(errno.ENOENT, "the file was removed or replaced", str(self.tmp_path))
+
+    def _drop_claim(self) -> None:
+        if self._own_claim is not None:
+            self._own_claim.release()
+            self._own_claim = None
+
     def _require_open(self) -> h5py.File:
         if self._file is None:
             raise StoreError(f"shard writer for {self.path} is not open; use it as a context manager")
@@ -411,17 +461,30 @@ class _IOErrors:
         code = getattr(exc, "errno", None)
         if code is None and (m := re.search(r"errno = (\d+)", text)):
             code = int(m.group(1))
-        hint = "free disk space / raise the quota or file-size limit"
-        if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
-            s in text for s in ("No space left", "File too large", "quota")
-        ):
-            hint = "the disk is full or a quota/file-size limit was hit: " + hint
         raise ShardWriteError(
-            f"cannot {self.action} shard file {w.tmp_path}: {text}. The shard is NOT complete; {hint} in "
-            f"{w.out_dir}, then rerun it with --shard-id {w.shard_id} --num-shards {w.num_shards}",
+            f"cannot {self.action} shard file {w.tmp_path}: {text}. The shard is NOT complete; "
+            f"{_cause(code, text, w)}, then rerun it with --shard-id {w.shard_id} --num-shards {w.num_shards}",
             code,
             str(w.tmp_path),
         ) from exc
+
+
+def _cause(code: int | None, text: str, w: ShardWriter) -> str:
+    """What to do about a failed write, from its cause: a full disk or quota, or a ``.tmp`` another process
+    removed (two jobs on one shard), else the generic checks."""
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+        s in text for s in ("No space left", "File too large", "quota")
+    ):
+        return (
+            "the disk is full or a quota/file-size limit was hit: free disk space / raise the quota or file-size "
+            f"limit in {w.out_dir}"
+        )
+    if w._tmp_id is not None and not w._tmp_is_ours():
+        return (
+            f"another process removed or replaced it (a second job writing shard {w.shard_id}, or a clean-up of "
+            f"{w.out_dir}); let one job write each shard"
+        )
+    return f"check the space, quota and permissions of {w.out_dir}"
 
 
 _STOP = object()
@@ -468,7 +531,12 @@ class AsyncShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException as e:  # e.g. a stop signal while the queue drains: the shard is not complete
+                self._stop(drain=False)
+                self.writer.abort(f"{type(e).__name__}: {e}")
+                raise
         else:
             self._stop(drain=False)
             self.writer.abort(f"{exc_type.__name__}: {exc}")
