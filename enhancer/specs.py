@@ -400,17 +400,18 @@ def dump_toml(table: str, values: Mapping[str, Any]) -> str:
     """A minimal TOML writer for resolved specs (strings, numbers, booleans, lists, nested tables)."""
     scalars = {k: v for k, v in values.items() if not isinstance(v, Mapping) and v is not None}
     tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
-    lines = [f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    lines = [f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
     for name, sub in tables.items():
         lines += ["", dump_toml(f"{table}.{name}", sub)]
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One value as TOML writes it (and as ``--set key=VALUE`` parses it back): ``"text"``, ``32``, ``[224, 224]``."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return repr(v)

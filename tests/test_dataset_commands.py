@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shlex
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,6 +23,10 @@ from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.explain.cam import colorize_jet
 from enhancer.report.grid import CELL, TITLE_H, overlay
 from enhancer.specs import EnhanceSpec
+from enhancer.store import verify
+from tests.test_store_checksums import flip_byte_in_chunk
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +75,31 @@ def test_verify_passes_then_catches_a_damaged_shard(tmp_path, dataset):
         f["heatmap"][0] = 0
     result = CliRunner().invoke(main, ["verify", str(copy)])
     assert result.exit_code == 1 and "sha256" in result.output
+
+
+@pytest.mark.slow
+def test_verify_names_a_flipped_byte_and_its_repair_commands_rewrite_the_shard(tmp_path, dataset):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    [shard] = copy.glob("shard-*.h5")
+    with h5py.File(shard, "r") as f:
+        index = int(f["index"][3])
+        want = {name: f[name][:] for name in ("heatmap", "enhanced", "prob", "index")}
+    flip_byte_in_chunk(shard, "heatmap", 3)
+    result = CliRunner().invoke(main, ["verify", str(copy), "--repair-list"])
+    assert result.exit_code == 1
+    assert f"{shard.name} sample 3 (index {index}), field 'heatmap'" in result.stderr
+    assert result.stdout == "0\n"
+    commands = [shlex.split(line) for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert [c[:2] for c in commands] == [["rm", "-f"], ["enhancer", "enhance"], ["enhancer", "merge"]]
+    for words in commands:
+        words = [sys.executable, "-m", "enhancer.cli", *words[1:]] if words[0] == "enhancer" else words
+        done = subprocess.run(words, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert verify(copy).ok
+    with h5py.File(shard, "r") as f:
+        for name, values in want.items():
+            np.testing.assert_array_equal(f[name][:], values, err_msg=name)
 
 
 def test_show_draws_rows_and_leaves_wrong_predictions_blank(tmp_path, dataset):

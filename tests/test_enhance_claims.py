@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from enhancer.store import is_complete
+from enhancer.store import is_complete, verify
 from enhancer.store.layout import lock_path_for, shard_path, tmp_path_for
-from enhancer.store.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from enhancer.store import ShardWriteError, ShardWriter, merge, shard_path
+from enhancer.store import ShardWriteError, ShardWriter, StoreError, merge, shard_path
 from enhancer.store.claims import ClaimInfo, ShardClaim, ShardClaimedError, read_claim
 from enhancer.store.layout import check_output_dir, lock_path_for
-from tests.tools.store_synth import SHAPES_ALL, make_batch
+from tests.tools.store_synth import SHAPES_ALL, make_batch, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -202,3 +202,14 @@ def test_a_tmp_replaced_under_the_writer_is_not_published(tmp_path: Path) -> Non
         w.close()
     assert not w.path.exists()  # never renamed into place
     assert w.tmp_path.read_bytes() == b"another job's half-written shard"  # and not deleted: it is not ours
+
+
+def test_merge_names_the_job_still_writing_a_shard(tmp_path: Path) -> None:
+    write_shard(tmp_path, 0, 2, [0, 2])
+    holder = _holder(shard_path(tmp_path, 1, 2))
+    try:
+        with pytest.raises(StoreError, match=f"shards 1 of 2 are missing.*shard 1 is claimed by pid {holder.pid}"):
+            merge(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -48,5 +48,9 @@ __all__ = sorted(_HOMES)
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        return getattr(importlib.import_module(f"enhancer.store.{_HOMES[name]}"), name)
+        value = getattr(importlib.import_module(f"enhancer.store.{_HOMES[name]}"), name)
+        # Kept here: importing the module ``verify`` set the package's attribute ``verify`` to the module itself, and
+        # the next ``from enhancer.store import verify`` would get that module instead of the function.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'enhancer.store' has no attribute {name!r}")

@@ -30,7 +30,17 @@ import numpy as np
 
 from enhancer.atomic import atomic_write
 from enhancer.hashing import file_sha256
-from enhancer.store.layout import CARD, HDF5_SUFFIXES, MANIFEST, REJECTED, SHARD_GLOB, parse_shard_name, shard_name
+from enhancer.store.claims import read_claim
+from enhancer.store.layout import (
+    CARD,
+    HDF5_SUFFIXES,
+    MANIFEST,
+    REJECTED,
+    SHARD_GLOB,
+    parse_shard_name,
+    shard_name,
+    shard_path,
+)
 from enhancer.store.schema import (
     FIELDS,
     METRIC_FIELDS,
@@ -239,9 +249,15 @@ def _require_complete(out_dir: Path, num_shards: int) -> None:
     if bad:
         ids = ", ".join(str(i) for i in bad)
         reruns = " and ".join(f"--shard-id {i}" for i in bad)
+        claims = [(i, read_claim(shard_path(out_dir, i, num_shards))) for i in bad]
+        busy = "".join(
+            f"; shard {i} is claimed by {holder.describe()}: a job may still be writing it"
+            for i, holder in claims
+            if holder
+        )
         raise StoreError(
             f"shards {ids} of {num_shards} are missing or incomplete in {out_dir}: rerun them with {reruns} "
-            f"(--num-shards {num_shards})"
+            f"(--num-shards {num_shards}){busy}"
         )
 
 

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 
 from enhancer.atomic import move_into_place
+from enhancer.store import checksums
 from enhancer.store.claims import ShardClaim
 from enhancer.store.layout import shard_path, tmp_path_for
 from enhancer.store.schema import (
@@ -242,6 +243,7 @@ class ShardWriter:
                     # Filters on variable-length strings only compress heap pointers: skip them.
                     **({} if is_str else filters),
                 )
+            checksums.create(f, self.fields)
             g = f.create_group(REJECTED_GROUP)
             for col in REJECTED_COLUMNS:
                 dtype = np.int64 if col == "index" else _STR_DTYPE
@@ -287,6 +289,7 @@ class ShardWriter:
                     self._write_gzip_chunks(ds, start, arr)
                 else:
                     ds[start : start + n] = arr
+                checksums.append(f, name, start, checksums.row_checksums(arr))
             if time.monotonic() - self._last_flush >= self.flush_interval_s:
                 f.flush()
                 self._last_flush = time.monotonic()
