@@ -123,14 +123,17 @@ def huge_png_header(width: int = HUGE_SIDE, height: int = HUGE_SIDE, *, idat: by
 
 
 def _jpeg_with_dims(data: bytes, width: int, height: int) -> bytes:
-    """The JPEG with its SOF0/SOF2 frame header declaring ``width`` x ``height``."""
+    """The JPEG with its frame header (SOFn) declaring ``width`` x ``height``, found by walking the marker segments
+    (a byte pair FF C0 can also occur inside a table)."""
     out = bytearray(data)
-    for marker in (b"\xff\xc0", b"\xff\xc2", b"\xff\xc1"):
-        at = out.find(marker)
-        if at >= 0:
-            out[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    i = 2
+    while i + 9 <= len(out) and out[i] == 0xFF:
+        marker = out[i + 1]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            out[i + 5 : i + 9] = struct.pack(">HH", height, width)
             return bytes(out)
-    return bytes(out)
+        i += 2 + struct.unpack(">H", out[i + 2 : i + 4])[0]
+    raise ValueError("no frame header found in the JPEG")
 
 
 def write_dicom_bytes(pixels: np.ndarray, *, rows: int | None = None, columns: int | None = None) -> bytes:
