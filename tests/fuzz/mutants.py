@@ -10,7 +10,8 @@ Every file is made from the bytes or the pixels of one of the 16 samples: trunca
 flipped, a block zeroed, headers swapped between JPEG / PNG / DICOM, dimensions in the header blown up (a
 50,000 x 50,000 PNG among them), re-encoded as 16-bit, CMYK, palette or RGBA images, EXIF-rotated, or written as
 DICOM. The fixed extras are the cases no random draw makes: zero-byte files, symlink loops (a file loop and a
-folder loop), a dangling link, an unreadable file (mode 000), and names that are not UTF-8.
+folder loop), a dangling link, an unreadable file (mode 000), names that are not UTF-8, and the JPEG whose zeroed
+Huffman table crashed DALI.
 
 ``Entry.must`` is what the job has to do with the file: ``"written"``, a rejection code, or None where either
 outcome is right (a flipped bit may or may not break a JPEG). Most files derive from the samples scaled down 8x
@@ -134,6 +135,18 @@ def _jpeg_with_dims(data: bytes, width: int, height: int) -> bytes:
             return bytes(out)
         i += 2 + struct.unpack(">H", out[i + 2 : i + 4])[0]
     raise ValueError("no frame header found in the JPEG")
+
+
+def zeroed_huffman_jpeg(data: bytes) -> bytes:
+    """The JPEG with its AC Huffman table's symbols and what follows zeroed (534 bytes): PIL refuses it ("cannot load
+    this image"), DALI 2.4's CPU decoder crashes the process on it (SIGSEGV) in a batch of 32 or more. Found by this
+    fuzz; the reason the enhance job decodes every file with PIL before DALI sees it (``validate = auto``)."""
+    out = bytearray(data)
+    at = out.find(b"\xff\xc4\x00\xb5\x10")  # DHT, 181 bytes, class 1 (AC) table 0: libjpeg's standard table
+    if at < 0:
+        raise ValueError("no standard AC Huffman table in the JPEG")
+    out[at + 31 : at + 31 + 534] = bytes(534)
+    return bytes(out)
 
 
 def write_dicom_bytes(pixels: np.ndarray, *, rows: int | None = None, columns: int | None = None) -> bytes:
@@ -267,6 +280,8 @@ def _extras(root: Path, bases: list[_Base], plan: Plan) -> None:
     add(f"{b.label}/zz-unreadable.jpeg", "unreadable", "written" if os.geteuid() == 0 else "unreadable")
     (cls / "zz-bomb.png").write_bytes(huge_png_header())
     add(f"{b.label}/zz-bomb.png", "huge_dims", "too_large")
+    (cls / "zz-zeroed-huffman.jpeg").write_bytes(zeroed_huffman_jpeg(b.small_jpeg))
+    add(f"{b.label}/zz-zeroed-huffman.jpeg", "zeroed_huffman", "decode_error")
     for k, data in enumerate((b.small_jpeg, _png(b.small))):
         rel = os.fsencode(f"{b.label}/zz-") + NON_UTF8 + f"-{k}.{'jpeg' if k == 0 else 'png'}".encode()
         _write(root, rel, data)

@@ -20,7 +20,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -274,3 +274,16 @@ def test_a_file_over_the_decode_time_limit_is_rejected(kermany_dir):
         load_grey(samples[0].path, timeout_s=1e-6)
     assert validate(samples, level="full", timeout_s=60)[1] == []
     assert load_grey(samples[0].path, timeout_s=60).size == (1776, 1416)
+
+
+def test_auto_validation_decodes_with_pil_wherever_dali_or_nvjpeg_decode(kermany_dir):
+    from enhancer.data import scan
+    from enhancer.enhance import validation_level
+    from enhancer.specs import EnhanceSpec
+
+    samples = scan(kermany_dir).samples
+    spec = EnhanceSpec(data=str(kermany_dir), out="out")
+    assert validation_level(replace(spec, loader="dali"), samples, "cpu") == "full"
+    assert validation_level(replace(spec, loader="torch"), samples, "cpu") == "header"
+    assert validation_level(replace(spec, loader="torch"), samples, "cuda") == "full"  # nvJPEG decodes there
+    assert validation_level(replace(spec, loader="dali", validate="header"), samples, "cpu") == "header"  # as asked
