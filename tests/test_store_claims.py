@@ -213,3 +213,16 @@ def test_merge_names_the_job_still_writing_a_shard(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_requeued_slurm_task_takes_over_the_claim_of_its_earlier_run(tmp_path: Path, caplog) -> None:
+    shard = shard_path(tmp_path, 3, 8)
+    lock = lock_path_for(shard)
+    earlier = ClaimInfo(host="node-failed", pid=4242, since="2026-01-01T00:00:00+00:00", job={"slurm_job_id": "812"})
+    lock.write_text(earlier.to_json())  # fresh heartbeat, another host: only the job ids tell it is gone
+    with pytest.raises(ShardClaimedError, match="it may still be running"):
+        ShardClaim(shard, job={"slurm_job_id": "813"}).acquire()  # another job: refused
+    with caplog.at_level("WARNING", logger="enhancer.store.claims"):
+        with ShardClaim(shard, job={"slurm_job_id": "812", "slurm_restart_count": "1"}) as claim:
+            assert claim.taken_over.host == "node-failed"
+    assert "an earlier run of this same job, requeued" in caplog.text

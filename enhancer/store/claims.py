@@ -23,6 +23,8 @@ Who gets the shard:
   claim is stale and taken over with a warning when
   - the holder ran on this host (same host name and boot id) and its process is gone (no such pid, a zombie,
     or a newer process under the same pid), or
+  - the holder was an earlier run of the claiming job itself (the same SLURM job id on the same cluster, as the
+    caller's ``job`` ids say): a task requeued after its node failed, which SLURM never runs twice at once, or
   - the holder ran on another host and its heartbeat is older than ``STALE_AFTER_S`` (10 minutes). A free lock
     alone does not prove that a holder on another host is gone: on network filesystems whose locks do not reach
     across hosts (Lustre without ``-o flock``, NFS without a lock manager) a running job's lock is invisible here.
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 60.0  # how often a holder refreshes its claim's modification time
 STALE_AFTER_S = 600.0  # a claim from another host whose heartbeat is older than this is stale
+_JOB_IDENTITY = ("slurm_job_id", "slurm_cluster_name")  # job ids (as the command line records them) naming one job
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES)
 # Claims this process holds, by lock path: POSIX locks do not conflict within one process, so a second claim here is
@@ -276,12 +279,20 @@ class ShardClaim:
             return
         if holder_is_gone(holder):
             self._take_over(holder, "its process is gone")
+        elif self._same_job(holder):
+            self._take_over(holder, "an earlier run of this same job, requeued")
         elif holder.host != socket.gethostname() and (holder.heartbeat_age_s or 0.0) > self.stale_after_s:
             self._take_over(holder, f"its heartbeat is older than {self.stale_after_s:.0f} s")
         elif self.force:
             self._take_over(holder, "forced")
         else:
             raise self._refusal(holder, "it may still be running")
+
+    def _same_job(self, holder: ClaimInfo) -> bool:
+        """Whether ``holder`` was an earlier run of the job now claiming (the same SLURM job id on the same cluster:
+        a requeued task keeps its id, and SLURM never runs one job twice at once)."""
+        mine = {k: self.job.get(k) for k in _JOB_IDENTITY}
+        return mine[_JOB_IDENTITY[0]] is not None and mine == {k: holder.job.get(k) for k in _JOB_IDENTITY}
 
     def _take_over(self, holder: ClaimInfo | None, why: str) -> None:
         self.taken_over = holder

@@ -131,13 +131,14 @@ def bisect_crash(plan: Plan, args_for, tmp: Path, files: list[str]) -> list[str]
     for step in range(12):
         if len(files) <= 1:
             break
-        for half in (files[: len(files) // 2], files[len(files) // 2 :]):
-            listing = tmp / f"bisect-{step}.csv"
+        for part, half in enumerate((files[: len(files) // 2], files[len(files) // 2 :])):
+            name = f"bisect-{step}-{part}"
+            listing = tmp / f"{name}.csv"
             with open(listing, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 w = csv.writer(fh)
                 w.writerow(["path", "label"])
                 w.writerows([os.path.join(os.fspath(plan.root), rel), rel.split("/")[0]] for rel in half)
-            run = run_measured(args_for(listing, tmp / f"bisect-out-{step}"), tmp / f"bisect-{step}.log")
+            run = run_measured(args_for(listing, tmp / f"{name}-out"), tmp / f"{name}.log")
             if run.returncode < 0 or run.timed_out:
                 files = half
                 break
