@@ -25,13 +25,17 @@ HOST = socket.gethostname()
 
 
 def _holder(shard: Path, *extra: str) -> subprocess.Popen:
-    """Another process that takes the claim on ``shard``, says "held" and keeps it until killed."""
+    """Another process that takes the claim on ``shard``, says "held", releases it when a line arrives on its stdin
+    (saying "released"), then waits to be killed."""
     code = textwrap.dedent(
         """
         import sys, time
         from enhancer.store.claims import ShardClaim
         claim = ShardClaim(sys.argv[1], job={"slurm_job_id": "812", "slurm_array_task_id": "3"}).acquire()
         print("held", flush=True)
+        sys.stdin.readline()
+        claim.release()
+        print("released", flush=True)
         time.sleep(600)
         """
     )
@@ -39,6 +43,7 @@ def _holder(shard: Path, *extra: str) -> subprocess.Popen:
         [sys.executable, "-c", code, str(shard), *extra],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -226,3 +231,18 @@ def test_a_requeued_slurm_task_takes_over_the_claim_of_its_earlier_run(tmp_path:
         with ShardClaim(shard, job={"slurm_job_id": "812", "slurm_restart_count": "1"}) as claim:
             assert claim.taken_over.host == "node-failed"
     assert "an earlier run of this same job, requeued" in caplog.text
+
+
+def test_a_forced_takeover_keeps_its_claim_file_when_the_old_holder_releases(tmp_path: Path) -> None:
+    shard = shard_path(tmp_path, 0, 1)
+    holder = _holder(shard)
+    try:
+        with ShardClaim(shard, force=True):
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            assert read_claim(shard).pid == os.getpid()  # the old holder left the file: it names us now
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not lock_path_for(shard).exists()

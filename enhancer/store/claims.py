@@ -259,7 +259,9 @@ class ShardClaim:
             self._heartbeat = None
         with _HELD_LOCK:
             try:
-                self.path.unlink(missing_ok=True)
+                record = _read_record(self._fd, self.path)
+                if record is None or (record.host, record.pid) == (self.info.host, self.info.pid):  # type: ignore[union-attr]
+                    self.path.unlink(missing_ok=True)  # not when another job took it over with --force-claim
             except OSError as e:
                 log.warning("could not remove the claim %s (%s); the next job will take it over", self.path, e)
             os.close(self._fd)
