@@ -72,6 +72,7 @@ class Plan:
 
     root: Path
     seed: int
+    n: int  # random mutants (the fixed extras come on top)
     entries: dict[str, Entry] = field(default_factory=dict)
 
     @property
@@ -296,7 +297,7 @@ def make_fuzz_dataset(samples: Path, root: Path, *, n: int, seed: int, dicom: bo
     rng = random.Random(seed)
     kinds = [k for k in WEIGHTS if dicom or "dicom" not in k]
     weights = [WEIGHTS[k] for k in kinds]
-    plan = Plan(root, seed)
+    plan = Plan(root, seed, n)
     for label in sorted({b.label for b in bases}):
         (root / label).mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -152,7 +152,7 @@ def run_fuzz_job(plan: Plan, checkpoint: Path, loader: str, tmp: Path) -> None:
     run = run_measured(enhance_args(plan.root, out, checkpoint, loader), tmp / "job.log")
     context = (
         f"fuzz seed {plan.seed}, {len(plan.entries)} files, loader {loader} (reproduce: FUZZ_SEED={plan.seed} "
-        f"FUZZ_N={FAST_N} pytest {Path(__file__).relative_to(REPO)})"
+        f"FUZZ_N={plan.n} pytest {Path(__file__).relative_to(REPO)})"
     )
     if run.returncode != 0 or run.timed_out:
         files = sorted(plan.entries) if run.returncode < 0 or run.timed_out else []
