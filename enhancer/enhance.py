@@ -344,7 +344,9 @@ def _run_claimed(
     settings = output_settings(spec, ck, device)
     lungs = _load_lungs(spec)
     boxes = _load_boxes(spec)
-    attrs = dataset_attrs(spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs, lungs, boxes)
+    attrs = dataset_attrs(
+        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
+    )
     check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
@@ -364,7 +366,17 @@ def _run_claimed(
     )
     writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine), claim=claim)
     n_decode_rejected = _stream(
-        loader, model, target, writer, settings, ok, rejected, lungs=lungs, boxes=boxes, progress=progress
+        loader,
+        model,
+        target,
+        writer,
+        settings,
+        ok,
+        rejected,
+        lungs=lungs,
+        boxes=boxes,
+        progress=progress,
+        desc=final.name,
     )
     summary = EnhanceSummary(
         str(final),
@@ -462,13 +474,14 @@ def _stream(
     lungs: LungModel | None,
     boxes: BoxTable | None,
     progress: bool,
+    desc: str,
 ) -> int:
     """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
     many the loader rejected (files that failed to decode). A stop signal lets the batch in flight finish, then
     discards the shard (``enhancer.stopping``)."""
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
-    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=writer.path.name, smoothing=0.1)
+    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     with writer, bar, batch_boundaries() as stop_point:
         writer.add_rejected(_rows(rejected))
         for batch in loader:

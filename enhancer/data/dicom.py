@@ -96,9 +96,9 @@ def check_dicom_header(path: str, *, max_pixels: int) -> tuple[str, str] | None:
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        problem = _header_problem(ds, max_pixels)  # inside: pydicom parses an element when it is first read
     except Exception as exc:
         return "not_image", f"not a readable DICOM file ({str(exc).strip()[:300] or type(exc).__name__})"
-    problem = _header_problem(ds, max_pixels)
     return (problem.code, str(problem)) if problem else None
 
 

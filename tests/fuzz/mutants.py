@@ -10,8 +10,9 @@ Every file is made from the bytes or the pixels of one of the 16 samples: trunca
 flipped, a block zeroed, headers swapped between JPEG / PNG / DICOM, dimensions in the header blown up (a
 50,000 x 50,000 PNG among them), re-encoded as 16-bit, CMYK, palette or RGBA images, EXIF-rotated, or written as
 DICOM. The fixed extras are the cases no random draw makes: zero-byte files, symlink loops (a file loop and a
-folder loop), a dangling link, an unreadable file (mode 000), names that are not UTF-8, and the JPEG whose zeroed
-Huffman table crashed DALI.
+folder loop), a dangling link, an unreadable file (mode 000), names that are not UTF-8, and the files earlier runs
+found: two JPEGs that crashed DALI (a zeroed Huffman table, a flipped table marker) and a DICOM file whose broken
+value representation made pydicom raise where no one caught it.
 
 ``Entry.must`` is what the job has to do with the file: ``"written"``, a rejection code, or None where either
 outcome is right (a flipped bit may or may not break a JPEG). Most files derive from the samples scaled down 8x
@@ -150,6 +151,14 @@ def zeroed_huffman_jpeg(data: bytes) -> bytes:
     return bytes(out)
 
 
+def flipped_dht_marker_jpeg(data: bytes) -> bytes:
+    """The JPEG with one bit of its AC Huffman table's marker flipped (FF C4 -> 7F C4): libjpeg skips the table as
+    junk and decodes with the standard one, DALI 2.4 crashed on it (found by this fuzz, seed 20260302)."""
+    out = bytearray(data)
+    out[out.find(b"\xff\xc4\x00\xb5\x10")] = 0x7F
+    return bytes(out)
+
+
 def write_dicom_bytes(pixels: np.ndarray, *, rows: int | None = None, columns: int | None = None) -> bytes:
     """A 16-bit MONOCHROME2 DICOM file of ``pixels`` (12 bits stored); ``rows``/``columns`` override the header."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -255,7 +264,7 @@ def _write(root: Path, rel: str | bytes, data: bytes) -> None:
         fh.write(data)
 
 
-def _extras(root: Path, bases: list[_Base], plan: Plan) -> None:
+def _extras(root: Path, bases: list[_Base], plan: Plan, dicom: bool) -> None:
     """The cases a random draw does not make: empty files, link loops, unreadable files, non-UTF-8 names."""
     b = bases[0]
     cls = root / b.label
@@ -283,6 +292,13 @@ def _extras(root: Path, bases: list[_Base], plan: Plan) -> None:
     add(f"{b.label}/zz-bomb.png", "huge_dims", "too_large")
     (cls / "zz-zeroed-huffman.jpeg").write_bytes(zeroed_huffman_jpeg(b.small_jpeg))
     add(f"{b.label}/zz-zeroed-huffman.jpeg", "zeroed_huffman", "decode_error")
+    (cls / "zz-flipped-dht-marker.jpeg").write_bytes(flipped_dht_marker_jpeg(b.small_jpeg))
+    # libjpeg repairs it: written after header validation (the torch set), refused by full validation (the DALI set)
+    add(f"{b.label}/zz-flipped-dht-marker.jpeg", "flipped_dht_marker", None if dicom else "decode_error")
+    if dicom:
+        rows_vr = write_dicom_bytes(b.small).replace(b"\x28\x00\x10\x00US", b"\x28\x00\x10\x00U[", 1)
+        (cls / "zz-bad-vr.dcm").write_bytes(rows_vr)  # pydicom raised NotImplementedError reading Rows
+        add(f"{b.label}/zz-bad-vr.dcm", "bad_value_representation", "not_image")
     for k, data in enumerate((b.small_jpeg, _png(b.small))):
         rel = os.fsencode(f"{b.label}/zz-") + NON_UTF8 + f"-{k}.{'jpeg' if k == 0 else 'png'}".encode()
         _write(root, rel, data)
@@ -310,5 +326,5 @@ def make_fuzz_dataset(samples: Path, root: Path, *, n: int, seed: int, dicom: bo
         rel = f"{base.label}/{i:05d}-{kind}.{suffix}"
         _write(root, rel, data)
         plan.entries[rel] = Entry(kind, must, base.name)
-    _extras(root, bases, plan)
+    _extras(root, bases, plan, dicom)
     return plan

@@ -127,8 +127,8 @@ def check_outcome(plan: Plan, written: set[str], rejected: dict[str, tuple[str, 
 
 
 def bisect_crash(plan: Plan, args_for, tmp: Path, files: list[str]) -> list[str]:
-    """The smallest part of ``files`` (halving, at most 12 runs) on which the job still crashes."""
-    for step in range(12):
+    """The smallest part of ``files`` (halving, at most 20 rounds) on which the job still crashes."""
+    for step in range(20):
         if len(files) <= 1:
             break
         for part, half in enumerate((files[: len(files) // 2], files[len(files) // 2 :])):
