@@ -39,6 +39,8 @@ from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
+from enhancer.store.codecs import resolve_codecs
+from enhancer.store.encoding import default_write_threads
 from enhancer.store.layout import check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
@@ -231,6 +233,7 @@ def dataset_attrs(
         "num_shards": spec.num_shards,
         "checkpoint_sha256": ck.sha256,
         "fields": list(settings.fields),
+        "codecs": {k: c.name for k, c in resolve_codecs(settings.fields, spec.codec, spec.compression).items()},
         "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
@@ -312,7 +315,9 @@ def run_enhance(
         copy=False,
         shapes=shapes,
         fields=settings.fields,
+        codecs=spec.codec,
         compression=spec.compression,
+        write_threads=spec.write_threads or default_write_threads(spec.num_threads),
         attrs=attrs,
         expected=len(mine),
         overwrite=True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,7 +29,15 @@ ENV_PREFIX = "ENHANCER_"
 REQUIRED = "<required>"  # marker default of required string fields, so that any table can omit them until merged
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
 LOADERS = ("auto", "dali", "torch")
-COMPRESSIONS = ("gzip", "lzf", "none")
+COMPRESSIONS = ("auto", "gzip", "lzf", "none")  # codec of the fields without their own; auto: measured defaults
+# Fields that take a codec, and those that may be stored as JPEG: the store's own lists (enhancer.store.codecs),
+# repeated here because specs must not import the store; tests/test_store_codecs.py keeps them equal.
+CODEC_FIELDS = (
+    *("index", "label", "pred", "prob", "orig_size", "image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
+    *("lung_mask", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou"),
+)
+JPEG_FIELDS = ("image", "crop", "enhanced")
+_CODEC_NAME = re.compile(r"^(none|lzf|gzip[1-9]?|jpeg(100|[1-9][0-9]?)?)$")
 VALIDATE_LEVELS = ("header", "full")
 IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
 
@@ -53,7 +62,9 @@ class EnhanceSpec:
     num_threads: int = 2  # DALI CPU threads / torch DataLoader workers
     amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
-    compression: str = "gzip"  # gzip | lzf | none
+    codec: dict[str, str] = field(default_factory=dict)  # [enhance.codec] field = "none" | "gzip1".."gzip9" | "jpeg95"
+    compression: str = "auto"  # codec of the fields not in `codec`: auto (measured defaults) | gzip | lzf | none
+    write_threads: int | None = None  # threads compressing shard chunks; None: the cores left after num_threads
     validate: str = "header"  # header | full: how deeply files are checked before decoding
     source_size: int = 512  # resolution of the crop source (crops are cut from it, not from the model input)
     queue_size: int = 4  # batches waiting for the writer thread
@@ -80,6 +91,10 @@ class EnhanceSpec:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
+        if self.write_threads is not None and self.write_threads < 1:
+            raise SpecError(f"write_threads must be >= 1 (or left out: the cores left), got {self.write_threads}")
+        for name, codec in self.codec.items():
+            check_codec(name, codec)
         _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +196,17 @@ class CycleSpec:
         return to_plain(self)
 
 
+def check_codec(field_name: str, codec: str) -> None:
+    """A ``codec`` entry: a field that has a codec, and a codec that field accepts."""
+    if field_name not in CODEC_FIELDS:
+        raise SpecError(f"codec.{field_name}: no such field; fields with a codec: {', '.join(CODEC_FIELDS)}")
+    jpeg = field_name in JPEG_FIELDS
+    if not _CODEC_NAME.match(codec) or (codec.startswith("jpeg") and not jpeg):
+        choices = "none, gzip, gzip1..gzip9, lzf" + (", jpeg, jpeg1..jpeg100" if jpeg else "")
+        only = "" if jpeg else f" (jpeg only for {', '.join(JPEG_FIELDS)})"
+        raise SpecError(f"codec.{field_name} = {codec!r} is not valid; choose one of {choices}{only}")
+
+
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise SpecError(f"{name} = {value!r} is not valid; choose one of {', '.join(valid)}")
@@ -224,6 +250,10 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             except SpecError as exc:
                 errors.append(str(exc))
         raise SpecError(errors[0] if len(errors) == 1 else f"{key} ({source}): {value!r} fits none of {hint}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{key} ({source}) must be a table of name = value pairs, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise SpecError(f"{key} ({source}) must be a table of settings, got {value!r}")

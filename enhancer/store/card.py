@@ -54,18 +54,17 @@ def render_card(m: Manifest) -> str:
         "",
         "## Fields",
         "",
-        (
-            "First axis = sample; one HDF5 chunk per sample; filters: "
-            f"{m.filters.get('compression')} (level {m.filters.get('compression_opts')}, "
-            f"shuffle {m.filters.get('shuffle')})."
-        ),
+        "First axis = sample; one HDF5 chunk per sample. Codecs: `none` raw and `gzipN` (HDF5's deflate filter, level",
+        "N) read as arrays in any HDF5 reader; `jpegQ` fields hold one JPEG file (quality Q) per sample in a",
+        "variable-length uint8 dataset (any HDF5 reader returns the bytes, any JPEG decoder the pixels; the dataset's",
+        "`sample_shape` attribute gives the decoded shape); `lzf` needs h5py.",
         "",
-        "| field | dtype | shape | meaning |",
-        "|---|---|---|---|",
+        "| field | dtype | shape | codec | meaning |",
+        "|---|---|---|---|---|",
     ]
     for name, info in m.fields.items():
         shape = "(N, " + ", ".join(str(s) for s in info["shape"][1:]) + ")" if len(info["shape"]) > 1 else "(N,)"
-        lines.append(f"| `{name}` | {info['dtype']} | {shape} | {info.get('doc', '')} |")
+        lines.append(f"| `{name}` | {info['dtype']} | {shape} | {info.get('codec', '')} | {info.get('doc', '')} |")
     lines += [
         "",
         "`orig_size` is (height, width); `crop_box` is (x0, y0, x1, y1) in original pixels. Shards also hold a",
@@ -105,12 +104,23 @@ def render_card(m: Manifest) -> str:
         "    with h5py.File(s['file'], 'r') as f:",
         f"        x, y, path = f['{img}'][0], f['label'][0], f['path'][0].decode()",
         "```",
+        *_jpeg_note(m, img),
         "",
         "As image files: `enhancer.store.export_imagefolder('.', 'png_out', field='enhanced')` writes",
         "`png_out/<CLASS>/<stem>.png`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _jpeg_note(m: Manifest, img: str) -> list[str]:
+    if not str(m.fields.get(img, {}).get("codec", "")).startswith("jpeg"):
+        return []
+    return [
+        "",
+        f"`{img}` is stored as JPEG: `f['{img}'][0]` is the file's bytes; decode them, e.g.",
+        f"`PIL.Image.open(io.BytesIO(f['{img}'][0].tobytes()))`.",
+    ]
 
 
 def _mean_n(st: dict) -> str:

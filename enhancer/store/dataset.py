@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from enhancer.store.manifest import Manifest
+from enhancer.store.reading import read_rows
 from enhancer.store.schema import FIELDS, STR, StoreError
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,11 @@ class EnhancedDataset(torch.utils.data.Dataset):
         f = self._file(pos)
         sample: dict[str, Any] = {}
         for name in self.fields:
-            value = f[name][row]
             if FIELDS[name].dtype == STR:
+                value = f[name][row]
                 sample[name] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            else:
-                sample[name] = torch.from_numpy(np.asarray(value).copy())
+            else:  # JPEG planes are decoded here, transparently
+                sample[name] = torch.from_numpy(np.array(read_rows(f[name], row)))
         return self.transform(sample) if self.transform is not None else sample
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from enhancer.hashing import file_sha256
 from enhancer.store.manifest import Manifest, detect_num_shards
+from enhancer.store.reading import read_rows, sample_dtype, sample_shape
 from enhancer.store.schema import FIELDS, REJECTED_GROUP, STR, StoreError, parse_shard_name
 from enhancer.store.writer import is_complete
 
@@ -122,12 +123,12 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
                 continue
             ds = f[fname]
             want = "str" if FIELDS[fname].dtype == STR else FIELDS[fname].dtype
-            got = "str" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
+            got = sample_dtype(ds)
             if got != want:
                 problem("dtype", f"{name}: field {fname!r} has dtype {got}, schema says {want}")
             if len(ds) != n_expected:
                 problem("length", f"{name}: field {fname!r} has {len(ds)} rows, manifest says {n_expected}")
-            if list(ds.shape[1:]) != list(info["shape"][1:]):
+            if list(sample_shape(ds)) != list(info["shape"][1:]):
                 problem("shape", f"{name}: field {fname!r} has shape {ds.shape}, manifest says {info['shape']}")
         if found.get("missing") or found.get("length"):
             _flush(found, problems)
@@ -192,16 +193,18 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
 
 
 def _read_all(ds: h5py.Dataset, name: str, fname: str, problem) -> np.ndarray:
-    """Read every row (so every chunk is decompressed); rows that fail are named and left as zeros."""
-    out = np.zeros(ds.shape, dtype=object if h5py.check_string_dtype(ds.dtype) else ds.dtype)
+    """Read every row (so every chunk is decompressed and every JPEG decoded); rows that fail are named and left as
+    zeros."""
+    dtype = sample_dtype(ds)
+    out = np.zeros((len(ds), *sample_shape(ds)), dtype=object if dtype == "str" else dtype)
     for start in range(0, len(ds), _BLOCK):
         stop = min(start + _BLOCK, len(ds))
         try:
-            out[start:stop] = ds[start:stop]
+            out[start:stop] = read_rows(ds, slice(start, stop))
         except Exception:
             for r in range(start, stop):
                 try:
-                    out[r] = ds[r]
+                    out[r] = read_rows(ds, r)
                 except Exception as e:
                     problem("read", f"{name}: {fname} row {r} unreadable ({e})")
     return out
