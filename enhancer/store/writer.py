@@ -202,6 +202,7 @@ class ShardWriter:
         self.n_rejected = 0
         self._seen: set[int] = set()
         self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # looked up once: a lookup by name costs more than a chunk write
 
     # -- context manager -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -235,8 +236,7 @@ class ShardWriter:
             # broken handles that crash the interpreter at exit. Uncached, the failing write() itself raises.
             f = h5py.File(self.tmp_path, "w-", rdcc_nbytes=0)
             self._file = f
-            for name in self.fields:
-                self._create_dataset(f, name)
+            self._datasets = {name: self._create_dataset(f, name) for name in self.fields}
             g = f.create_group(REJECTED_GROUP)
             for col in REJECTED_COLUMNS:
                 dtype = np.int64 if col == "index" else _STR_DTYPE
@@ -255,12 +255,11 @@ class ShardWriter:
                 a[key] = value
         log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
 
-    def _create_dataset(self, f: h5py.File, name: str) -> None:
+    def _create_dataset(self, f: h5py.File, name: str) -> h5py.Dataset:
         shape = self.shapes[name]
         codec = self.codecs.get(name)
         if codec is None:  # variable-length strings: filters would only compress heap pointers
-            f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1,), dtype=_STR_DTYPE)
-            return
+            return f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1,), dtype=_STR_DTYPE)
         if codec.kind == "jpeg":
             ds = f.create_dataset(
                 name, shape=(0,), maxshape=(None,), chunks=(1,), dtype=h5py.vlen_dtype(np.dtype(np.uint8))
@@ -282,6 +281,7 @@ class ShardWriter:
                 **filters,
             )
         ds.attrs["codec"] = codec.name
+        return ds
 
     # -- writing ---------------------------------------------------------------------------------------------
     def write(self, batch: Mapping[str, Any]) -> int:
@@ -316,12 +316,12 @@ class ShardWriter:
             return 0
         try:
             with self._io("write"):
-                for name in self.fields:
-                    f[name].resize(start + n, axis=0)
+                for ds in self._datasets.values():
+                    ds.resize(start + n, axis=0)
                 for name, arr in pending.raw.items():  # first: the pool keeps encoding meanwhile
-                    f[name][start : start + n] = arr
+                    self._datasets[name][start : start + n] = arr
             for name in pending.encoded:
-                self._write_encoded(f, name, start, pending)
+                self._write_encoded(name, start, pending)
             with self._io("write"):
                 if time.monotonic() - self._last_flush >= self.flush_interval_s:
                     f.flush()
@@ -332,8 +332,8 @@ class ShardWriter:
         self.n_samples += n
         return n
 
-    def _write_encoded(self, f: h5py.File, name: str, start: int, pending: PendingBatch) -> None:
-        ds = f[name]
+    def _write_encoded(self, name: str, start: int, pending: PendingBatch) -> None:
+        ds = self._datasets[name]
         is_jpeg = self.codecs[name].kind == "jpeg"
         # Deflate runs in HDF5 holding the GIL; these chunks were compressed on the pool instead, where zlib releases
         # it. A chunk that deflate would grow is stored raw with every filter masked off for that chunk.
@@ -393,7 +393,7 @@ class ShardWriter:
                 f.attrs["complete"] = True
                 f.flush()
                 f.close()
-                self._file = None
+                self._file, self._datasets = None, {}
                 _fsync_path(self.tmp_path)
                 os.replace(self.tmp_path, self.path)
                 _fsync_path(self.out_dir, directory=True)
@@ -411,7 +411,7 @@ class ShardWriter:
                 self._file.close()
             except Exception as e:
                 log.debug("closing %s after failure: %s", self.tmp_path, e)
-            self._file = None
+            self._file, self._datasets = None, {}
         try:
             self.tmp_path.unlink(missing_ok=True)
         except OSError as e:
