@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from enhancer.store.manifest import Manifest
-from enhancer.store.reading import read_rows
+from enhancer.store.reading import FieldReader
 from enhancer.store.schema import FIELDS, STR, StoreError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         self.transform = transform
         self._offsets = self.manifest.offsets
         self._files: dict[int, h5py.File] = {}
+        self._readers: dict[tuple[int, str], FieldReader] = {}
         self._pid: int | None = None
         self.labels = self._read_labels()
 
@@ -84,14 +85,13 @@ class EnhancedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         pos, row = self.locate(int(index))
-        f = self._file(pos)
         sample: dict[str, Any] = {}
         for name in self.fields:
+            value = self._reader(pos, name).read(row)  # JPEG planes are decoded here, transparently
             if FIELDS[name].dtype == STR:
-                value = f[name][row]
                 sample[name] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            else:  # JPEG planes are decoded here, transparently
-                sample[name] = torch.from_numpy(np.array(read_rows(f[name], row)))
+            else:
+                sample[name] = torch.from_numpy(np.array(value))
         return self.transform(sample) if self.transform is not None else sample
 
     def close(self) -> None:
@@ -99,12 +99,12 @@ class EnhancedDataset(torch.utils.data.Dataset):
         if self._pid == os.getpid():
             for f in self._files.values():
                 f.close()
-        self._files = {}
+        self._files, self._readers = {}, {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Open h5py handles cannot be pickled (spawn workers) and must not be shared across processes.
         state = self.__dict__.copy()
-        state["_files"] = {}
+        state["_files"], state["_readers"] = {}, {}
         state["_pid"] = None
         return state
 
@@ -117,7 +117,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         pid = os.getpid()
         if self._pid != pid:
             # Forked from a process that had files open: its handles belong to the parent, start afresh.
-            self._files = {}
+            self._files, self._readers = {}, {}
             self._pid = pid
         f = self._files.get(pos)
         if f is None:
@@ -130,6 +130,13 @@ class EnhancedDataset(torch.utils.data.Dataset):
                 raise StoreError(f"cannot open {path} ({e}); run verify({str(self.out_dir)!r}) to check it") from e
             self._files[pos] = f
         return f
+
+    def _reader(self, pos: int, name: str) -> FieldReader:
+        f = self._file(pos)  # first: it resets the readers in a forked worker
+        reader = self._readers.get((pos, name))
+        if reader is None:
+            reader = self._readers[(pos, name)] = FieldReader(f[name])
+        return reader
 
     def _read_labels(self) -> np.ndarray:
         parts = []

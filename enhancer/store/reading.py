@@ -53,15 +53,27 @@ def sample_dtype(ds: h5py.Dataset) -> str:
     return str(ds.dtype)
 
 
+class FieldReader:
+    """One field of one open shard, its codec looked up once (readers that fetch sample by sample keep one)."""
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self.ds = ds
+        self.jpeg = is_jpeg(ds)
+        self.shape = sample_shape(ds)
+
+    def read(self, selection: Any) -> np.ndarray:
+        """``ds[selection]`` (an int, a slice or a sorted list of rows) with JPEG samples decoded."""
+        data = self.ds[selection]
+        if not self.jpeg:
+            return data
+        if isinstance(selection, int | np.integer):
+            return jpeg_decode(data, self.shape)
+        out = np.empty((len(data), *self.shape), dtype=np.uint8)
+        for k, item in enumerate(data):
+            out[k] = jpeg_decode(item, self.shape)
+        return out
+
+
 def read_rows(ds: h5py.Dataset, selection: Any) -> np.ndarray:
     """``ds[selection]`` (an int, a slice or a sorted list of rows) with JPEG samples decoded."""
-    data = ds[selection]
-    if not is_jpeg(ds):
-        return data
-    shape = sample_shape(ds)
-    if isinstance(selection, int | np.integer):
-        return jpeg_decode(data, shape)
-    out = np.empty((len(data), *shape), dtype=np.uint8)
-    for k, item in enumerate(data):
-        out[k] = jpeg_decode(item, shape)
-    return out
+    return FieldReader(ds).read(selection)
