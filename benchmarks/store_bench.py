@@ -71,6 +71,7 @@ CONFIGS = {
             {n: "gzip1" for n in ("image", "heatmap", "crop", "enhanced")},
             "deflate level 1 on the planes",
         ),
+        Config("gzip1-enhanced", "auto", {"enhanced": "gzip1"}, "the default + the enhanced plane gzip1"),
         Config("jpeg95", "auto", JPEG_PLANES, "X-ray planes as JPEG quality 95, heatmap gzip1"),
         Config("jpeg90", "auto", {name: "jpeg90" for name in JPEG_FIELDS}, "X-ray planes as JPEG quality 90"),
     )
