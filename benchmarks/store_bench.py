@@ -43,6 +43,7 @@ from enhancer.specs import EnhanceSpec
 from enhancer.store import AsyncShardWriter, per_sample_shapes
 from enhancer.store.codecs import JPEG_FIELDS, resolve_codecs
 from enhancer.store.encoding import default_write_threads
+from enhancer.store.layout import shard_path
 from enhancer.store.reading import read_rows
 
 PSNR_MIN_DB = 40.0
@@ -180,9 +181,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for config, threads in runs:
             out = tmp / "out"
             seconds[(config.name, threads)].append(write_once(out, config, threads, batches, shapes))
-            size = (out / "shard-00000-of-00001.h5").stat().st_size
+            path = shard_path(out, 0, 1)
+            size = path.stat().st_size
             if (config.name, threads) not in results:
-                ok, psnr = read_back(out / "shard-00000-of-00001.h5", batches)
+                ok, psnr = read_back(path, batches)
                 results[(config.name, threads)] = {
                     "bytes_per_sample": size / args.n,
                     "readback_ok": ok,
