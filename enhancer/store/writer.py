@@ -184,6 +184,7 @@ class ShardWriter:
         self._last_flush = time.monotonic()
         self.n_samples = 0
         self.n_rejected = 0
+        self.finish_s = 0.0  # time close() took: HDF5 close, fsync (the disk catching up), rename
         self._seen: set[int] = set()
         self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}  # looked up once: a lookup by name costs more than a chunk write
@@ -370,6 +371,7 @@ class ShardWriter:
                 f"shard {self.shard_id} ({self.path.name}): {self.n_samples} written + {self.n_rejected} rejected = "
                 f"{total}, expected {self.expected}; every input must be written or rejected. Rerun the shard."
             )
+        started = time.perf_counter()
         try:
             with self._io("finish"):
                 f.attrs["n_samples"] = self.n_samples
@@ -382,6 +384,7 @@ class ShardWriter:
         except BaseException:
             self.abort("finish failed")
             raise
+        self.finish_s = time.perf_counter() - started
         log.info("shard %s complete: %d written, %d rejected", self.path.name, self.n_samples, self.n_rejected)
         return self.path
 
