@@ -120,10 +120,12 @@ def make_batches(real: dict[str, np.ndarray], n: int, batch_size: int) -> list[d
 
 def write_once(
     out: Path, config: Config, threads: int, batches: list[dict[str, Any]], shapes: dict
-) -> tuple[float, float]:
-    """Seconds to write ``batches`` into one shard as the job does (async writer, its queue), and the seconds its
-    completion took after that (HDF5 close, fsync: the disk catching up, rename)."""
+) -> tuple[float, float, float]:
+    """Seconds to write ``batches`` into one shard as the job does (async writer, its queue), the seconds its
+    completion took after that (HDF5 close, fsync: the disk catching up, rename), and the CPU seconds of all the
+    process's threads for the whole (which other load on the machine barely changes, unlike the wall clock)."""
     shutil.rmtree(out, ignore_errors=True)
+    cpu = time.process_time()
     start = time.perf_counter()
     writer = AsyncShardWriter(
         out,
@@ -142,7 +144,7 @@ def write_once(
         for batch in batches:
             writer.put(dict(batch))
     total = time.perf_counter() - start
-    return total - writer.writer.finish_s, writer.writer.finish_s
+    return total - writer.writer.finish_s, writer.writer.finish_s, time.process_time() - cpu
 
 
 def read_back(path: Path, batches: list[dict[str, Any]]) -> tuple[bool, float | None]:
@@ -179,7 +181,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     raw_per_sample = sum(v[0].nbytes for k, v in real.items() if k != "path") + 30
     runs = [(CONFIGS[name], t) for name in args.configs for t in args.threads]
     write_once(tmp / "warm", CONFIGS["default"], 1, batches[:2], shapes)
-    times: dict[tuple[str, int], list[tuple[float, float]]] = {(c.name, t): [] for c, t in runs}
+    times: dict[tuple[str, int], list[tuple[float, float, float]]] = {(c.name, t): [] for c, t in runs}
     results: dict[tuple[str, int], dict[str, Any]] = {}
     for _ in range(args.repeats):
         for config, threads in runs:
@@ -210,16 +212,18 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
-def _rates(times: list[tuple[float, float]], n: int, raw_per_sample: int) -> dict[str, Any]:
-    """samples/s to the last HDF5 write (median, min, all rounds) and including the shard's completion (fsync)."""
-    rates = [n / write for write, _ in times]
-    with_fsync = [n / (write + finish) for write, finish in times]
+def _rates(times: list[tuple[float, float, float]], n: int, raw_per_sample: int) -> dict[str, Any]:
+    """samples/s to the last HDF5 write (median, min, all rounds), including the shard's completion (fsync), and
+    CPU milliseconds per sample (all threads)."""
+    rates = [n / write for write, _, _ in times]
+    with_fsync = [n / (write + finish) for write, finish, _ in times]
     return {
         "samples_per_s": statistics.median(rates),
         "samples_per_s_min": min(rates),
         "samples_per_s_all": rates,
         "samples_per_s_with_fsync": statistics.median(with_fsync),
-        "finish_s": statistics.median(finish for _, finish in times),
+        "cpu_ms_per_sample": statistics.median(1e3 * cpu / n for _, _, cpu in times),
+        "finish_s": statistics.median(finish for _, finish, _ in times),
         "mib_per_s": statistics.median(rates) * raw_per_sample / 2**20,
         "raw_bytes_per_sample": raw_per_sample,
     }
@@ -228,15 +232,16 @@ def _rates(times: list[tuple[float, float]], n: int, raw_per_sample: int) -> dic
 def print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['n']} samples, batch {report['batch_size']}, median (min) of {report['repeats']} rounds\n")
     print(
-        "| config | threads | samples/s | with fsync | MiB/s in | bytes/sample | vs raw | read back | PSNR dB | "
-        "readable by |"
+        "| config | threads | samples/s | with fsync | CPU ms/sample | MiB/s in | bytes/sample | vs raw | read back | "
+        "PSNR dB | readable by |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
     for c in report["configs"]:
         psnr = f"{c['psnr_db']:.1f}" if c["psnr_db"] is not None else "lossless"
         print(
             f"| {c['config']} | {c['threads']} | {c['samples_per_s']:,.0f} ({c['samples_per_s_min']:,.0f}) | "
-            f"{c['samples_per_s_with_fsync']:,.0f} | {c['mib_per_s']:,.0f} | {c['bytes_per_sample']:,.0f} | "
+            f"{c['samples_per_s_with_fsync']:,.0f} | {c['cpu_ms_per_sample']:.2f} | {c['mib_per_s']:,.0f} | "
+            f"{c['bytes_per_sample']:,.0f} | "
             f"{c['raw_bytes_per_sample'] / c['bytes_per_sample']:.2f}x | {'ok' if c['readback_ok'] else 'FAILED'} | "
             f"{psnr} | {c['readable_by']} |"
         )
