@@ -312,5 +312,7 @@ def test_cli_codec_option_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "codec.heatmap = 'jpeg95' is not valid" in result.output
     result = CliRunner().invoke(main, [*args, "--codec", "image"])
     assert result.exit_code == 2 and "'image' is not FIELD=CODEC" in result.output
-    help_text = CliRunner().invoke(main, ["enhance", "--help"]).output
+    help_text = " ".join(CliRunner().invoke(main, ["enhance", "--help"]).output.split())
     assert "--codec FIELD=CODEC" in help_text and "--write-threads" in help_text
+    defaults = ", ".join(f"{k}={v}" for k, v in DEFAULT_CODECS.items())
+    assert f"[default: {defaults}, the rest none]" in help_text  # the help states the real defaults
