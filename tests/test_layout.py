@@ -130,3 +130,12 @@ def test_packages_import_only_what_the_architecture_allows() -> None:
         if package_of(target) != package_of(module) and package_of(target) not in MAY_IMPORT[package_of(module)]
     ]
     assert breaches == []
+
+
+def test_no_public_name_of_the_store_is_a_module_name() -> None:
+    """``enhancer.store`` loads its names lazily; a submodule named like a public name (``verify``) would replace
+    that name with the module as soon as the submodule is imported."""
+    import enhancer.store
+
+    modules = {p.stem for p in (PACKAGE / "store").glob("*.py")}
+    assert set(enhancer.store.__all__) & modules == set()

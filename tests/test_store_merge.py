@@ -172,20 +172,3 @@ def test_verify_without_manifest(tmp_path: Path) -> None:
     write_dataset(tmp_path, 1, 2, rejected=())
     report = verify(tmp_path)
     assert not report.ok and "run merge on it first" in report.problems[0]
-
-
-def test_store_exports_the_verify_function_not_its_module() -> None:
-    # ``verify`` is both a public function and the name of its module; the package's lazy loading must hand out the
-    # function however often it is imported.
-    import subprocess
-    import sys
-
-    code = (
-        "from enhancer.store import verify as a\n"
-        "from enhancer.store import verify as b\n"
-        "import enhancer.store as s\n"
-        "print(callable(a), callable(b), callable(s.verify))"
-    )
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True", "True"], out.stdout + out.stderr

@@ -32,8 +32,8 @@ _HOMES = {
     "StoreError": "schema",
     "per_sample_shapes": "schema",
     "resolve_fields": "schema",
-    "VerifyReport": "verify",
-    "verify": "verify",
+    "VerifyReport": "verification",
+    "verify": "verification",
     "AsyncShardWriter": "writer",
     "ShardWriteError": "writer",
     "ShardWriter": "writer",
@@ -49,9 +49,6 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
         value = getattr(importlib.import_module(f"enhancer.store.{_HOMES[name]}"), name)
-        # Importing a submodule binds it on the package under its own name: for ``verify`` (the function lives in
-        # the module ``verify``) that would make the next ``from enhancer.store import verify`` the module. Bind
-        # the public name itself, which also spares later look-ups this function.
-        globals()[name] = value
+        globals()[name] = value  # found once; no public name is also a module's name, so nothing rebinds it
         return value
     raise AttributeError(f"module 'enhancer.store' has no attribute {name!r}")
