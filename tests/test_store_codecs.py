@@ -199,6 +199,7 @@ def test_chunks_stay_in_sample_order_under_many_threads(tmp_path: Path, xray_pla
     with AsyncShardWriter(
         tmp_path, 0, 1, fields=FIELDS, shapes=_shapes(), codecs=codecs, write_threads=4, maxsize=2
     ) as w:
+        assert w.codecs["enhanced"] == Codec("jpeg", 95) and w.codecs["prob"] == Codec("none")
         for b in batches:
             w.put(b)
     want = {k: np.concatenate([b[k] for b in batches]) for k in ("index", "image", "heatmap", "cam", "enhanced")}

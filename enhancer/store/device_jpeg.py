@@ -3,7 +3,7 @@
 Usage (in the enhance loop, on the device tensors of one batch)::
 
     from enhancer.store.device_jpeg import encode_jpeg_fields
-    outputs = encode_jpeg_fields(outputs, writer.writer.codecs)   # jpeg fields on CUDA -> DeviceJpegs
+    outputs = encode_jpeg_fields(outputs, writer.codecs)          # jpeg fields on CUDA -> DeviceJpegs
     host = {k: v.to_host() if isinstance(v, DeviceJpegs) else v.cpu().numpy() for k, v in outputs.items()}
     writer.put(host)                                               # EncodedPlanes are stored as they are
 

@@ -582,6 +582,11 @@ class AsyncShardWriter:
     def n_samples(self) -> int:
         return self.writer.n_samples
 
+    @property
+    def codecs(self) -> dict[str, Codec]:
+        """The codec of every field (``enhancer.store.device_jpeg.encode_jpeg_fields`` takes them)."""
+        return self.writer.codecs
+
     def _enqueue(self, item: tuple[str, Any]) -> None:
         self._raise_pending()
         if self._thread is None:
