@@ -231,7 +231,7 @@ def check_codec(field_name: str, codec: str) -> None:
     if field_name not in CODEC_FIELDS:
         raise SpecError(f"codec.{field_name}: no such field; fields with a codec: {', '.join(CODEC_FIELDS)}")
     jpeg = field_name in JPEG_FIELDS
-    if not _CODEC_NAME.match(codec) or (codec.startswith("jpeg") and not jpeg):
+    if not isinstance(codec, str) or not _CODEC_NAME.match(codec) or (codec.startswith("jpeg") and not jpeg):
         choices = "none, gzip, gzip1..gzip9, lzf" + (", jpeg, jpeg1..jpeg100" if jpeg else "")
         only = "" if jpeg else f" (jpeg only for {', '.join(JPEG_FIELDS)})"
         raise SpecError(f"codec.{field_name} = {codec!r} is not valid; choose one of {choices}{only}")
