@@ -49,11 +49,9 @@ def gaussian_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     if r > min(h, w):
         raise ValueError(f"maps of {h}x{w} pixels are smaller than the {len(taps)}-tap SSIM window's radius")
     k = taps.to(x.dtype)
-    y = x.index_select(2, _symmetric_index(w, r, x.device))
-    y = F.conv1d(y.reshape(n * h, 1, -1), k.view(1, 1, -1)).view(n, h, w)
-    y = y.transpose(1, 2).index_select(2, _symmetric_index(h, r, x.device))
-    y = F.conv1d(y.reshape(n * w, 1, -1), k.view(1, 1, -1)).view(n, w, h)
-    return y.transpose(1, 2)
+    padded = x.index_select(2, _symmetric_index(w, r, x.device)).index_select(1, _symmetric_index(h, r, x.device))
+    y = F.conv2d(padded[:, None], k.view(1, 1, 1, -1))
+    return F.conv2d(y, k.view(1, 1, -1, 1))[:, 0]
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: float = SIGMA) -> torch.Tensor:
