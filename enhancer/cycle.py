@@ -103,7 +103,7 @@ def _audit(spec: CycleSpec, enhanced: Path, data: str, checkpoint: str, out: Pat
             checkpoint=checkpoint,
             out=str(out),
             data=data,
-            samples=spec.audit_samples,
+            n_samples=spec.audit_samples,
             device=device,
         )
         run_audit(aspec, progress=False)

@@ -165,7 +165,8 @@ class AuditSpec:
     masks: str | None = None  # folder of lesion masks, one <stem>.png per image (nonzero = lesion)
     boxes: str | None = None  # lesion boxes: RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1
     second_checkpoint: str | None = None  # another seed or round of the model: repeatability of the maps
-    samples: int = 64  # audited samples, a seeded random subset (0: all)
+    # audited samples, a seeded random subset (0: all); not "samples": ENHANCER_SAMPLES names the sample X-rays' folder
+    n_samples: int = 64
     seed: int = 0  # subset, randomisation, random maps, tie orders and bootstrap
     resamples: int = 1000  # bootstrap resamples of every 95% interval
     batch_size: int = 16
@@ -181,8 +182,8 @@ class AuditSpec:
         for name in ("resamples", "batch_size", "steps"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.samples < 0 or self.samples == 1:
-            raise SpecError(f"samples must be 0 (all) or >= 2 (random pairs need two maps), got {self.samples}")
+        if self.n_samples < 0 or self.n_samples == 1:
+            raise SpecError(f"n_samples must be 0 (all) or >= 2 (random pairs need two maps), got {self.n_samples}")
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         _check_choice("baseline", self.baseline, ("blur", "mean"))
         _check_choice("score", self.score, ("prob", "logit"))

@@ -3,7 +3,7 @@
 Usage::
 
     from enhancer.audit.run import run_audit
-    result = run_audit(AuditSpec(dataset="enhanced/", checkpoint="best.pt", out="audit/", samples=64))
+    result = run_audit(AuditSpec(dataset="enhanced/", checkpoint="best.pt", out="audit/", n_samples=64))
     result.verdict, result.document["randomisation"]["verdict"]
 
     # the checks on tensors, without a dataset (phantoms, another map function):
@@ -193,7 +193,7 @@ def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = 
     manifest = Manifest.load(spec.dataset)
     _check_checkpoint(manifest, ck.sha256, spec)
     inputs = read_inputs(
-        spec.dataset, ck.preprocessing, samples=spec.samples, seed=spec.seed, data_root=spec.data, device=device
+        spec.dataset, ck.preprocessing, samples=spec.n_samples, seed=spec.seed, data_root=spec.data, device=device
     )
     model = ck.model.to(device).eval()
     second = load_checkpoint(spec.second_checkpoint).model.to(device).eval() if spec.second_checkpoint else None

@@ -19,7 +19,9 @@ from enhancer.cli.app import EnhancerError, main, overrides, reports_errors
 @click.option(
     "--boxes", help="Lesion boxes, RSNA CSV or path,x0,y0,x1,y1 (as enhance --boxes): localisation.  [default: none]"
 )
-@click.option("--samples", type=int, help="Samples audited, a seeded random subset; 0 = all.  [default: 64]")
+@click.option(
+    "--samples", "n_samples", type=int, help="Samples audited, a seeded random subset; 0 = all.  [default: 64]"
+)
 @click.option(
     "--second-checkpoint", help="Another seed or round of the model: repeatability of the maps.  [default: none]"
 )
