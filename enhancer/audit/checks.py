@@ -216,44 +216,44 @@ def faithfulness_check(
     ours = _measure(scorer, x, maps, settings, ends, seed)
     rand = _measure(scorer, x, random, settings, ends, seed)
     bar.close()
-    kw = {"seed": seed, "resamples": resamples}
+    return _faithfulness_sections(ours, rand, settings, seed=seed, resamples=resamples)
+
+
+def _faithfulness_sections(
+    ours: dict[str, torch.Tensor], rand: dict[str, torch.Tensor], settings: FaithfulnessSettings, **kw: Any
+) -> dict[str, Any]:
+    """The deletion, insertion, road and confidence sections from the per-sample values of both kinds of maps."""
     fractions = torch.linspace(0, 1, settings.steps + 1).tolist()
-    curves = {
-        kind: {
+    common = {"score": settings.score, "n": len(ours["change"])}
+    sections: dict[str, Any] = {}
+    for kind, better in (("deletion", "lower"), ("insertion", "higher")):
+        sections[kind] = {
+            **_paired("auc", ours[kind], rand[kind], better=better, **kw),
             "fractions": fractions,
             "curve": ours[f"{kind}_curve"].mean(0).tolist(),
             "random_curve": rand[f"{kind}_curve"].mean(0).tolist(),
             "baseline": settings.baseline,
+            **common,
         }
-        for kind in ("deletion", "insertion")
-    }
-    deletion = {**_paired("auc", ours["deletion"], rand["deletion"], better="lower", **kw), **curves["deletion"]}
-    insertion = {**_paired("auc", ours["insertion"], rand["insertion"], better="higher", **kw), **curves["insertion"]}
-    combined = _paired("combined", ours["combined"], rand["combined"], better="higher", **kw)
-    road = {
+    sections["road"] = {
         **_figure("morf", bootstrap_ci(ours["morf"], **kw)),
         **_figure("lerf", bootstrap_ci(ours["lerf"], **kw)),
         **_figure("random_morf", bootstrap_ci(rand["morf"], **kw)),
         **_figure("random_lerf", bootstrap_ci(rand["lerf"], **kw)),
-        **combined,
+        **_paired("combined", ours["combined"], rand["combined"], better="higher", **kw),
         "percentiles": list(settings.percentiles),
         "noise": settings.noise,
+        **common,
     }
-    drop, rdrop = (-ours["change"]).clamp_min(0), (-rand["change"]).clamp_min(0)
-    confidence = {
+    sections["confidence"] = {
         **_paired("change", ours["change"], rand["change"], better="higher", **kw),
-        **_figure("drop", bootstrap_ci(drop, **kw)),
+        **_figure("drop", bootstrap_ci((-ours["change"]).clamp_min(0), **kw)),
         **_figure("increase", bootstrap_ci((ours["change"] > 0).float(), **kw)),
-        **_figure("random_drop", bootstrap_ci(rdrop, **kw)),
+        **_figure("random_drop", bootstrap_ci((-rand["change"]).clamp_min(0), **kw)),
         **_figure("random_increase", bootstrap_ci((rand["change"] > 0).float(), **kw)),
+        **common,
     }
-    score = {"score": settings.score, "n": len(x)}
-    return {
-        "deletion": {**deletion, **score},
-        "insertion": {**insertion, **score},
-        "road": {**road, **score},
-        "confidence": {**confidence, **score},
-    }
+    return sections
 
 
 def localisation_check(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,39 +87,38 @@ def audit_batch(
     batch_size: int = 16,
     progress: bool = False,
 ) -> tuple[dict[str, Any], Figures]:
-    """Every requested check on one batch: the ``audit.json`` sections, ``verdicts``, ``verdict`` and ``seconds``."""
+    """Every requested check on one batch: the ``audit.json`` sections, ``verdicts``, ``verdict`` and ``seconds``.
+    Repeatability needs ``second_model`` (and runs randomisation for its baseline), localisation ``regions``."""
     doc: dict[str, Any] = {}
-    verdicts: dict[str, str] = {}
     seconds: dict[str, float] = {}
     figs = Figures()
     kw = {"seed": seed, "resamples": resamples, "batch_size": batch_size}
     started = time.perf_counter()
-    if "randomisation" in run or "repeatability" in run:
+
+    def timed(name: str, step: Callable[[], None]) -> None:
         t = time.perf_counter()
+        step()
+        seconds[name] = time.perf_counter() - t
+
+    def randomisation() -> None:
         doc["randomisation"], figs.strips = checks.randomisation_check(
             model, x, target, maps, map_fn, progress=progress, **kw
         )
-        verdicts["randomisation"] = doc["randomisation"]["verdict"]
-        seconds["randomisation"] = time.perf_counter() - t
-    if "faithfulness" in run:
-        t = time.perf_counter()
+
+    def faithful() -> None:
         doc.update(
             checks.faithfulness_check(
                 model, x, target, maps, feature_size, settings=faithfulness, progress=progress, **kw
             )
         )
-        verdicts.update({k: doc[k]["verdict"] for k in ("deletion", "insertion", "road", "confidence")})
-        seconds["faithfulness"] = time.perf_counter() - t
-    if "repeatability" in run and second_model is not None:
-        t = time.perf_counter()
+
+    def repeatability() -> None:
         hi = doc["randomisation"]["baseline_ssim_hi"]
         doc["repeatability"] = checks.repeatability_check(
             second_model, x, target, maps, map_fn, baseline_ssim_hi=hi, **kw
         )
-        verdicts["repeatability"] = doc["repeatability"]["verdict"]
-        seconds["repeatability"] = time.perf_counter() - t
-    if "localisation" in run and regions is not None:
-        t = time.perf_counter()
+
+    def localisation() -> None:
         doc["localisation"], figs.localisation = checks.localisation_check(
             maps,
             regions.to(maps.device),
@@ -129,9 +129,24 @@ def audit_batch(
             resamples=resamples,
         )
         figs.regions = regions
-        verdicts["localisation"] = doc["localisation"]["verdict"]
-        seconds["localisation"] = time.perf_counter() - t
+
+    wanted = {
+        "randomisation": "randomisation" in run or ("repeatability" in run and second_model is not None),
+        "faithfulness": "faithfulness" in run,
+        "repeatability": "repeatability" in run and second_model is not None,
+        "localisation": "localisation" in run and regions is not None,
+    }
+    steps = {
+        "randomisation": randomisation,
+        "faithfulness": faithful,
+        "repeatability": repeatability,
+        "localisation": localisation,
+    }
+    for name, step in steps.items():
+        if wanted[name]:
+            timed(name, step)
     seconds["total"] = time.perf_counter() - started
+    verdicts = {k: doc[k]["verdict"] for k in report.CHECKS if k in doc}
     doc.update(verdict=overall(verdicts), verdicts=verdicts, seconds=seconds)
     return doc, figs
 
