@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from enhancer.audit import checks, figures, report
 from enhancer.audit.inputs import AuditInputs, read_inputs
@@ -97,7 +98,11 @@ def audit_batch(
 
     def timed(name: str, step: Callable[[], None]) -> None:
         t = time.perf_counter()
+        # randomisation and faithfulness count their own steps; the two quick checks get a one-step bar
+        bar = tqdm(total=1, desc=name, unit="check", disable=not progress or name in ("randomisation", "faithfulness"))
         step()
+        bar.update()
+        bar.close()
         seconds[name] = time.perf_counter() - t
 
     def randomisation() -> None:
