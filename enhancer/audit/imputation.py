@@ -15,8 +15,9 @@ N(0, 1) is added to the imputed pixels. An image that keeps no pixel at all (whe
 Two solvers give the same solution: ``"direct"``, one sparse LU factorisation of the block-diagonal system of the
 whole batch on the host (scipy's SuperLU, assembled without a per-image loop), and ``"cg"``, conjugate gradients
 for all systems at once on the device (each is symmetric positive definite when the image keeps a pixel).
-Measured side by side on 16 X-ray-sized images (224 x 224) on 2 CPU cores, the LU was 8x (10% kept) to 90x (90%
-kept) faster than CG, so ``"auto"`` uses it on the CPU and CG on CUDA devices, where the batch stays on the device.
+Measured side by side on 16 images of 224 x 224 with smooth removal masks (2 shared CPU cores, 2026-12-01): the LU
+took 11.5 / 3.7 / 0.4 s and CG (relative residual 1e-6) 90.6 / 66.8 / 37.1 s with 10 / 50 / 90% of the pixels kept,
+so ``"auto"`` uses the LU on the CPU and CG on CUDA devices, where the batch stays on the device.
 """
 
 from __future__ import annotations
