@@ -69,7 +69,9 @@ def test_audit_writes_every_check_with_the_documented_keys(case):
     r = doc["randomisation"]
     assert [s["name"] for s in r["stages"]] == ["dense_neural_network", "feature_extractor"]
     assert all(-1 <= s["ssim"] <= 1 and len(s["ssim_ci"]) == 2 for s in r["stages"])
-    assert r["baseline_ssim_hi"] == r["baseline_ssim_ci"][1] and r["verdict"] in ("pass", "fail")
+    assert r["baseline_ssim_hi"] == r["baseline_ssim_ci"][1] and r["verdict"] == r["stages"][-1]["verdict"]
+    assert all(s["baseline_ssim_hi"] == r["baseline_ssim_hi"] for s in r["stages"])
+    assert all(s["verdict"] == ("pass" if s["ssim"] <= r["baseline_ssim_hi"] else "fail") for s in r["stages"])
     for kind in ("deletion", "insertion"):
         assert 0 <= doc[kind]["auc"] <= 1 and len(doc[kind]["curve"]) == 5 and doc[kind]["baseline"] == "blur"
     assert {"morf", "lerf", "combined", "random_morf", "random_lerf", "percentiles"} <= set(doc["road"])

@@ -24,10 +24,11 @@ are ``"pass"``, ``"fail"`` or ``"not run"``.
   ``checkpoint``, ``checkpoint_sha256``, ``second_checkpoint``, ``samples``, ``indices`` (dataset positions),
   ``seed``, ``resamples``, ``device``, ``maps`` (the map function), ``gradcam`` (the dataset's settings),
   ``seconds`` {check: s, total}, ``figures`` [PNG names], ``spec``, provenance (package version, code revision).
-- ``randomisation``: ``stages`` [{``name``, ``modules``, ``ssim``, ``ssim_ci``, ``spearman``, ``spearman_ci``}]
-  (cascading, top first: the maps after re-initialising this stage and all above it, compared with the
-  originals); ``baseline_ssim``, ``baseline_ssim_ci``, ``baseline_ssim_hi`` (= its upper bound),
-  ``baseline_spearman``, ``baseline_spearman_ci``, ``baseline_spearman_hi`` (random pairs of different samples'
+- ``randomisation``: ``stages`` [{``name``, ``modules``, ``ssim``, ``ssim_ci``, ``spearman``, ``spearman_ci``,
+  ``baseline_ssim_hi``, ``verdict``}] (cascading, top first: the maps after re-initialising this stage and all
+  above it, compared with the originals; a stage passes when its ``ssim`` <= ``baseline_ssim_hi``);
+  ``baseline_ssim``, ``baseline_ssim_ci``, ``baseline_ssim_hi`` (= its upper bound), ``baseline_spearman``,
+  ``baseline_spearman_ci``, ``baseline_spearman_hi`` (random pairs of different samples'
   maps), ``pairs``, ``n``, ``verdict`` (pass: the last stage's ``ssim`` <= ``baseline_ssim_hi``).
 - ``deletion``, ``insertion``: ``auc``, ``auc_ci``, ``random_auc``, ``random_auc_ci`` (random maps of the same
   smoothness), ``auc_minus_random``, ``auc_minus_random_ci`` (paired), ``better`` ("lower" / "higher"),

@@ -81,7 +81,9 @@ def randomisation_check(
         strips.stages.append((stage.name, s.value, randomised[:k].detach().cpu()))
         bar.update()
     bar.close()
-    verdict = PASS if rows[-1]["ssim"] <= base_ssim.ci_high else FAIL
+    for row in rows:  # per stage too: has the cascade down to this stage moved the maps as far as random pairs?
+        row.update(baseline_ssim_hi=base_ssim.ci_high, verdict=PASS if row["ssim"] <= base_ssim.ci_high else FAIL)
+    verdict = rows[-1]["verdict"]
     section = {
         "stages": rows,
         **_figure("baseline_ssim", base_ssim),

@@ -7,7 +7,8 @@ Usage::
     draw_curves(document, out_dir / "curves.png")     # deletion and insertion: the maps vs random maps
     draw_worst(images, maps, regions, iou, out_dir / "worst-localised.png")
 
-Map overlays use the same JET colouring as ``enhancer show`` (``enhancer.report.grid.overlay``).
+Map overlays use the Grad-CAM heatmaps' JET colouring (``enhancer.explain.cam.colorize_jet``) at 40% over the
+image, cold pixels (below 20% of the peak) left uncoloured.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from enhancer.audit.checks import Strips
 from enhancer.audit.localisation import otsu_masks
-from enhancer.report.grid import overlay
+from enhancer.explain.cam import colorize_jet
 
 CELL = 160
 TITLE_H = 18
@@ -41,14 +42,13 @@ def _save(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def _u8(t: torch.Tensor) -> np.ndarray:
-    return (t.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
-def _overlay_cell(grey01: torch.Tensor, heat01: torch.Tensor) -> Image.Image:
+def _overlay_cell(grey01: torch.Tensor, heat01: torch.Tensor, alpha: float = 0.4) -> Image.Image:
     """One cell: the map over the image (both (H, W) in [0, 1]), resized to CELL x CELL."""
-    img = Image.fromarray(overlay(_u8(grey01), _u8(heat01)))
-    return img.resize((CELL, CELL), Image.Resampling.BILINEAR)
+    grey = grey01.float().clamp(0, 1)[None].expand(3, -1, -1) * 255
+    colour = colorize_jet(heat01.float()[None])[0].float()
+    a = torch.where(heat01 >= 0.2, alpha, 0.0)
+    rgb = (grey * (1 - a) + colour * a).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(rgb)).resize((CELL, CELL), Image.Resampling.BILINEAR)
 
 
 def _grey01(images: torch.Tensor) -> torch.Tensor:
