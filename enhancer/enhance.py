@@ -43,6 +43,8 @@ from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.stopping import batch_boundaries
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
 from enhancer.store.claims import ShardClaim
+from enhancer.store.codecs import resolve_codecs
+from enhancer.store.encoding import default_write_threads
 from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
@@ -281,6 +283,7 @@ def dataset_attrs(
         "checkpoint_sha256": ck.sha256,
         "model": {k: v for k, v in model_attrs(ck, target).items() if k in ("name", "num_classes", "target_layer")},
         "fields": list(settings.fields),
+        "codecs": {k: c.name for k, c in resolve_codecs(settings.fields, spec.codec, spec.compression).items()},
         "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
@@ -454,7 +457,9 @@ def _shard_writer(
         copy=False,
         shapes=shapes,
         fields=settings.fields,
+        codecs=spec.codec,
         compression=spec.compression,
+        write_threads=spec.write_threads or default_write_threads(spec.num_threads),
         attrs=attrs,
         expected=expected,
         overwrite=True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,7 +29,15 @@ ENV_PREFIX = "ENHANCER_"
 REQUIRED = "<required>"  # marker default of required string fields, so that any table can omit them until merged
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
 LOADERS = ("auto", "dali", "torch")
-COMPRESSIONS = ("gzip", "lzf", "none")
+COMPRESSIONS = ("auto", "gzip", "lzf", "none")  # codec of the fields without their own; auto: measured defaults
+# Fields that take a codec, and those that may be stored as JPEG: the store's own lists (enhancer.store.codecs),
+# repeated here because specs must not import the store; tests/test_store_codecs.py keeps them equal.
+CODEC_FIELDS = (
+    *("index", "label", "pred", "prob", "orig_size", "image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
+    *("lung_mask", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou"),
+)
+JPEG_FIELDS = ("image", "crop", "enhanced")
+_CODEC_NAME = re.compile(r"^(none|lzf|gzip[1-9]?|jpeg(100|[1-9][0-9]?)?)$")
 VALIDATE_LEVELS = ("auto", "header", "full")
 IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
 
@@ -78,7 +87,9 @@ class EnhanceSpec:
     num_threads: int = 2  # DALI CPU threads / torch DataLoader workers
     amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
-    compression: str = "gzip"  # gzip | lzf | none
+    codec: dict[str, str] = field(default_factory=dict)  # [enhance.codec] field = "none" | "gzip1".."gzip9" | "jpeg95"
+    compression: str = "auto"  # codec of the fields not in `codec`: auto (measured defaults) | gzip | lzf | none
+    write_threads: int | None = None  # threads compressing shard chunks; None: the cores left after num_threads
     # auto | header | full: how deeply files are checked before the loader decodes them. auto: full (a PIL decode)
     # when DALI or nvJPEG decode (they crash the process on some corrupt files), header when PIL decodes anyway
     validate: str = "auto"
@@ -115,6 +126,10 @@ class EnhanceSpec:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
         if self.num_classes is not None and self.num_classes < 1:
             raise SpecError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.write_threads is not None and self.write_threads < 1:
+            raise SpecError(f"write_threads must be >= 1 (or left out: the cores left), got {self.write_threads}")
+        for name, codec in self.codec.items():
+            check_codec(name, codec)
         _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +212,52 @@ class EvaluateSpec:
         return to_plain(self)
 
 
+AUDIT_CHECKS = ("randomisation", "faithfulness", "repeatability", "localisation")
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """Settings of ``enhancer audit``: sanity, faithfulness and localisation checks of an enhanced dataset's maps."""
+
+    dataset: str = REQUIRED  # merged enhanced dataset (its manifest names the Grad-CAM settings)
+    checkpoint: str = REQUIRED  # the model that made the dataset's maps
+    out: str = REQUIRED  # audit.json, audit.md and the PNG figures
+    data: str | None = None  # the original ImageFolder, needed when the dataset stores no image field
+    masks: str | None = None  # folder of lesion masks, one <stem>.png per image (nonzero = lesion)
+    boxes: str | None = None  # lesion boxes: RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1
+    second_checkpoint: str | None = None  # another seed or round of the model: repeatability of the maps
+    # audited samples, a seeded random subset (0: all); not "samples": ENHANCER_SAMPLES names the sample X-rays' folder
+    n_samples: int = 64
+    seed: int = 0  # subset, randomisation, random maps, tie orders and bootstrap
+    resamples: int = 1000  # bootstrap resamples of every 95% interval
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int = 10  # deletion / insertion: fractions 0, 1/steps, ..., 1 of the pixels
+    baseline: str = "blur"  # what deleted pixels show: blur | mean
+    score: str = "prob"  # faithfulness score of the explained class: prob | logit
+    checks: tuple[str, ...] = AUDIT_CHECKS  # repeatability needs second_checkpoint, localisation masks or boxes
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "device": DEVICES,
+        "baseline": ("blur", "mean"),
+        "score": ("prob", "logit"),
+    }
+
+    def __post_init__(self) -> None:
+        if self.masks and self.boxes:
+            raise SpecError("give either masks (a folder of PNG masks) or boxes (a box CSV), not both")
+        for name in ("resamples", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_samples < 0 or self.n_samples == 1:
+            raise SpecError(f"n_samples must be 0 (all) or >= 2 (random pairs need two maps), got {self.n_samples}")
+        _check_choices(self)
+        for check in self.checks:
+            _check_choice("checks", check, AUDIT_CHECKS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
 @dataclass(frozen=True)
 class CycleSpec:
     """Settings of ``enhancer cycle``: K rounds of enhance -> train on the enhanced data -> evaluate.
@@ -208,15 +269,29 @@ class CycleSpec:
     out: str = REQUIRED  # round-1/, round-2/, ... and summary.md / summary.json
     rounds: int = 1
     enhance_test: bool = False  # also evaluate on the test set enhanced by the round's starting model (train.field)
+    audit_samples: int = 16  # a quick `enhancer audit` of each round's enhanced data on this many samples (0: none)
     enhance: EnhanceSpec = dataclasses.field(default_factory=EnhanceSpec)
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise SpecError(f"rounds must be >= 1, got {self.rounds}")
+        if self.audit_samples < 0 or self.audit_samples == 1:
+            raise SpecError(f"audit_samples must be 0 (no audit) or >= 2, got {self.audit_samples}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+def check_codec(field_name: str, codec: str) -> None:
+    """A ``codec`` entry: a field that has a codec, and a codec that field accepts."""
+    if field_name not in CODEC_FIELDS:
+        raise SpecError(f"codec.{field_name}: no such field; fields with a codec: {', '.join(CODEC_FIELDS)}")
+    jpeg = field_name in JPEG_FIELDS
+    if not isinstance(codec, str) or not _CODEC_NAME.match(codec) or (codec.startswith("jpeg") and not jpeg):
+        choices = "none, gzip, gzip1..gzip9, lzf" + (", jpeg, jpeg1..jpeg100" if jpeg else "")
+        only = "" if jpeg else f" (jpeg only for {', '.join(JPEG_FIELDS)})"
+        raise SpecError(f"codec.{field_name} = {codec!r} is not valid; choose one of {choices}{only}")
 
 
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -262,6 +337,10 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             except SpecError as exc:
                 errors.append(str(exc))
         raise SpecError(errors[0] if len(errors) == 1 else f"{key} ({source}): {value!r} fits none of {hint}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{key} ({source}) must be a table of name = value pairs, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise SpecError(f"{key} ({source}) must be a table of settings, got {value!r}")

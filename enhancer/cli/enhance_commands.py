@@ -40,7 +40,25 @@ from enhancer.specs import EnhanceSpec
     "fields",
     "Optional fields to store, comma-separated, or 'all'; index, label, pred, prob, path, orig_size are always stored.",
 )
-@spec_option(EnhanceSpec, "compression", "HDF5 compression.")
+@click.option(
+    "--codec",
+    "codecs",
+    multiple=True,
+    metavar="FIELD=CODEC",
+    help="How a field is stored, repeatable: none, gzip1..gzip9 (any HDF5 reader), lzf (h5py only), or jpeg / "
+    "jpeg1..jpeg100 for image, crop, enhanced (JPEG bytes); e.g. --codec image=jpeg95.  "
+    "[default: heatmap=gzip1, lung_mask=gzip1, the rest none]",
+)
+@spec_option(
+    EnhanceSpec,
+    "compression",
+    "Codec of every field without a --codec; auto: the measured per-field defaults (README, Storage codecs).",
+)
+@spec_option(
+    EnhanceSpec,
+    "write_threads",
+    "Threads compressing the shard's chunks; none: the CPU cores left after --num-threads (at least 1).",
+)
 @spec_option(
     EnhanceSpec,
     "validate",
@@ -92,7 +110,14 @@ from enhancer.specs import EnhanceSpec
     "CPU); worker k writes shards k, k+N, ... of --num-shards (default N). Logs in OUT/logs/.",
 )
 @reports_errors
-def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, workers: int, **options: Any) -> None:
+def enhance(
+    job_file: str | None,
+    settings: tuple[str, ...],
+    codecs: tuple[str, ...],
+    progress: bool,
+    workers: int,
+    **options: Any,
+) -> None:
     """Write Grad-CAM heatmaps, crops and enhanced images of every image into an HDF5 shard.
 
     Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
@@ -107,7 +132,7 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
         EnhanceSpec,
         job_file,
         table="enhance" if job_file else None,
-        overrides={**chosen, **overrides(options, settings)},
+        overrides={**chosen, **overrides(options, settings), **codec_overrides(codecs)},
     )
     if workers > 1:
         import dataclasses
@@ -131,6 +156,17 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
 
         summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())
+
+
+def codec_overrides(items: tuple[str, ...]) -> dict[str, str]:
+    """``--codec image=jpeg95`` -> ``{"codec.image": "jpeg95"}`` (the spec checks field and codec)."""
+    found = {}
+    for item in items:
+        name, sep, codec = item.partition("=")
+        if not sep or not name.strip() or not codec.strip():
+            raise click.BadParameter(f"{item!r} is not FIELD=CODEC (e.g. image=jpeg95)", param_hint="--codec")
+        found[f"codec.{name.strip()}"] = codec.strip()
+    return found
 
 
 @main.command("run")

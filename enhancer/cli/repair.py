@@ -44,9 +44,12 @@ def enhance_command(
     ``spec`` (a recorded spec dict); settings equal to today's defaults are left out, unknown ones dropped."""
     words = ["enhancer", "enhance", "--data", data, "--checkpoint", checkpoint, "--out", str(out_dir)]
     words += ["--num-shards", str(num_shards), "--shard-id", str(shard_id)]
-    defaults = _flat(to_plain(EnhanceSpec()))
+    plain = to_plain(EnhanceSpec())
+    defaults = _flat(plain)
+    tables = {k for k, v in plain.items() if v == {}}  # free-form tables, e.g. [enhance.codec]
     for key, value in sorted(_flat(spec).items()):
-        if key in defaults and key not in _OWN_OPTIONS and value is not None and value != defaults[key]:
+        known = key in defaults or key.split(".")[0] in tables
+        if known and key not in _OWN_OPTIONS and value is not None and value != defaults.get(key):
             words += ["--set", f"{key}={toml_value(value)}"]
     return shlex.join(words)
 

@@ -33,6 +33,7 @@ from PIL import Image
 from enhancer.atomic import atomic_write
 from enhancer.store import checksums
 from enhancer.store.manifest import Manifest
+from enhancer.store.reading import FieldReader
 from enhancer.store.schema import FIELDS, STR, StoreError
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         self._offsets = self.manifest.offsets
         self._files: dict[int, h5py.File] = {}
         self._crcs: dict[tuple[int, str], np.ndarray | None] = {}  # stored checksum columns, per process
+        self._readers: dict[tuple[int, str], FieldReader] = {}
         self._pid: int | None = None
         self.labels = self._read_labels()
 
@@ -97,7 +99,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
             if FIELDS[name].dtype == STR:
                 sample[name] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             else:
-                sample[name] = torch.from_numpy(np.asarray(value).copy())
+                sample[name] = torch.from_numpy(np.array(value))
         return self.transform(sample) if self.transform is not None else sample
 
     def close(self) -> None:
@@ -105,12 +107,12 @@ class EnhancedDataset(torch.utils.data.Dataset):
         if self._pid == os.getpid():
             for f in self._files.values():
                 f.close()
-        self._files = {}
+        self._files, self._readers, self._crcs = {}, {}, {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Open h5py handles cannot be pickled (spawn workers) and must not be shared across processes.
         state = self.__dict__.copy()
-        state["_files"], state["_crcs"] = {}, {}
+        state["_files"], state["_readers"], state["_crcs"] = {}, {}, {}
         state["_pid"] = None
         return state
 
@@ -123,7 +125,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         pid = os.getpid()
         if self._pid != pid:
             # Forked from a process that had files open: its handles belong to the parent, start afresh.
-            self._files, self._crcs = {}, {}
+            self._files, self._readers, self._crcs = {}, {}, {}
             self._pid = pid
         f = self._files.get(pos)
         if f is None:
@@ -139,19 +141,22 @@ class EnhancedDataset(torch.utils.data.Dataset):
 
     def _value(self, pos: int, row: int, name: str) -> Any:
         """Row ``row`` of field ``name`` in shard ``pos``, checked against its stored checksum."""
-        f = self._file(pos)
+        reader = self._reader(pos, name)
         try:
-            value = f[name][row]
+            raw = reader.ds[row]  # as stored: what the checksum covers (a JPEG field's JPEG bytes)
         except Exception as e:  # a chunk that fails its filter (a damaged compressed sample)
             raise self._damaged(pos, row, name, f"unreadable ({e})") from e
         if self.verify_checksums:
             key = (pos, name)
             if key not in self._crcs:
-                self._crcs[key] = checksums.stored(f, name)
+                self._crcs[key] = checksums.stored(reader.ds.file, name)
             crcs = self._crcs[key]
-            if crcs is not None and zlib.crc32(checksums.sample_bytes(value)) != crcs[row]:
+            if crcs is not None and zlib.crc32(checksums.sample_bytes(raw)) != crcs[row]:
                 raise self._damaged(pos, row, name, "checksum mismatch, the stored bytes changed after writing")
-        return value
+        try:
+            return reader.decode(raw)  # JPEG planes are decoded here, transparently
+        except Exception as e:
+            raise self._damaged(pos, row, name, f"undecodable ({e})") from e
 
     def _damaged(self, pos: int, row: int, name: str, what: str) -> StoreError:
         shard = self.manifest.shards[pos]
@@ -160,6 +165,13 @@ class EnhancedDataset(torch.utils.data.Dataset):
             f"{what}; `enhancer verify {self.out_dir} --repair-list` lists the shards to rerun (here shard "
             f"{shard.shard_id})"
         )
+
+    def _reader(self, pos: int, name: str) -> FieldReader:
+        f = self._file(pos)  # first: it resets the readers in a forked worker
+        reader = self._readers.get((pos, name))
+        if reader is None:
+            reader = self._readers[(pos, name)] = FieldReader(f[name])
+        return reader
 
     def _read_labels(self) -> np.ndarray:
         parts = []
