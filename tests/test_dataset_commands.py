@@ -209,4 +209,4 @@ def test_verify_names_a_damaged_jpeg(tmp_path, jpeg_dataset):
         f["enhanced"].id.write(h5py.h5s.create_simple((1,)), space, column)
     result = CliRunner().invoke(main, ["verify", str(copy)])
     assert result.exit_code == 1 and "sha256" in result.output
-    assert "enhanced row 3 unreadable" in result.output, result.output
+    assert "sample 3 (index 3), field 'enhanced': unreadable" in result.output, result.output
