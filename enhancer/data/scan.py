@@ -19,8 +19,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from enhancer.data.validate import Rejection
 
 from enhancer.data.errors import DataError
 
@@ -38,11 +44,23 @@ class Sample:
 
 @dataclass(frozen=True)
 class Scan:
-    """The result of a scan: the samples in index order and the class names (``class_names[label]``)."""
+    """The result of a scan: the samples in index order and the class names (``class_names[label]``).
+
+    A label file (``enhancer.data.labels``) adds: ``targets`` (N, C) int8 multi-hot targets of a multi-label file
+    (1, 0, -1 = masked; every ``Sample.label`` is then -1), ``rejected``: the entries refused while reading it (each
+    is also in ``samples``, with its index), ``rows``: each sample's row in the file, and ``label_file``."""
 
     root: str
     samples: tuple[Sample, ...]
     class_names: tuple[str, ...]
+    targets: np.ndarray | None = field(default=None, compare=False)  # arrays have no plain ==
+    rejected: tuple[Rejection, ...] = ()
+    rows: tuple[int, ...] = ()
+    label_file: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets is not None
 
     def __len__(self) -> int:
         return len(self.samples)

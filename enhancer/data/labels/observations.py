@@ -1,0 +1,154 @@
+"""CheXpert and MIMIC-CXR-JPG label files: the 14 observation columns, each 1 (positive), 0 (negative), -1
+(uncertain) or blank (not mentioned: 0). ``--uncertain`` turns -1 into 0, 1 or a masked target (``ignore``: out of
+the loss and the metrics).
+
+- CheXpert (``train.csv``, ``valid.csv``): ``Path`` is relative to the folder above the release
+  (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``); ``--data`` may be that folder or any folder
+  the rest of the path starts from. ``Frontal/Lateral`` gives the view.
+- MIMIC-CXR-JPG (``mimic-cxr-2.0.0-chexpert.csv``): one row per study (``subject_id``, ``study_id``); its images
+  are the JPEGs of ``files/p<first two digits>/p<subject_id>/s<study_id>/``, and every one of them is an entry of
+  that row (a row whose study folder holds none is one rejected entry). A file joined with the metadata (a
+  ``dicom_id`` column) names one image per row; a ``ViewPosition`` column gives the view for ``--view``.
+
+Usage::
+
+    from enhancer.data.labels.observations import read_chexpert, read_mimic
+    found = read_chexpert("train.csv", ImageFinder("/data"), uncertain="ones", view="frontal")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from enhancer.data.errors import DataError
+from enhancer.data.labels.table import (
+    ImageFinder,
+    TableBuilder,
+    apply_uncertain,
+    cell_value,
+    check_view,
+    read_rows,
+    require_columns,
+    view_of,
+)
+from enhancer.data.scan import Scan
+
+# CheXpert's 14 observations in the column order of its label files (MIMIC-CXR-JPG uses the same names).
+OBSERVATIONS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+CHEXPERT_VIEW = "Frontal/Lateral"
+MIMIC_VIEW = "ViewPosition"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+
+
+def observation_targets(row: dict[str, str], uncertain: str) -> tuple[np.ndarray | None, str]:
+    """(targets (14,) int8, "") of one row, or (None, the reason) naming the first unreadable cell."""
+    values = []
+    for name in OBSERVATIONS:
+        value = cell_value(row[name])
+        if value is None:
+            return None, f"unknown label value {row[name]!r} in column {name!r} (valid: 1, 0, -1 or blank)"
+        values.append(value)
+    return apply_uncertain(np.array(values, np.int8), uncertain), ""
+
+
+def _view_problem(row: dict[str, str], column: str, view: str) -> str:
+    """Why the row's view is not ``view`` ("" when it is, or when no view is asked for)."""
+    if view == "all" or view_of(row[column]) == view:
+        return ""
+    return f"{column} {row[column]!r} is not {view} (--view {view})"
+
+
+def read_chexpert(path: str, finder: ImageFinder, *, uncertain: str = "ignore", view: str = "all") -> Scan:
+    """Every row of a CheXpert label file as a sample or a rejected entry."""
+    check_view(view)
+    header, rows = read_rows(path)
+    require_columns(path, header, ("Path", *OBSERVATIONS), "chexpert")
+    if view != "all":
+        require_columns(path, header, (CHEXPERT_VIEW,), f"chexpert file with --view {view}: a")
+    table = TableBuilder(path, OBSERVATIONS, multi_label=True)
+    for line, row in rows:
+        _add_image(table, finder, line, row["Path"], row, uncertain, lambda r: _view_problem(r, CHEXPERT_VIEW, view))
+    return table.build(finder.root)
+
+
+def _add_image(
+    table: TableBuilder,
+    finder: ImageFinder,
+    line: int,
+    rel: str,
+    row: dict[str, str],
+    uncertain: str,
+    view_problem: Callable[[dict[str, str]], str],
+) -> None:
+    """One image of a row: rejected when missing, with an unreadable cell or of another view; else a sample."""
+    found = finder.by_relative(rel) if rel else None
+    where = found or finder.expected(rel or f"<row {line}>")
+    targets, problem = observation_targets(row, uncertain)
+    if found is None:
+        table.reject(line, where, "missing", f"image {rel!r} not found under {finder.root}")
+    elif targets is None:
+        table.reject(line, where, "bad_label", problem)
+    elif reason := view_problem(row):
+        table.reject(line, where, "filtered", reason)
+    else:
+        table.add(line, where, targets=targets)
+
+
+def study_folder(subject: str, study: str) -> str:
+    """MIMIC-CXR-JPG's folder of a study: ``files/p10/p10000032/s50414267``."""
+    return f"files/p{subject[:2]}/p{subject}/s{study}"
+
+
+def read_mimic(path: str, finder: ImageFinder, *, uncertain: str = "ignore", view: str = "all") -> Scan:
+    """Every image of every row of a MIMIC-CXR-JPG label file as a sample or a rejected entry."""
+    check_view(view)
+    header, rows = read_rows(path)
+    require_columns(path, header, ("subject_id", "study_id", *OBSERVATIONS), "mimic")
+    if view != "all" and MIMIC_VIEW not in header:
+        raise DataError(
+            f"{path}: --view {view} needs the {MIMIC_VIEW} column of mimic-cxr-2.0.0-metadata.csv; join the two "
+            "files on dicom_id (one row per image), or drop --view"
+        )
+    table = TableBuilder(path, OBSERVATIONS, multi_label=True)
+    per_image = "dicom_id" in header
+    for line, row in rows:
+        folder = study_folder(row["subject_id"], row["study_id"])
+        if per_image:
+            rel = f"{folder}/{row['dicom_id']}.jpg"
+            _add_image(table, finder, line, rel, row, uncertain, lambda r: _view_problem(r, MIMIC_VIEW, view))
+            continue
+        images = _study_images(finder, folder)
+        if not images:
+            table.reject(
+                line, finder.expected(folder), "missing", f"no images in study folder {folder} under {finder.root}"
+            )
+        for image in images:
+            _add_image(table, finder, line, image, row, uncertain, lambda r: "")
+    return table.build(finder.root)
+
+
+def _study_images(finder: ImageFinder, folder: str) -> list[str]:
+    found = finder.folder(folder)
+    if found is None:
+        return []
+    return sorted(
+        os.path.join(found, n) for n in os.listdir(found) if n.lower().endswith(IMAGE_SUFFIXES) and n[0] != "."
+    )

@@ -1,0 +1,147 @@
+"""Label files of the public chest X-ray datasets (NIH, CheXpert, MIMIC, RSNA, plain csv) over the sample X-rays:
+every entry is a sample or a rejection naming its row, and the targets are what the rows say."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enhancer.data import DataError
+from enhancer.data.labels import NIH_FINDINGS, OBSERVATIONS, RSNA_CLASSES, detect_format, read_labels
+from tests.tools.label_files import (
+    chexpert_file,
+    mimic_file,
+    nih_file,
+    nih_file_with_unknown_finding,
+    sample_images,
+)
+
+
+def _rejected_rows(found) -> dict[int, str]:
+    """row number (from the message) -> code, checking that every message names its file and row."""
+    out = {}
+    for r in found.rejected:
+        name = os.path.basename(found.label_file)
+        assert r.message.startswith(f"{name} row "), r.message
+        out[int(r.message[len(name) + 5 :].split(":")[0])] = r.code
+    return out
+
+
+def _balanced(found, n_entries: int) -> None:
+    assert len(found.samples) == n_entries
+    assert [s.index for s in found.samples] == list(range(n_entries))
+    assert len(found.rows) == n_entries and found.targets.shape == (n_entries, len(found.class_names))
+    rejected = {r.index for r in found.rejected}
+    assert len(rejected) == len(found.rejected)
+    assert np.all(found.targets[sorted(rejected)] == -1)  # rejected entries train nothing
+
+
+def test_nih_rows_targets_and_rejections(tmp_path: Path, kermany_dir: Path) -> None:
+    f = nih_file(tmp_path, kermany_dir)
+    found = read_labels(f.path, f.data, format="nih")
+    assert detect_format(str(f.path)) == "nih"
+    assert found.class_names == NIH_FINDINGS and found.multi_label
+    _balanced(found, f.n_entries)
+    assert _rejected_rows(found) == f.rejected
+    ok = [s for s in found.samples if s.index not in {r.index for r in found.rejected}]
+    assert len(ok) == 16 and all(s.label == -1 for s in ok)
+    for s in ok:
+        np.testing.assert_array_equal(found.targets[s.index], f.targets[Path(s.path).name], err_msg=s.path)
+    assert found.targets[ok[0].index].sum() == 0  # No Finding: all zero
+    missing = next(r for r in found.rejected if r.code == "missing")
+    assert "00099999_000.png" in missing.message and str(kermany_dir) in missing.message
+
+
+def test_nih_unknown_finding_and_view_filter(tmp_path: Path, kermany_dir: Path) -> None:
+    f = nih_file_with_unknown_finding(tmp_path, kermany_dir)
+    found = read_labels(f.path, f.data)
+    assert _rejected_rows(found) == {3: "bad_label"}
+    assert "'Unicorn'" in found.rejected[0].message and "Hernia" in found.rejected[0].message  # names the valid ones
+    with pytest.raises(DataError, match="View Position"):
+        read_labels(f.path, f.data, view="frontal")  # no view column to filter on
+    g = nih_file(tmp_path, kermany_dir)
+    lateral = read_labels(g.path, g.data, view="lateral")
+    assert _rejected_rows(lateral) == {**g.rejected, **{row: "filtered" for row in range(2, 18)}}
+
+
+@pytest.mark.parametrize("uncertain", ["ignore", "zeros", "ones"])
+def test_chexpert_uncertain_blank_view(tmp_path: Path, kermany_dir: Path, uncertain: str) -> None:
+    f = chexpert_file(tmp_path, kermany_dir, uncertain)
+    assert detect_format(str(f.path)) == "chexpert"
+    found = read_labels(f.path, f.data, uncertain=uncertain)
+    assert found.class_names == OBSERVATIONS
+    _balanced(found, f.n_entries)
+    assert _rejected_rows(found) == f.rejected
+    bad = next(r for r in found.rejected if r.code == "bad_label")
+    assert "'maybe'" in bad.message and "'Edema'" in bad.message
+    ok = [s for s in found.samples if s.index not in {r.index for r in found.rejected}]
+    assert len(ok) == 8
+    for s in ok:
+        patient = Path(s.path).parts[-3]
+        np.testing.assert_array_equal(found.targets[s.index], f.targets[patient], err_msg=s.path)
+    assert (found.targets[[s.index for s in ok]] == -1).any() == (uncertain == "ignore")
+    frontal = read_labels(f.path, f.data, uncertain=uncertain, view="frontal")
+    assert _rejected_rows(frontal) == {**f.rejected, 5: "filtered"}  # patient 3 (row 5) is the lateral view
+
+
+def test_chexpert_paths_from_any_level(tmp_path: Path, kermany_dir: Path) -> None:
+    f = chexpert_file(tmp_path, kermany_dir)
+    above = read_labels(f.path, f.data.parent, format="chexpert")  # --data above the release folder
+    inside = read_labels(f.path, f.data, format="chexpert")
+    assert [s.path for s in above.samples][:8] == [s.path for s in inside.samples][:8]
+    assert [r.code for r in above.rejected] == [r.code for r in inside.rejected]
+
+
+def test_mimic_studies_expand_to_their_images(tmp_path: Path, kermany_dir: Path) -> None:
+    f = mimic_file(tmp_path, kermany_dir, "zeros")
+    assert detect_format(str(f.path)) == "mimic"
+    found = read_labels(f.path, f.data, uncertain="zeros")
+    _balanced(found, f.n_entries)
+    assert _rejected_rows(found) == f.rejected
+    ok = [s for s in found.samples if s.index not in {r.index for r in found.rejected}]
+    assert len(ok) == 6  # studies of 1, 2, 1, 2 images
+    assert [found.rows[s.index] for s in ok] == [2, 3, 3, 4, 5, 5]  # each image keeps its study's row
+    for s in ok:
+        np.testing.assert_array_equal(found.targets[s.index], f.targets[Path(s.path).parent.name])
+    assert not (found.targets[[s.index for s in ok]] == -1).any()
+    with pytest.raises(DataError, match="ViewPosition"):
+        read_labels(f.path, f.data, view="frontal")
+
+
+def test_csv_and_rsna_formats(tmp_path: Path, kermany_dir: Path) -> None:
+    a, b, c = (p.relative_to(kermany_dir) for p in sample_images(kermany_dir)[:3])
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,opacity,effusion\n{a},1,0\n{b},-1,\n{c},1,x\nnone.png,0,1\n")
+    found = read_labels(labels, kermany_dir, uncertain="ones")
+    assert found.class_names == ("opacity", "effusion")
+    np.testing.assert_array_equal(found.targets[:2], [[1, 0], [1, 0]])
+    assert _rejected_rows(found) == {4: "bad_label", 5: "missing"}
+    rsna = tmp_path / "stage_2_train_labels.csv"
+    images = tmp_path / "rsna"
+    images.mkdir()
+    for pid in ("p1", "p2", "p3"):
+        os.symlink(kermany_dir / a, images / f"{pid}.dcm")
+    rsna.write_text(
+        "patientId,x,y,width,height,Target\np1,,,,,0\np2,10,10,50,60,1\np2,100,10,50,60,1\np3,1,1,5,5,1\n"
+        "p3,,,,,0\np4,,,,,0\n"
+    )
+    found = read_labels(rsna, images)
+    assert found.class_names == RSNA_CLASSES and not found.multi_label
+    assert [s.label for s in found.samples] == [0, 1, -1, -1]  # one entry per patient
+    assert _rejected_rows(found) == {5: "bad_label", 7: "missing"}
+
+
+def test_bad_label_files_name_the_fix(tmp_path: Path, kermany_dir: Path) -> None:
+    odd = tmp_path / "odd.csv"
+    odd.write_text("file,finding\na.png,1\n")
+    with pytest.raises(DataError, match="--format"):
+        read_labels(odd, kermany_dir)
+    with pytest.raises(DataError, match="'Finding Labels'"):
+        read_labels(odd, kermany_dir, format="nih")
+    with pytest.raises(DataError, match="no such label file"):
+        read_labels(tmp_path / "nope.csv", kermany_dir)
+    with pytest.raises(DataError, match="uncertain"):
+        read_labels(odd, kermany_dir, uncertain="maybe")
