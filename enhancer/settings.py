@@ -129,6 +129,72 @@ class EnhanceSettings:
         return cls(**_known_keys(cls, d))
 
 
+HEADS = ("auto", "softmax", "sigmoid")  # output activation: auto = what the checkpoint records, else softmax
+CROP_FROM = ("union", "each")  # multi-label crops / enhanced images: from the union of the maps, or one per map
+EXPLAIN_KINDS = ("auto", "pred", "label", "all")  # besides top:K and a list of classes
+
+
+@dataclass(frozen=True)
+class ExplainPolicy:
+    """Which classes of each image get a map (``--explain``).
+
+    auto: one map, of the class ``CamSettings.target`` names (the seed's single-label layout), for a softmax model;
+    ``pred`` for a sigmoid one. pred: every class whose probability is >= the threshold, or the top one when none
+    is. label: the classes the image's targets mark positive (its label for a single-label dataset), or the top
+    predicted one when none is. all: every class. top:K: the K most probable classes. CLASS[,CLASS]: these classes,
+    by name or id.
+
+    Every map but auto's has a slot: ``slots`` per image, the explained class ids beside the maps (-1: an empty
+    slot, for pred and label, which may explain fewer classes than there are slots).
+    """
+
+    kind: str  # auto | pred | label | all | top | classes
+    k: int = 0  # top:K
+    classes: tuple[str, ...] = ()  # names or ids, as given
+
+    @classmethod
+    def parse(cls, text: str) -> ExplainPolicy:
+        text = text.strip()
+        if text in EXPLAIN_KINDS:
+            return cls(text)
+        if text.startswith("top:"):
+            k = text[4:]
+            if not k.isdigit() or int(k) < 1:
+                raise ValueError(f"explain = {text!r}: top:K needs a whole number K >= 1, e.g. top:3")
+            return cls("top", k=int(k))
+        classes = tuple(c.strip() for c in text.split(",") if c.strip())
+        if not classes:
+            raise ValueError(
+                f"explain = {text!r} is not valid; choose {', '.join(EXPLAIN_KINDS)}, top:K or CLASS[,CLASS]"
+            )
+        return cls("classes", classes=classes)
+
+    @property
+    def per_class(self) -> bool:
+        """Whether the maps have a class axis (every policy but auto on a softmax model)."""
+        return self.kind != "auto"
+
+    def slots(self, num_classes: int) -> int:
+        """Maps per image: K for top:K, the listed classes' count, else every class (pred and label may fill fewer)."""
+        if self.kind == "top":
+            return min(self.k, num_classes)
+        return len(self.classes) if self.kind == "classes" else num_classes
+
+    def class_ids(self, class_names: tuple[str, ...] | list[str]) -> tuple[int, ...]:
+        """The ids of the listed classes (names first, then ids); an error names the valid classes."""
+        ids = []
+        for c in self.classes:
+            if c in class_names:
+                ids.append(list(class_names).index(c))
+            elif c.isdigit() and int(c) < len(class_names):
+                ids.append(int(c))
+            else:
+                raise ValueError(f"explain: no class {c!r}; the model's classes are {', '.join(class_names)}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"explain: class {self.classes} listed twice")
+        return tuple(ids)
+
+
 def _known_keys(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     unknown = set(d) - set(cls.__dataclass_fields__)
     if unknown:

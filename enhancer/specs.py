@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from enhancer.settings import CamSettings, CropSettings, EnhanceSettings
+from enhancer.settings import CROP_FROM, HEADS, CamSettings, CropSettings, EnhanceSettings, ExplainPolicy
 
 T = TypeVar("T")
 ENV_PREFIX = "ENHANCER_"
@@ -34,12 +34,24 @@ COMPRESSIONS = ("auto", "gzip", "lzf", "none")  # codec of the fields without th
 # repeated here because specs must not import the store; tests/test_store_codecs.py keeps them equal.
 CODEC_FIELDS = (
     *("index", "label", "pred", "prob", "orig_size", "image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
-    *("lung_mask", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou"),
+    *("lung_mask", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou", "targets", "explained"),
 )
 JPEG_FIELDS = ("image", "crop", "enhanced")
 _CODEC_NAME = re.compile(r"^(none|lzf|gzip[1-9]?|jpeg(100|[1-9][0-9]?)?)$")
 VALIDATE_LEVELS = ("auto", "header", "full")
 IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
+# Label files (enhancer.data.labels; repeated here because specs must not import the data layer, and
+# tests/test_labels.py keeps them equal).
+LABEL_FORMATS = ("auto", "nih", "chexpert", "mimic", "rsna", "csv")
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+VIEWS = ("all", "frontal", "lateral")
+LOSSES = ("auto", "ce", "bce")  # auto: bce for multi-label data, ce (the seed's cross-entropy) otherwise
+CLASS_WEIGHTS = ("equal", "prevalence")
+LABEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "label_format": LABEL_FORMATS,
+    "uncertain": UNCERTAIN_POLICIES,
+    "view": VIEWS,
+}
 
 
 class SpecError(ValueError):
@@ -102,6 +114,14 @@ class EnhanceSpec:
     lung_model: str | None = None  # lung-segmentation U-Net (VGG11 encoder) state_dict: lung_mask + lung metrics
     lung_mask_in_enhanced: bool = False  # enhanced = image x heat weight x lung weight (enhance.mask_floor outside)
     boxes: str | None = None  # box CSV (RSNA patientId,x,y,width,height,Target or path,x0,y0,x1,y1): box metrics
+    labels: str | None = None  # label file (nih, chexpert, mimic, rsna, csv) of the images under `data`
+    label_format: str = "auto"  # auto (from the label file's header) | nih | chexpert | mimic | rsna | csv
+    uncertain: str = "ignore"  # chexpert/mimic/csv -1 values: ignore (masked) | zeros | ones
+    view: str = "all"  # all | frontal | lateral: the label file's rows of other views are rejected (filtered)
+    head: str = "auto"  # output activation: auto (what the checkpoint records, else softmax) | softmax | sigmoid
+    explain: str = "auto"  # classes with a map: auto | pred | label | all | top:K | CLASS[,CLASS] (ExplainPolicy)
+    threshold: float = 0.5  # probability from which a class counts as predicted (explain = pred, multi-label)
+    crop_from: str = "union"  # crops and enhanced images of per-class maps: from the union of the maps | each map
     cam: CamSettings = field(default_factory=CamSettings)
     crop: CropSettings = field(default_factory=CropSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
@@ -110,9 +130,13 @@ class EnhanceSpec:
         "loader": LOADERS,
         "compression": COMPRESSIONS,
         "validate": VALIDATE_LEVELS,
+        **LABEL_CHOICES,
+        "head": HEADS,
+        "crop_from": CROP_FROM,
     }
 
     def __post_init__(self) -> None:
+        _check_class_settings(self.explain, self.threshold)
         if self.lung_mask_in_enhanced and not self.lung_model:
             raise SpecError("lung_mask_in_enhanced needs lung_model (--lung-model FILE, the lung U-Net's weights)")
         if not 0 <= self.shard_id < self.num_shards:
@@ -143,6 +167,12 @@ class TrainSpec:
     data: str = REQUIRED  # ImageFolder root (its train/ sub-folder when there is one) or an enhanced dataset dir
     out: str = REQUIRED  # run directory: last.pt (resume), best.pt, metrics.csv/.jsonl, curves.png
     field: str = "enhanced"  # image field of an enhanced dataset: enhanced | crop | image
+    labels: str | None = None  # label file (nih, chexpert, mimic, rsna, csv) of the images under `data`
+    label_format: str = "auto"  # auto (from the label file's header) | nih | chexpert | mimic | rsna | csv
+    uncertain: str = "ignore"  # chexpert/mimic/csv -1 values: ignore (masked out of the loss) | zeros | ones
+    view: str = "all"  # all | frontal | lateral
+    loss: str = "auto"  # auto: bce (one sigmoid per class) for multi-label data, else ce (softmax, the seed's)
+    class_weights: str = "equal"  # bce: equal | prevalence (positives of class c weigh n_negative_c / n_positive_c)
     arch: str | None = None  # None: the init checkpoint's architecture, else resnet101 (the seed's best)
     head: str | None = None  # seed head of a fresh ResNet (220k, 10k, 15k); None: the architecture's default
     input_size: int | None = None  # None: the init checkpoint's, else 224
@@ -165,9 +195,17 @@ class TrainSpec:
     num_workers: int = 4  # DataLoader worker processes per rank (decode + augmentation)
     amp: bool = True  # bf16 autocast + channels_last on CUDA; ignored on CPU
     resume: bool | None = None  # None: resume when out/last.pt exists; true: require it; false: refuse an old run
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"field": IMAGE_FIELDS, "device": DEVICES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "field": IMAGE_FIELDS,
+        "device": DEVICES,
+        **LABEL_CHOICES,
+        "loss": LOSSES,
+        "class_weights": CLASS_WEIGHTS,
+    }
 
     def __post_init__(self) -> None:
+        if self.class_weights != "equal" and self.loss == "ce":
+            raise SpecError("class_weights = prevalence applies to loss = bce (multi-label); drop it or use --loss bce")
         for name in ("epochs", "batch_size", "t_max"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -197,13 +235,25 @@ class EvaluateSpec:
     num_classes: int | None = None  # classes of a model from outside the zoo; None: what the weights say
     input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     field: str = "enhanced"  # image field of an enhanced dataset
+    labels: str | None = None  # label file (nih, chexpert, mimic, rsna, csv) of the images under `data`
+    label_format: str = "auto"  # auto (from the label file's header) | nih | chexpert | mimic | rsna | csv
+    uncertain: str = "ignore"  # chexpert/mimic/csv -1 values: ignore (masked out of the metrics) | zeros | ones
+    view: str = "all"  # all | frontal | lateral
+    head: str = "auto"  # output activation: auto (what the checkpoint records, else softmax) | softmax | sigmoid
+    threshold: float = 0.5  # sigmoid: probability from which a class counts as predicted (counts, sensitivity)
     batch_size: int = 64
     device: str = "auto"
     num_workers: int = 2
     json: str | None = None  # also write the report as JSON to this file
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"field": IMAGE_FIELDS, "device": DEVICES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "field": IMAGE_FIELDS,
+        "device": DEVICES,
+        **LABEL_CHOICES,
+        "head": HEADS,
+    }
 
     def __post_init__(self) -> None:
+        _check_class_settings("auto", self.threshold)
         if self.batch_size < 1 or self.num_workers < 0:
             raise SpecError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
         _check_choices(self)
@@ -292,6 +342,16 @@ def check_codec(field_name: str, codec: str) -> None:
         choices = "none, gzip, gzip1..gzip9, lzf" + (", jpeg, jpeg1..jpeg100" if jpeg else "")
         only = "" if jpeg else f" (jpeg only for {', '.join(JPEG_FIELDS)})"
         raise SpecError(f"codec.{field_name} = {codec!r} is not valid; choose one of {choices}{only}")
+
+
+def _check_class_settings(explain: str, threshold: float) -> None:
+    """``explain`` parses (``ExplainPolicy``) and ``threshold`` is a probability."""
+    try:
+        ExplainPolicy.parse(explain)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if not 0.0 < threshold < 1.0:
+        raise SpecError(f"threshold = {threshold} must be a probability in (0, 1), e.g. 0.5")
 
 
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:

@@ -71,3 +71,25 @@ def spec_option(spec_cls: type, name: str, help: str, *, flag: str | None = None
     choices = getattr(spec_cls, "CHOICES", {}).get(name)
     param_type = click.Choice(choices) if choices else _CLICK_TYPES.get(kind, click.STRING)
     return click.option(flag, name, type=param_type, default=None, help=text)
+
+
+def label_options(spec_cls: type) -> Callable[[F], F]:
+    """``--labels``, ``--format``, ``--uncertain`` and ``--view``: a label file of the images under ``--data``."""
+    options = [
+        spec_option(
+            spec_cls,
+            "labels",
+            "Label file of the images under --data: NIH Data_Entry_2017.csv, CheXpert train.csv, MIMIC-CXR-JPG "
+            "mimic-cxr-2.0.0-chexpert.csv, RSNA stage_2_train_labels.csv, or a csv of path + one 0/1 column per class.",
+        ),
+        spec_option(spec_cls, "label_format", "Format of --labels; auto: from its header.", flag="--format"),
+        spec_option(spec_cls, "uncertain", "Uncertain (-1) labels: ignore (masked out), zeros or ones."),
+        spec_option(spec_cls, "view", "Keep only rows of this view (the others are rejected as filtered)."),
+    ]
+
+    def apply(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply

@@ -8,7 +8,7 @@ import click
 
 from enhancer.cli.app import main, overrides, reports_errors
 from enhancer.cli.model_options import model_options, model_overrides
-from enhancer.cli.options import spec_option
+from enhancer.cli.options import label_options, spec_option
 from enhancer.specs import CycleSpec, EvaluateSpec, TrainSpec
 
 
@@ -18,6 +18,16 @@ from enhancer.specs import CycleSpec, EvaluateSpec, TrainSpec
     TrainSpec, "data", "ImageFolder root (its train/ sub-folder when present) or an enhanced dataset directory."
 )
 @spec_option(TrainSpec, "field", "Image field of an enhanced dataset.")
+@label_options(TrainSpec)
+@spec_option(
+    TrainSpec,
+    "loss",
+    "ce: softmax cross-entropy (the seed's); bce: one sigmoid per class, masked binary cross-entropy "
+    "(multi-label); auto: bce for multi-label data.",
+)
+@spec_option(
+    TrainSpec, "class_weights", "bce: prevalence weighs each class's positives by its negatives/positives ratio."
+)
 @spec_option(TrainSpec, "arch", "Architecture (see `enhancer models`); none: the --init checkpoint's, else resnet101.")
 @spec_option(TrainSpec, "head", "Seed head of a fresh ResNet (220k, 10k, 15k); none: the architecture's.")
 @spec_option(TrainSpec, "input_size", "Model input size; none: the --init checkpoint's, else 224.")
@@ -104,6 +114,14 @@ def _print_epoch(r: dict[str, Any]) -> None:
 )
 @model_options(EvaluateSpec, target_layer=False)
 @spec_option(EvaluateSpec, "field", "Image field of an enhanced dataset.")
+@label_options(EvaluateSpec)
+@spec_option(
+    EvaluateSpec,
+    "head",
+    "Output activation: softmax (one class per image) or sigmoid (one yes/no per class: per-class AUROC and "
+    "average precision); auto: what the checkpoint records, else softmax.",
+)
+@spec_option(EvaluateSpec, "threshold", "sigmoid: probability from which a class counts as predicted.")
 @spec_option(EvaluateSpec, "batch_size", "Images per batch.")
 @spec_option(EvaluateSpec, "device", "Compute device.")
 @spec_option(EvaluateSpec, "num_workers", "DataLoader workers.")
@@ -111,7 +129,10 @@ def _print_epoch(r: dict[str, Any]) -> None:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other spec setting.")
 @reports_errors
 def evaluate(job_file: str | None, settings: tuple[str, ...], **options: Any) -> None:
-    """Loss, accuracy, sensitivity, specificity (PNEUMONIA positive), AUROC and confusion matrix of a checkpoint."""
+    """Loss, accuracy, sensitivity, specificity (PNEUMONIA positive), AUROC and confusion matrix of a checkpoint.
+
+    A sigmoid model (multi-label, --labels): per-class AUROC and average precision with their means, and the counts
+    at --threshold."""
     from enhancer.specs import load_spec
     from enhancer.train.loop import run_evaluate
     from enhancer.train.metrics import format_metrics

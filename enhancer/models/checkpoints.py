@@ -334,6 +334,22 @@ def load_checkpoint(
     )
 
 
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def output_activation(ck: LoadedCheckpoint, asked: str = "auto") -> str:
+    """``softmax`` or ``sigmoid``: ``asked`` when given, else what the checkpoint records (``meta["activation"]``,
+    written by ``enhancer train``), else softmax (the seed's)."""
+    if asked != "auto":
+        if asked not in ACTIVATIONS:
+            raise CheckpointError(f"head {asked!r} is not valid; choose auto, {', '.join(ACTIVATIONS)}")
+        return asked
+    recorded = ck.meta.get("activation")
+    if recorded is not None and recorded not in ACTIVATIONS:
+        raise CheckpointError(f"{ck.path}: records activation {recorded!r}; pass --head softmax or --head sigmoid")
+    return recorded or "softmax"
+
+
 def _plain(value: Any) -> Any:
     """Seed metadata as plain Python (``test_loss`` is a 0-d tensor there)."""
     if isinstance(value, torch.Tensor):

@@ -17,8 +17,16 @@ Layout of one shard (HDF5, default ``libver`` so HDF5 1.10/1.14 readers open it)
   the same atomic rename as the samples, so a complete shard always carries its rejections;
 - measured fields (``LUNG_FIELDS`` with a lung model, ``BOX_FIELDS`` with a box file; see
   ``enhancer.explain.localisation`` for the metric definitions): float metrics are NaN and hits -1 where undefined;
+- maps per (sample, explained class): a dataset with maps for several classes per image (multi-label models,
+  ``--explain``) stores the fields of ``PER_CLASS_FIELDS`` it writes with a second axis, the explained-class slot:
+  ``heatmap`` (N, K, H, W), ``cam`` (N, K, h, w), ... and the field ``explained`` (N, K) int16 holds the class id of
+  each slot (-1: an empty slot, whose map is all zero). Map ``k`` of sample ``i`` explains class
+  ``explained[i, k]``; plain h5py reads it as ``f["heatmap"][i, k]``. The file attribute ``per_class_fields`` (JSON
+  list) names the fields with that axis; it is absent where there is none (the single-map layout);
+- multi-label targets: ``targets`` (N, C) int8, 1 positive, 0 negative, -1 masked (uncertain, not counted);
 - file attributes: ``schema_version``, ``complete``, ``n_samples``, ``n_rejected``, ``expected`` (-1 = unknown),
-  ``shard_id``, ``num_shards``, ``fields`` (JSON list) plus the caller's provenance. Provenance values that are not
+  ``shard_id``, ``num_shards``, ``fields`` (JSON list), ``per_class_fields`` (JSON list, only when there are
+  any) plus the caller's provenance. Provenance values that are not
   str/int/float/bool (dicts, lists, None) are stored as JSON strings; their keys are listed in ``json_attrs``.
 
 Conventions: ``orig_size`` is ``(height, width)`` of the original file in pixels; ``crop_box`` is
@@ -54,27 +62,49 @@ class Field:
     required: bool
     doc: str
     measured: bool = False  # written when the job has the input it needs (a lung model, boxes), not via --fields
+    per_class: bool = False  # may carry the explained-class axis: (N, K, ...) in a dataset of per-class maps
 
 
 _FIELD_LIST = [
     Field("index", "int64", (), True, "sample index from the dataset scan (position in the input list)"),
-    Field("label", "int16", (), True, "ground-truth class id (see class_names)"),
+    Field("label", "int16", (), True, "ground-truth class id (see class_names); -1 in a multi-label dataset"),
     Field("pred", "int16", (), True, "predicted class id, argmax of prob"),
-    Field("prob", "float32", ("C",), True, "softmax probabilities, rows sum to 1"),
+    Field("prob", "float32", ("C",), True, "class probabilities: softmax (rows sum to 1) or sigmoid (see activation)"),
     Field("path", STR, (), True, "input file path, relative to the input root when known"),
     Field("orig_size", "int32", (2,), True, "original image (height, width) in pixels"),
     Field("image", "uint8", (1, "H", "W"), False, "model-resolution greyscale input"),
-    Field("cam", "float32", ("h", "w"), False, "raw Grad-CAM map at feature resolution"),
-    Field("heatmap", "uint8", ("H", "W"), False, "Grad-CAM normalised to 0..255 and upsampled to H x W"),
-    Field("crop", "uint8", (1, "Hc", "Wc"), False, "Grad-CAM-guided crop resized to Hc x Wc"),
-    Field("crop_box", "int32", (4,), False, "crop box x0, y0, x1, y1 in original pixels"),
-    Field("enhanced", "uint8", (1, "H", "W"), False, "enhanced image: salient regions kept, the rest suppressed"),
+    Field("cam", "float32", ("h", "w"), False, "raw Grad-CAM map at feature resolution", per_class=True),
+    Field(
+        "heatmap", "uint8", ("H", "W"), False, "Grad-CAM normalised to 0..255 and upsampled to H x W", per_class=True
+    ),
+    Field("crop", "uint8", (1, "Hc", "Wc"), False, "Grad-CAM-guided crop resized to Hc x Wc", per_class=True),
+    Field("crop_box", "int32", (4,), False, "crop box x0, y0, x1, y1 in original pixels", per_class=True),
+    Field(
+        "enhanced",
+        "uint8",
+        (1, "H", "W"),
+        False,
+        "enhanced image: salient regions kept, the rest suppressed",
+        per_class=True,
+    ),
     Field("lung_mask", "uint8", ("H", "W"), False, "lung segmentation at model resolution, 1 = lung", True),
     Field(
-        "lung_energy", "float32", (), False, "share of the Grad-CAM energy inside the lung mask; NaN: undefined", True
+        "lung_energy",
+        "float32",
+        (),
+        False,
+        "share of the Grad-CAM energy inside the lung mask; NaN: undefined",
+        True,
+        per_class=True,
     ),
     Field(
-        "lung_hit", "int8", (), False, "pointing game: map maximum inside the lungs 1, outside 0, undefined -1", True
+        "lung_hit",
+        "int8",
+        (),
+        False,
+        "pointing game: map maximum inside the lungs 1, outside 0, undefined -1",
+        True,
+        per_class=True,
     ),
     Field(
         "box_energy",
@@ -83,8 +113,17 @@ _FIELD_LIST = [
         False,
         "share of the Grad-CAM energy inside the annotated boxes; NaN: undefined",
         True,
+        per_class=True,
     ),
-    Field("box_hit", "int8", (), False, "pointing game on the annotated boxes: 1 hit, 0 miss, -1 undefined", True),
+    Field(
+        "box_hit",
+        "int8",
+        (),
+        False,
+        "pointing game on the annotated boxes: 1 hit, 0 miss, -1 undefined",
+        True,
+        per_class=True,
+    ),
     Field(
         "box_iou",
         "float32",
@@ -92,7 +131,10 @@ _FIELD_LIST = [
         False,
         "IoU of the thresholded map's box with the annotated boxes; NaN: undefined",
         True,
+        per_class=True,
     ),
+    Field("targets", "int8", ("C",), False, "multi-label targets: 1 positive, 0 negative, -1 masked (uncertain)", True),
+    Field("explained", "int16", ("K",), False, "class id of each per-class map slot; -1: empty slot", True),
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
 REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if f.required)
@@ -100,7 +142,11 @@ OPTIONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if not f.re
 LUNG_FIELDS: tuple[str, ...] = ("lung_mask", "lung_energy", "lung_hit")  # written with a lung model
 BOX_FIELDS: tuple[str, ...] = ("box_energy", "box_hit", "box_iou")  # written with a box file
 METRIC_FIELDS: tuple[str, ...] = ("lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou")
-SIZE_NAMES = ("H", "W", "h", "w", "Hc", "Wc", "C")
+TARGET_FIELDS: tuple[str, ...] = ("targets",)  # written for a multi-label label file
+EXPLAINED_FIELDS: tuple[str, ...] = ("explained",)  # written with per-class maps
+PER_CLASS_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELD_LIST if f.per_class)
+SIZE_NAMES = ("H", "W", "h", "w", "Hc", "Wc", "C", "K")
+PER_CLASS_ATTR = "per_class_fields"  # file attribute: the fields with the explained-class axis
 
 # Attributes the store owns; provenance passed by callers may not use these names.
 RESERVED_ATTRS = frozenset(
@@ -114,6 +160,7 @@ RESERVED_ATTRS = frozenset(
         "num_shards",
         "fields",
         "json_attrs",
+        PER_CLASS_ATTR,
     }
 )
 REJECTED_GROUP = "rejected"
@@ -146,16 +193,18 @@ def resolve_fields(fields: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(f.name for f in _FIELD_LIST if f.required or f.name in chosen)
 
 
-def per_sample_shapes(fields: Iterable[str], **sizes: int) -> dict[str, tuple[int, ...]]:
+def per_sample_shapes(fields: Iterable[str], per_class: Iterable[str] = (), **sizes: int) -> dict[str, tuple[int, ...]]:
     """Concrete per-sample shapes of ``fields`` from the sizes H, W (model input), h, w (feature map),
-    Hc, Wc (crop) and C (classes). Only the sizes the fields use are needed."""
+    Hc, Wc (crop), C (classes) and K (map slots per sample: the fields in ``per_class`` get this leading axis).
+    Only the sizes the fields use are needed."""
     unknown = set(sizes) - set(SIZE_NAMES)
     if unknown:
         raise StoreError(f"unknown size name(s) {sorted(unknown)}; valid: {', '.join(SIZE_NAMES)}")
+    per_class = check_per_class(per_class)
     out = {}
     for name in fields:
         dims = []
-        for d in FIELDS[name].shape:
+        for d in symbolic_shape(name, name in per_class):
             if isinstance(d, str):
                 if d not in sizes:
                     raise StoreError(f"field {name!r} needs size {d!r}; pass {d}=<int> to per_sample_shapes")
@@ -165,10 +214,24 @@ def per_sample_shapes(fields: Iterable[str], **sizes: int) -> dict[str, tuple[in
     return out
 
 
-def check_shape(name: str, shape: Iterable[int]) -> tuple[int, ...]:
+def check_per_class(names: Iterable[str]) -> frozenset[str]:
+    """The fields given an explained-class axis, each one that may have it (``PER_CLASS_FIELDS``)."""
+    names = frozenset(names)
+    bad = sorted(names - set(PER_CLASS_FIELDS))
+    if bad:
+        raise StoreError(f"field(s) {bad} have no per-class layout; those that do: {', '.join(PER_CLASS_FIELDS)}")
+    return names
+
+
+def symbolic_shape(name: str, per_class: bool = False) -> tuple[int | str, ...]:
+    """The per-sample shape of field ``name`` in the schema, with the leading ``K`` axis when ``per_class``."""
+    return ("K", *FIELDS[name].shape) if per_class else FIELDS[name].shape
+
+
+def check_shape(name: str, shape: Iterable[int], per_class: bool = False) -> tuple[int, ...]:
     """Validate a concrete per-sample shape against the symbolic one of field ``name``."""
     shape = tuple(int(s) for s in shape)
-    want = FIELDS[name].shape
+    want = symbolic_shape(name, per_class)
     ok = len(shape) == len(want) and all(
         (s > 0) if isinstance(w, str) else (s == w) for s, w in zip(shape, want, strict=False)
     )
@@ -209,7 +272,7 @@ def decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
         if key == "json_attrs":
             continue
         value = _py(value)
-        if key in json_keys or key == "fields":
+        if key in json_keys or key in ("fields", PER_CLASS_ATTR):
             value = json.loads(value)
         out[key] = value
     return out

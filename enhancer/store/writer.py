@@ -51,14 +51,17 @@ from enhancer.store.encoding import BatchEncoder, PendingBatch
 from enhancer.store.layout import shard_path, tmp_path_for
 from enhancer.store.schema import (
     FIELDS,
+    PER_CLASS_ATTR,
     REJECTED_COLUMNS,
     REJECTED_GROUP,
     SCHEMA_VERSION,
     STR,
     StoreError,
+    check_per_class,
     check_shape,
     encode_attrs,
     resolve_fields,
+    symbolic_shape,
 )
 
 log = logging.getLogger(__name__)
@@ -155,21 +158,23 @@ class ShardWriter:
         overwrite: bool = False,
         flush_interval_s: float = 10.0,
         claim: ShardClaim | None = None,
+        per_class: Iterable[str] = (),
     ) -> None:
         self.out_dir = Path(out_dir)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.path = shard_path(self.out_dir, self.shard_id, self.num_shards)
         self.tmp_path = tmp_path_for(self.path)
         self.fields = resolve_fields(fields)
+        self.per_class = tuple(f for f in self.fields if f in check_per_class(per_class))
         shapes = dict(shapes or {})
         unknown = set(shapes) - set(FIELDS)
         if unknown:
             raise StoreError(f"shapes given for unknown field(s) {sorted(unknown)}; valid: {', '.join(FIELDS)}")
         self.shapes: dict[str, tuple[int, ...]] = {}
         for name in self.fields:
-            symbolic = FIELDS[name].shape
+            symbolic = symbolic_shape(name, name in self.per_class)
             if name in shapes:
-                self.shapes[name] = check_shape(name, shapes[name])
+                self.shapes[name] = check_shape(name, shapes[name], name in self.per_class)
             elif all(isinstance(d, int) for d in symbolic):
                 self.shapes[name] = tuple(int(d) for d in symbolic)
             else:
@@ -178,6 +183,12 @@ class ShardWriter:
                     "or build them with per_sample_shapes()"
                 )
         self.codecs: dict[str, Codec] = resolve_codecs(self.fields, codecs, compression)
+        jpeg = [n for n in self.per_class if self.codecs[n].kind == "jpeg"]
+        if jpeg:
+            raise StoreError(
+                f"field(s) {jpeg} hold several maps per sample here (one per explained class), which JPEG cannot "
+                "store; choose gzip or none for them (--codec FIELD=gzip1)"
+            )
         if write_threads < 1:
             raise StoreError(f"write_threads must be >= 1, got {write_threads}")
         self._encoder = BatchEncoder(self.codecs, write_threads)
@@ -259,6 +270,8 @@ class ShardWriter:
             a["shard_id"] = self.shard_id
             a["num_shards"] = self.num_shards
             a["fields"] = json.dumps(list(self.fields))
+            if self.per_class:  # absent from single-map shards, which stay as they were
+                a[PER_CLASS_ATTR] = json.dumps(list(self.per_class))
             a["json_attrs"] = json.dumps(self._json_keys)
             for key, value in self.attrs.items():
                 a[key] = value

@@ -4,13 +4,17 @@ Usage::
 
     from enhancer.train.data import open_source, stratified_split, collate_skipping
     src = open_source("/data/chest_xray", split="train")          # or an enhanced dataset dir, field="enhanced"
+    src = open_source("/data/nih", labels=LabelSource("Data_Entry_2017.csv"))  # multi-label: src.targets (N, 14)
     train_idx, val_idx = stratified_split(src.labels, val_fraction=0.1, seed=0)
     ds = src.dataset(transform, train_idx)                          # items: (x, label, index) or Unreadable
     loader = DataLoader(ds, batch_size=32, collate_fn=collate_skipping)
     for batch in loader: batch.images, batch.labels, batch.failed
 
 A folder root holding ``train/`` (``test/`` for evaluation) is read from that sub-folder, the seed's layout;
-any other folder is itself the ImageFolder. A directory with ``manifest.json`` is an enhanced dataset, read through
+any other folder is itself the ImageFolder. With a label file (``LabelSource``: nih, chexpert, mimic, rsna, csv;
+``enhancer.data.labels``) the images are found under the folder as the file says; its rejected rows are left out and
+listed in ``Source.rejected``. A multi-label source has ``targets`` (N, C) of 1, 0 and -1 (masked) and its items
+carry the target row instead of a class id. A directory with ``manifest.json`` is an enhanced dataset, read through
 ``EnhancedDataset`` with one image field (``enhanced``, ``crop`` or ``image``).
 
 An item that cannot be read (a corrupt JPEG, a vanished file, a damaged HDF5 chunk) becomes an ``Unreadable``
@@ -51,10 +55,20 @@ class Unreadable:
     reason: str
 
 
+@dataclass(frozen=True)
+class LabelSource:
+    """A label file of the images under the data folder, and how to read it (``enhancer.data.labels.read_labels``)."""
+
+    path: str
+    format: str = "auto"
+    uncertain: str = "ignore"
+    view: str = "all"
+
+
 @dataclass
 class ItemBatch:
     images: torch.Tensor | None  # (N, C, H, W) float, None when every item of the batch failed
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64 class ids, or (N, K) int64 multi-hot targets (-1: masked)
     indices: torch.Tensor  # (N,) int64 source indices
     failed: list[Unreadable]
 
@@ -66,9 +80,12 @@ def collate_skipping(items: list[Any]) -> ItemBatch:
     """Stack the readable items; keep the unreadable ones aside for counting (never dropped silently)."""
     failed = [it for it in items if isinstance(it, Unreadable)]
     good = [it for it in items if not isinstance(it, Unreadable)]
+    multi = bool(good) and isinstance(good[0][1], np.ndarray)
     return ItemBatch(
         images=torch.stack([g[0] for g in good]) if good else None,
-        labels=torch.tensor([g[1] for g in good], dtype=torch.int64),
+        labels=torch.from_numpy(np.stack([g[1] for g in good]).astype(np.int64))
+        if multi
+        else torch.tensor([g[1] for g in good], dtype=torch.int64),
         indices=torch.tensor([g[2] for g in good], dtype=torch.int64),
         failed=failed,
     )
@@ -84,14 +101,15 @@ class FolderDataset(Dataset):
         indices: Sequence[int],
         size: tuple[int, int],
         transform: Transform,
+        targets: np.ndarray | None = None,
     ) -> None:
         self.paths, self.labels, self.indices = paths, labels, list(indices)
-        self.size, self.transform = size, transform
+        self.size, self.transform, self.targets = size, transform, targets
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | Unreadable:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | np.ndarray, int] | Unreadable:
         index = self.indices[i]
         path = self.paths[index]
         try:
@@ -101,18 +119,29 @@ class FolderDataset(Dataset):
             code, message = classify_decode_error(exc, path)
             return Unreadable(index, path, f"{code}: {message}")
         x = torch.from_numpy(np.array(grey, dtype=np.uint8)).unsqueeze(0)
-        return self.transform(x), int(self.labels[index]), index
+        return self.transform(x), _target(self.labels, self.targets, index), index
+
+
+def _target(labels: np.ndarray, targets: np.ndarray | None, index: int) -> int | np.ndarray:
+    """An item's class id, or its row of multi-hot targets."""
+    return int(labels[index]) if targets is None else targets[index]
 
 
 class EnhancedFieldDataset(Dataset):
     """One image field of an enhanced dataset (uint8 ``(1, H, W)``) with its label, transformed."""
 
     def __init__(
-        self, out_dir: str, field: str, labels: np.ndarray, indices: Sequence[int], transform: Transform
+        self,
+        out_dir: str,
+        field: str,
+        labels: np.ndarray,
+        indices: Sequence[int],
+        transform: Transform,
+        targets: np.ndarray | None = None,
     ) -> None:
         from enhancer.store import EnhancedDataset
 
-        self.out_dir, self.field, self.labels = out_dir, field, labels
+        self.out_dir, self.field, self.labels, self.targets = out_dir, field, labels, targets
         self.indices, self.transform = list(indices), transform
         self.store = EnhancedDataset(out_dir, fields=(field,))
 
@@ -127,7 +156,7 @@ class EnhancedFieldDataset(Dataset):
             return Unreadable(index, f"{self.out_dir}#{index}", f"{type(exc).__name__}: {exc}")
         if x.ndim == 2:
             x = x.unsqueeze(0)
-        return self.transform(x), int(self.labels[index]), index
+        return self.transform(x), _target(self.labels, self.targets, index), index
 
 
 @dataclass(frozen=True)
@@ -136,10 +165,16 @@ class Source:
 
     kind: str  # "folder" or "enhanced"
     root: str
-    labels: np.ndarray
+    labels: np.ndarray  # class ids; of a multi-label source the key its validation split is stratified on
     paths: list[str]  # image files of a folder source; empty for an enhanced dataset (read per item)
     class_names: tuple[str, ...]
     field: str | None = None
+    targets: np.ndarray | None = None  # (N, C) int8 multi-hot targets of a multi-label source, -1: masked
+    rejected: tuple[Any, ...] = ()  # the label file's rejected entries (enhancer.data.Rejection)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets is not None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -150,11 +185,17 @@ class Source:
         """A Dataset over ``indices`` (all samples by default); ``size`` is the model input size."""
         indices = range(len(self)) if indices is None else indices
         if self.kind == "enhanced":
-            return EnhancedFieldDataset(self.root, self.field or "enhanced", self.labels, indices, transform)
-        return FolderDataset(self.paths, self.labels, indices, size, transform)
+            field = self.field or "enhanced"
+            return EnhancedFieldDataset(self.root, field, self.labels, indices, transform, self.targets)
+        return FolderDataset(self.paths, self.labels, indices, size, transform, self.targets)
 
     def describe(self) -> str:
-        counts = ", ".join(f"{n} {int((self.labels == c).sum())}" for c, n in enumerate(self.class_names))
+        if self.targets is not None:
+            positives = (self.targets == 1).sum(0)
+            counts = ", ".join(f"{n} {int(p)}" for n, p in zip(self.class_names, positives, strict=True))
+            counts = f"positives: {counts}; {int((self.targets == -1).sum())} masked"
+        else:
+            counts = ", ".join(f"{n} {int((self.labels == c).sum())}" for c, n in enumerate(self.class_names))
         what = f"enhanced dataset (field {self.field})" if self.kind == "enhanced" else "image folder"
         return f"{self.root}: {what}, {len(self)} samples ({counts})"
 
@@ -165,11 +206,20 @@ def is_enhanced_dir(path: str | os.PathLike[str]) -> bool:
     return is_merged(path)
 
 
-def open_source(path: str | os.PathLike[str], *, split: str | None = "train", field: str = "enhanced") -> Source:
-    """An enhanced dataset directory, or an ImageFolder (``path/split`` when that folder exists)."""
+def open_source(
+    path: str | os.PathLike[str],
+    *,
+    split: str | None = "train",
+    field: str = "enhanced",
+    labels: LabelSource | None = None,
+) -> Source:
+    """An enhanced dataset directory, an ImageFolder (``path/split`` when that folder exists), or the images under
+    ``path`` that the label file ``labels`` lists."""
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: no such dataset; give an ImageFolder root or an enhanced dataset directory")
+    if labels is not None:
+        return _open_labelled(root, labels)
     if is_enhanced_dir(root):
         return _open_enhanced(root, field)
     if field not in (None, "enhanced", "image"):
@@ -191,6 +241,39 @@ def open_source(path: str | os.PathLike[str], *, split: str | None = "train", fi
         paths=[s.path for s in found.samples],
         class_names=tuple(found.class_names),
     )
+
+
+def _open_labelled(root: Path, labels: LabelSource) -> Source:
+    """The samples a label file lists under ``root``; its rejected entries are logged and kept aside."""
+    from enhancer.data.labels import read_labels
+
+    found = read_labels(labels.path, root, format=labels.format, uncertain=labels.uncertain, view=labels.view)
+    bad = {r.index for r in found.rejected}
+    keep = [s.index for s in found.samples if s.index not in bad]
+    if found.rejected:
+        shown = "; ".join(r.message for r in found.rejected[:3])
+        log.warning("%s: %d of %d entries rejected: %s", labels.path, len(bad), len(found.samples), shown)
+    if not keep:
+        raise DataError(f"{labels.path}: no entry has a usable image under {root}; check --data and the label file")
+    targets = found.targets[keep] if found.targets is not None else None
+    return Source(
+        kind="folder",
+        root=str(root),
+        labels=split_key(targets) if targets is not None else np.array([found.samples[i].label for i in keep]),
+        paths=[found.samples[i].path for i in keep],
+        class_names=tuple(found.class_names),
+        targets=targets,
+        rejected=found.rejected,
+    )
+
+
+def split_key(targets: np.ndarray) -> np.ndarray:
+    """The class a multi-label sample is stratified on: its rarest positive class, C when it has none (so that the
+    validation split gets some of each finding where there are two or more)."""
+    positives = targets == 1
+    prevalence = positives.sum(0)
+    rarity = np.where(positives, prevalence[None, :], np.iinfo(np.int64).max)
+    return np.where(positives.any(1), rarity.argmin(1), targets.shape[1]).astype(np.int64)
 
 
 def _open_enhanced(root: Path, field: str) -> Source:

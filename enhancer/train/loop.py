@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from enhancer.data.loader import resolve_device
-from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint, output_activation, save_checkpoint
 from enhancer.models.zoo import (
     ZOO,
     ModelError,
@@ -57,9 +57,18 @@ from enhancer.provenance import provenance
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec
 from enhancer.train import rundir
 from enhancer.train.augment import eval_transform, train_transform
-from enhancer.train.data import ItemBatch, Source, Unreadable, collate_skipping, open_source, stratified_split
+from enhancer.train.data import (
+    ItemBatch,
+    LabelSource,
+    Source,
+    Unreadable,
+    collate_skipping,
+    open_source,
+    stratified_split,
+)
 from enhancer.train.distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown
-from enhancer.train.metrics import classification_metrics, format_metrics
+from enhancer.train.metrics import classification_metrics, format_metrics, multilabel_metrics
+from enhancer.train.objective import CROSS_ENTROPY, Objective, prevalence_weights
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +127,9 @@ def trainable_groups(base: Sequence[str], schedule: Sequence[str], every: int, e
     return tuple(dict.fromkeys([*base, *added]))
 
 
-def initial_model(spec: TrainSpec) -> tuple[nn.Module, Preprocessing, str]:
-    """The model a fresh run starts from: a checkpoint (seed files load as they are), ImageNet or random."""
+def initial_model(spec: TrainSpec, num_classes: int = 2) -> tuple[nn.Module, Preprocessing, str]:
+    """The model a fresh run starts from: a checkpoint (seed files load as they are), ImageNet or random; a fresh
+    model gets ``num_classes`` outputs (the data's classes)."""
     if spec.init not in ("auto", "imagenet", "random"):
         ck = load_checkpoint(spec.init, arch=spec.arch, head=spec.head)
         preprocessing = ck.preprocessing
@@ -137,7 +147,8 @@ def initial_model(spec: TrainSpec) -> tuple[nn.Module, Preprocessing, str]:
         raise ModelError(f"unknown architecture {arch!r}; valid: {', '.join(ZOO)}")
     mode = spec.init if spec.init != "auto" else ("imagenet" if ZOO[arch].imagenet_weights else "random")
     size = spec.input_size or 224
-    return build_model(arch, head=spec.head, input_size=size, init=mode), preprocessing_for(arch, size), mode
+    model = build_model(arch, head=spec.head, input_size=size, init=mode, num_classes=num_classes)
+    return model, preprocessing_for(arch, size), mode
 
 
 def _prepare(model: nn.Module, groups: Sequence[str]) -> None:
@@ -188,12 +199,15 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     input_shape: tuple[int, int, int] = (1, 224, 224),
+    objective: Objective = CROSS_ENTROPY,
 ) -> dict[str, Any]:
-    """One pass over ``loader``: mean cross-entropy per batch, one optimizer step per batch. Returns the loss and
-    accuracy over all ranks and the unreadable items (every rank's)."""
+    """One pass over ``loader``: the objective's mean loss per batch (cross-entropy; masked BCE for multi-label),
+    one optimizer step per batch. Returns the loss and accuracy (per sample; per known target for BCE) over all
+    ranks and the unreadable items (every rank's)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    decisions = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     failed: list[Unreadable] = []
     for batch in loader:
@@ -205,26 +219,30 @@ def train_one_epoch(
             # whose loss counts zero (DDP needs the same number of backward passes on every rank).
             x, y, weight = (
                 torch.zeros((1, *input_shape), device=device),
-                torch.zeros(1, dtype=torch.int64, device=device),
+                _dummy_target(objective, model, device),
                 0.0,
             )
         else:
             (x, y), weight = _inputs(batch, device, channels_last), 1.0
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y) * weight
+        loss = objective.loss(logits, y) * weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if weight:
             loss_sum += loss.detach().double() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            right, decided = objective.correct(logits.detach(), y)
+            correct += right
+            decisions += decided
             n += len(y)
-    total_loss, total_correct, total_n = all_reduce_sum(ctx, [loss_sum.item(), float(correct.item()), float(n)])
+    total_loss, total_correct, total_n, total_decisions = all_reduce_sum(
+        ctx, [loss_sum.item(), float(correct.item()), float(n), float(decisions.item())]
+    )
     failed = [f for part in all_gather_objects(ctx, failed) for f in part]
     return {
         "loss": total_loss / total_n if total_n else None,
-        "accuracy": total_correct / total_n if total_n else None,
+        "accuracy": total_correct / total_decisions if total_decisions else None,
         "n": int(total_n),
         "failed": failed,
     }
@@ -240,15 +258,18 @@ def evaluate(
     class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
     amp: bool = False,
     channels_last: bool = False,
+    objective: Objective = CROSS_ENTROPY,
+    threshold: float = 0.5,
 ) -> tuple[dict[str, Any], list[Unreadable]]:
     """Metrics of ``model`` on ``loader`` (each rank passes its own part; results combine over ranks):
-    loss (mean cross-entropy), accuracy, sensitivity, specificity, AUROC, confusion matrix. Also returns the
-    unreadable items."""
+    loss (mean cross-entropy), accuracy, sensitivity, specificity, AUROC, confusion matrix; for a BCE objective the
+    multi-label ones (``multilabel_metrics``: per-class AUROC and average precision, their means, counts at
+    ``threshold``; loss = mean BCE over the known targets). Also returns the unreadable items."""
     ctx = ctx or DistContext()
     model.eval()
     labels: list[torch.Tensor] = []
     probs: list[torch.Tensor] = []
-    loss_sum = 0.0
+    loss_sum, loss_terms = 0.0, torch.zeros((), dtype=torch.float64, device=device)
     failed: list[Unreadable] = []
     for batch in loader:
         failed += batch.failed
@@ -257,22 +278,39 @@ def evaluate(
         x, y = _inputs(batch, device, channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        total, count = objective.loss_terms(logits, y)
+        loss_sum += total.item()
+        loss_terms += count
         labels.append(y.cpu())
-        probs.append(logits.softmax(1).cpu())
+        probs.append(objective.probs(logits).cpu())
+    empty = torch.zeros((0, len(class_names)) if objective.kind == "bce" else 0, dtype=torch.int64)
     mine = (
-        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+        torch.cat(labels) if labels else empty,
         torch.cat(probs) if probs else torch.zeros(0, len(class_names)),
         loss_sum,
         failed,
+        loss_terms.item(),
     )
     parts = all_gather_objects(ctx, mine)
     all_labels = torch.cat([p[0] for p in parts]).numpy()
     all_probs = torch.cat([p[1] for p in parts]).numpy()
-    n = len(all_labels)
+    n = len(all_labels) if objective.kind == "ce" else sum(p[4] for p in parts)
     total_loss = sum(p[2] for p in parts) / n if n else None
-    metrics = classification_metrics(all_labels, all_probs, loss=total_loss, class_names=class_names)
+    if objective.kind == "bce":
+        metrics = multilabel_metrics(
+            all_labels, all_probs, loss=total_loss, class_names=class_names, threshold=threshold
+        )
+    else:
+        metrics = classification_metrics(all_labels, all_probs, loss=total_loss, class_names=class_names)
     return metrics, [f for p in parts for f in p[3]]
+
+
+def _dummy_target(objective: Objective, model: nn.Module, device: str) -> torch.Tensor:
+    """The target of a stand-in input that counts zero: class 0 (ce), every target masked (bce)."""
+    if objective.kind == "ce":
+        return torch.zeros(1, dtype=torch.int64, device=device)
+    num_classes = getattr(model, "module", model).config.num_classes
+    return torch.full((1, num_classes), -1, dtype=torch.int64, device=device)
 
 
 def _resume_decision(spec: TrainSpec, last: Path) -> bool:
@@ -321,6 +359,7 @@ class _Run:
     stopper: EarlyStopping
     amp: bool
     channels_last: bool
+    objective: Objective = CROSS_ENTROPY
     start: int = 0  # epochs already done (resumed runs)
     history: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[tuple[int, Unreadable]] = field(default_factory=list)
@@ -373,7 +412,7 @@ def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
     resuming = _resume_decision(spec, last)
     if spec.batch_size % ctx.world_size:
         raise SpecError(f"batch_size {spec.batch_size} (global) must divide evenly over {ctx.world_size} ranks")
-    source = open_source(spec.data, split="train", field=spec.field)
+    source = open_source(spec.data, split="train", field=spec.field, labels=label_source(spec))
     torch.manual_seed(spec.seed)  # a fresh random init is reproducible too
     ck = None
     if resuming:
@@ -381,9 +420,10 @@ def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
         model, preprocessing, init_desc = ck.model, ck.preprocessing, ck.meta.get("init", "")
         _warn_changed(ck.meta.get("spec", {}), spec)
     else:
-        model, preprocessing, init_desc = initial_model(spec)
+        model, preprocessing, init_desc = initial_model(spec, num_classes=len(source.class_names))
     _check_classes(model, source)
     train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed)
+    source, objective = training_objective(spec, source, train_idx)
     size = tuple(preprocessing.size)
     transform = (
         train_transform(preprocessing, crop_fraction=spec.crop_fraction)
@@ -418,10 +458,35 @@ def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
         stopper=EarlyStopping(spec.patience, spec.min_delta),
         amp=amp,
         channels_last=channels_last,
+        objective=objective,
     )
     if ck is not None:
         _restore(r, ck)
     return r
+
+
+def label_source(spec: TrainSpec | EvaluateSpec) -> LabelSource | None:
+    """The spec's label file (None: the data folder's own classes)."""
+    if spec.labels is None:
+        return None
+    return LabelSource(spec.labels, format=spec.label_format, uncertain=spec.uncertain, view=spec.view)
+
+
+def training_objective(spec: TrainSpec, source: Source, train_idx: Sequence[int]) -> tuple[Source, Objective]:
+    """Cross-entropy (the seed's) or masked BCE: ``spec.loss``, auto = BCE exactly when the data is multi-label.
+    BCE on single-label data trains one-vs-rest on its one-hot labels (the source returned carries them)."""
+    kind = spec.loss if spec.loss != "auto" else ("bce" if source.multi_label else "ce")
+    if kind == "ce" and source.multi_label:
+        raise SpecError(
+            f"{spec.labels}: multi-label targets cannot train with loss = ce (one class per image); use --loss bce"
+        )
+    if kind == "ce":
+        return source, Objective("ce")
+    if not source.multi_label:
+        source = dataclasses.replace(source, targets=np.eye(len(source.class_names), dtype=np.int8)[source.labels])
+    assert source.targets is not None
+    weights = prevalence_weights(source.targets[list(train_idx)]) if spec.class_weights == "prevalence" else None
+    return source, Objective("bce", pos_weight=weights)
 
 
 def _restore(r: _Run, ck: LoadedCheckpoint) -> None:
@@ -467,6 +532,7 @@ def _train_and_validate(r: _Run, net: nn.Module, epoch: int) -> tuple[dict[str, 
         amp=r.amp,
         channels_last=r.channels_last,
         input_shape=(r.preprocessing.in_chans, *r.size),
+        objective=r.objective,
     )
     val_loader = _loader(
         r.val_ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, device=ctx.device
@@ -479,6 +545,7 @@ def _train_and_validate(r: _Run, net: nn.Module, epoch: int) -> tuple[dict[str, 
         class_names=r.source.class_names,
         amp=r.amp,
         channels_last=r.channels_last,
+        objective=r.objective,
     )
     r.scheduler.step()
     return stats, metrics, val_failed
@@ -514,6 +581,11 @@ def _epoch_record(
         "seconds": round(time.perf_counter() - started, 3),
         "best": improved,
         "val_confusion_matrix": metrics["confusion_matrix"],
+        **(
+            {"val_mean_ap": metrics["mean_ap"], "val_auroc_per_class": metrics["auroc_per_class"]}
+            if r.objective.kind == "bce"
+            else {}
+        ),
     }
 
 
@@ -532,6 +604,7 @@ def _report_unreadable(epoch: int, failed: list[Unreadable], run: Path) -> None:
 def _save_epoch(r: _Run, metrics: dict[str, Any], improved: bool, groups: tuple[str, ...]) -> None:
     """Rank 0 after each epoch: best.pt when it improved, last.pt (everything to resume), the epoch files."""
     meta = _meta(r.spec, r.history, metrics, r.init_desc, r.source, r.n_train, r.n_val)
+    meta["activation"] = r.objective.activation  # what enhance and evaluate apply to the logits
     class_names = r.source.class_names
     if improved:
         save_checkpoint(r.dir / rundir.BEST, r.model, preprocessing=r.preprocessing, class_names=class_names, meta=meta)
@@ -621,6 +694,21 @@ def _warn_changed(saved: dict[str, Any], spec: TrainSpec) -> None:
         log.warning("resuming with changed settings %s; the run continues with the new values", changed)
 
 
+def _evaluation_objective(activation: str, source: Source, spec: EvaluateSpec) -> tuple[Source, Objective]:
+    """The objective of the model's outputs: softmax (single-label data only) or sigmoid (the multi-label numbers;
+    single-label data as one-hot targets)."""
+    if activation == "softmax":
+        if source.multi_label:
+            raise SpecError(
+                f"{spec.labels}: multi-label targets need a model with one sigmoid per class; the checkpoint "
+                "records none, so pass --head sigmoid if it has one"
+            )
+        return source, CROSS_ENTROPY
+    if not source.multi_label:
+        source = dataclasses.replace(source, targets=np.eye(len(source.class_names), dtype=np.int8)[source.labels])
+    return source, Objective("bce")
+
+
 def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     """Evaluate a checkpoint (any format the loader accepts) on a dataset; write ``spec.json`` when set."""
     ck = load_checkpoint(spec.checkpoint, arch=spec.arch, model=spec.model, num_classes=spec.num_classes)
@@ -630,8 +718,9 @@ def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     except ValueError as exc:
         raise SpecError(f"input: {exc}") from None
     ck = dataclasses.replace(ck, preprocessing=preprocessing)
-    source = open_source(spec.data, split="test", field=spec.field)
+    source = open_source(spec.data, split="test", field=spec.field, labels=label_source(spec))
     _check_classes(ck.model, source)
+    source, objective = _evaluation_objective(output_activation(ck, spec.head), source, spec)
     if tuple(source.class_names) != tuple(ck.class_names):
         log.warning(
             "class names differ: checkpoint %s, data %s; labels are matched by index",
@@ -643,12 +732,15 @@ def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     ds = source.dataset(eval_transform(ck.preprocessing), size=tuple(ck.preprocessing.size))
     loader = _loader(ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=0, device=device)
     started = time.perf_counter()
-    metrics, failed = evaluate(model, loader, device=device, class_names=source.class_names)
+    metrics, failed = evaluate(
+        model, loader, device=device, class_names=source.class_names, objective=objective, threshold=spec.threshold
+    )
     report = {
         "checkpoint": os.path.abspath(ck.path),
         "checkpoint_sha256": ck.sha256,
         "checkpoint_format": ck.source_format,
         "architecture": ck.config.arch,
+        "activation": objective.activation,
         "data": source.describe(),
         "metrics": metrics,
         "unreadable": [dataclasses.asdict(u) for u in failed],
