@@ -70,12 +70,18 @@ def _print_repairs(out_dir: str, shard_ids: list[int]) -> None:
 @click.option("--out", "png", default="grid.png", show_default=True, help="PNG file to write.")
 @click.option("-n", "--samples", default=8, show_default=True, help="Number of samples (rows).")
 @click.option("--good", default=0.85, show_default=True, help="Probability above which a correct row is 'Good'.")
+@click.option(
+    "--class",
+    "class_name",
+    metavar="NAME",
+    help="The class whose maps to show, in a dataset of per-class maps (multi-label); needed there.  [default: none]",
+)
 @reports_errors
-def show(out_dir: str, png: str, samples: int, good: float) -> None:
+def show(out_dir: str, png: str, samples: int, good: float, class_name: str | None) -> None:
     """Draw a PNG grid: image | heatmap overlay | crop | enhanced, titled like the original research figures."""
     from enhancer.report.grid import draw_grid
 
-    click.echo(f"wrote {draw_grid(out_dir, png, n=samples, good_threshold=good)}")
+    click.echo(f"wrote {draw_grid(out_dir, png, n=samples, good_threshold=good, class_name=class_name)}")
 
 
 @main.command("export")
@@ -84,12 +90,19 @@ def show(out_dir: str, png: str, samples: int, good: float) -> None:
 @click.option(
     "--field", default="enhanced", show_default=True, help="Field to export (enhanced, crop, image, heatmap)."
 )
+@click.option(
+    "--class",
+    "class_name",
+    metavar="NAME",
+    help="Export this class's maps of a dataset of per-class maps (images without one are left out); in a "
+    "multi-label dataset into DEST/positive, negative, uncertain by the image's target.  [default: none]",
+)
 @reports_errors
-def export(out_dir: str, dest: str, field: str) -> None:
+def export(out_dir: str, dest: str, field: str, class_name: str | None) -> None:
     """Export one field of an enhanced dataset as a PNG ImageFolder (DEST/<CLASS>/<name>.png)."""
     from enhancer.store import export_imagefolder
 
-    n = export_imagefolder(out_dir, dest, field=field)
+    n = export_imagefolder(out_dir, dest, field=field, class_name=class_name)
     click.echo(f"wrote {n} PNG files under {dest}")
 
 

@@ -21,7 +21,7 @@ def render_card(m: Manifest) -> str:
     lines = _summary(m, names)
     if m.localisation:
         lines += _localisation(m, names)
-    lines += _fields(m) + _provenance(m) + _loading(m, img)
+    lines += _fields(m) + _per_class_layout(m, names) + _provenance(m) + _loading(m, img)
     return "\n".join(lines)
 
 
@@ -44,10 +44,58 @@ def _summary(m: Manifest, names: list[str]) -> list[str]:
     ]
     if m.rejected_codes:
         lines.append("- rejected by reason: " + ", ".join(f"{k}: {v}" for k, v in m.rejected_codes.items()))
+    if "positive" in m.class_counts or "explained" in m.class_counts:
+        return lines + _multilabel_table(m, names)
     lines += ["", "| class | samples (label) | predicted |", "|---|---:|---:|"]
     for name in names:
         lines.append(f"| {name} | {m.class_counts['label'].get(name, 0)} | {m.class_counts['pred'].get(name, 0)} |")
     return lines
+
+
+def _multilabel_table(m: Manifest, names: list[str]) -> list[str]:
+    """Per class: positive targets, top predictions (argmax) and maps, for a multi-label or per-class dataset."""
+    counts = m.class_counts
+    lines = ["", "| class | positive targets | top prediction | maps |", "|---|---:|---:|---:|"]
+    for name in names:
+        positive = counts["positive"].get(name, 0) if "positive" in counts else "-"
+        maps = counts.get("explained", {}).get(name, 0)
+        lines.append(f"| {name} | {positive} | {counts['pred'].get(name, 0)} | {maps} |")
+    return lines
+
+
+def _per_class_layout(m: Manifest, names: list[str]) -> list[str]:
+    """How to read the map of (sample, class) with plain h5py, when the dataset has per-class maps."""
+    per_class = [n for n, info in m.fields.items() if info.get("per_class")]
+    if not per_class:
+        return []
+    slots = m.fields["explained"]["shape"][1]
+    field = "heatmap" if "heatmap" in per_class else per_class[0]
+    example = names[0] if names else "0"
+    return [
+        "",
+        "## Maps per class",
+        "",
+        f"Each image has {slots} map slot(s). The fields {', '.join(f'`{n}`' for n in per_class)} have a second",
+        "axis, the slot: `f['heatmap'][i, k]` is the map of slot k of row i, and `f['explained'][i, k]` the class id",
+        "it explains (`class_names` in the provenance; -1: an empty slot, all zeros). Fields without that axis",
+        "(e.g. a crop from the union of the maps) are shared by the image's classes."
+        + (
+            " `targets` holds the image's multi-hot targets: 1, 0, -1 = uncertain (masked)."
+            if "targets" in m.fields
+            else ""
+        ),
+        "",
+        "```python",
+        "import json, h5py, numpy as np",
+        f"m = json.load(open('{MANIFEST}'))",
+        f"c = m['class_names'].index('{example}')",
+        "for s in m['shards']:",
+        "    with h5py.File(s['file'], 'r') as f:",
+        "        explained = f['explained'][:]                       # (n, K) class id of each slot",
+        "        rows, slots = np.nonzero(explained == c)           # the images with a map of class c",
+        f"        maps = [f['{field}'][i, k] for i, k in zip(rows, slots)]",
+        "```",
+    ]
 
 
 def _localisation(m: Manifest, names: list[str]) -> list[str]:

@@ -7,6 +7,9 @@ Usage::
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=8)   # fork or spawn both work
     ds.class_names, ds.labels                                                   # for samplers / reports
     export_imagefolder("out", "out_png", field="enhanced")                     # out_png/<CLASS>/<stem>.png
+    # a dataset of per-class maps (multi-label): multi-hot targets, and the maps of one class
+    ds = EnhancedDataset("out", fields=("heatmap", "targets"), class_name="Effusion")
+    ds[0]["heatmap"]        # (H, W): the map of Effusion; ds[0]["has_map"]: whether the image has one
 
 Samples are located through ``manifest.json`` offsets (never HDF5 virtual datasets, which read a missing source as
 fill values). HDF5 files are opened lazily in the process that reads them and never pickled, so DataLoader workers
@@ -46,6 +49,11 @@ class EnhancedDataset(torch.utils.data.Dataset):
 
     ``transform`` is called with the sample dict and its result is returned, e.g.
     ``lambda s: (s["enhanced"].float() / 255, s["label"].long())``.
+
+    A dataset of per-class maps (``per_class`` fields, multi-label) gives each of them as (K, ...), one map per
+    explained class (``explained`` names the classes). ``class_name`` (a class name or id) selects that class's map
+    instead, and adds ``has_map`` (bool): False where the image has no map of the class (its map is then zeros).
+    ``targets`` (multi-hot, -1 masked) is a field like the others; ``ds.targets`` holds all of them.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         fields: Iterable[str] = ("enhanced", "label"),
         transform: Callable[[dict[str, Any]], Any] | None = None,
         verify_checksums: bool = True,
+        class_name: str | int | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.manifest = Manifest.load(self.out_dir)
@@ -71,6 +80,24 @@ class EnhancedDataset(torch.utils.data.Dataset):
         self._readers: dict[tuple[int, str], FieldReader] = {}
         self._pid: int | None = None
         self.labels = self._read_labels()
+        self.targets = self.read_column("targets") if "targets" in self.manifest.fields else None
+        self.per_class = tuple(n for n, info in self.manifest.fields.items() if info.get("per_class"))
+        self.class_id = self._class_id(class_name)
+
+    def _class_id(self, class_name: str | int | None) -> int | None:
+        """The id of the selected class (None: no selection); errors name the classes and the fix."""
+        if class_name is None:
+            return None
+        if not self.per_class:
+            raise StoreError(
+                f"{self.out_dir} holds one map per image, not one per class; drop the class selection (--class)"
+            )
+        names = self.class_names
+        if str(class_name) in names:
+            return names.index(str(class_name))
+        if str(class_name).isdigit() and int(class_name) < len(names):
+            return int(class_name)
+        raise StoreError(f"no class {class_name!r} in {self.out_dir}; its classes: {', '.join(names)}")
 
     @property
     def class_names(self) -> list[str]:
@@ -94,13 +121,23 @@ class EnhancedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Any:
         pos, row = self.locate(int(index))
         sample: dict[str, Any] = {}
+        slot = self._slot(pos, row) if self.class_id is not None else None
         for name in self.fields:
             value = self._value(pos, row, name)
             if FIELDS[name].dtype == STR:
                 sample[name] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            else:
-                sample[name] = torch.from_numpy(np.array(value))
+                continue
+            if slot is not None and name in self.per_class:
+                value = value[slot] if slot >= 0 else np.zeros_like(value[0])
+            sample[name] = torch.from_numpy(np.array(value))
+        if slot is not None:
+            sample["has_map"] = torch.tensor(slot >= 0)
         return self.transform(sample) if self.transform is not None else sample
+
+    def _slot(self, pos: int, row: int) -> int:
+        """The map slot of the selected class in a sample (-1: the sample has no map of it)."""
+        hits = np.flatnonzero(np.asarray(self._value(pos, row, "explained")) == self.class_id)
+        return int(hits[0]) if len(hits) else -1
 
     def close(self) -> None:
         """Close the HDF5 handles of this process (they reopen on the next access)."""
@@ -174,29 +211,46 @@ class EnhancedDataset(torch.utils.data.Dataset):
         return reader
 
     def _read_labels(self) -> np.ndarray:
+        return self.read_column("label").astype(np.int64)
+
+    def read_column(self, name: str) -> np.ndarray:
+        """A small field of every sample, in manifest order (``label``, ``targets``)."""
         parts = []
         for s in self.manifest.shards:
             with h5py.File(self.out_dir / s.file, "r", locking=False) as f:
-                parts.append(f["label"][:].astype(np.int64))
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                parts.append(f[name][:])
+        shape = tuple(self.manifest.fields[name]["shape"][1:])
+        return np.concatenate(parts) if parts else np.zeros((0, *shape), np.dtype(FIELDS[name].dtype))
 
 
-def export_imagefolder(out_dir: str | os.PathLike, dest: str | os.PathLike, field: str = "enhanced") -> int:
+TARGET_FOLDERS = {1: "positive", 0: "negative", -1: "uncertain"}  # export of one class of a multi-label dataset
+
+
+def export_imagefolder(
+    out_dir: str | os.PathLike, dest: str | os.PathLike, field: str = "enhanced", class_name: str | None = None
+) -> int:
     """Write ``field`` of every sample as ``dest/<CLASS>/<stem>.png``; returns the number of files written.
 
     Two inputs with the same stem in one class get the sample index appended (``<stem>__<index>.png``).
+    ``class_name`` selects one class of a dataset of per-class maps: its map of ``field`` (images without one are
+    left out); in a multi-label dataset the folders are then ``positive``, ``negative`` and ``uncertain``, the
+    sample's target for that class.
     """
     if field not in IMAGE_FIELDS:
         raise StoreError(f"cannot export field {field!r} as PNG; valid choices: {', '.join(IMAGE_FIELDS)}")
-    ds = EnhancedDataset(out_dir, fields=(field, "label", "path", "index"))
-    names = ds.class_names
+    probe = EnhancedDataset(out_dir, fields=("label",), class_name=class_name)
+    extra = ("targets",) if probe.targets is not None and class_name is not None else ()
+    ds = EnhancedDataset(out_dir, fields=(field, "label", "path", "index", *extra), class_name=class_name)
+    probe.close()
     dest = Path(dest)
     used: set[tuple[str, str]] = set()
+    written = 0
     try:
         for i in range(len(ds)):
             s = ds[i]
-            label = int(s["label"])
-            cls = names[label] if 0 <= label < len(names) else str(label)
+            if not bool(s.get("has_map", True)):
+                continue
+            cls = _folder(s, ds)
             stem = Path(s["path"]).stem or f"sample{int(s['index'])}"
             if (cls, stem) in used:
                 stem = f"{stem}__{int(s['index'])}"
@@ -208,7 +262,16 @@ def export_imagefolder(out_dir: str | os.PathLike, dest: str | os.PathLike, fiel
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(target, "wb") as f:
                 Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
+            written += 1
     finally:
         ds.close()
-    log.info("exported %d %s images from %s to %s", len(ds), field, out_dir, dest)
-    return len(ds)
+    log.info("exported %d %s images from %s to %s", written, field, out_dir, dest)
+    return written
+
+
+def _folder(sample: dict[str, Any], ds: EnhancedDataset) -> str:
+    """The folder of a sample: its class name, or for one class of a multi-label dataset its target for it."""
+    if "targets" in sample and ds.class_id is not None:
+        return TARGET_FOLDERS[int(sample["targets"][ds.class_id])]
+    label, names = int(sample["label"]), ds.class_names
+    return names[label] if 0 <= label < len(names) else str(label)

@@ -45,6 +45,7 @@ from enhancer.store.reading import field_codec, sample_dtype, sample_shape
 from enhancer.store.schema import (
     FIELDS,
     METRIC_FIELDS,
+    PER_CLASS_ATTR,
     REJECTED_COLUMNS,
     REJECTED_GROUP,
     RESERVED_ATTRS,
@@ -170,8 +171,9 @@ def _fmt_ids(ids: Iterable[int], limit: int = 20) -> str:
     return text + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
-def _describe_fields(f: h5py.File, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Per field: decoded dtype and shape, how it is stored (codec, HDF5 chunks) and its meaning."""
+def _describe_fields(f: h5py.File, names: list[str], per_class: list[str]) -> dict[str, dict[str, Any]]:
+    """Per field: decoded dtype and shape, how it is stored (codec, HDF5 chunks) and its meaning; ``per_class``:
+    true for a field with the explained-class axis (sample, slot, ...)."""
     out = {}
     for name in names:
         ds = f[name]
@@ -182,6 +184,7 @@ def _describe_fields(f: h5py.File, names: list[str]) -> dict[str, dict[str, Any]
             "codec": "none" if is_str else field_codec(ds),
             "chunks": list(ds.chunks),
             "doc": FIELDS[name].doc,
+            **({"per_class": True} if name in per_class else {}),
         }
     return out
 
@@ -205,6 +208,8 @@ class _ShardContents:
     pred: np.ndarray
     metrics: dict[str, np.ndarray]
     rejected: list[list[Any]]  # [index, path, code, message]
+    targets: np.ndarray | None = None  # (n, C) multi-label targets
+    explained: np.ndarray | None = None  # (n, K) class of each map slot
 
     @property
     def n_samples(self) -> int:
@@ -270,7 +275,7 @@ def _read_shard(path: Path, shard_id: int, num_shards: int) -> _ShardContents:
                 "or copied from another dataset; rerun this shard"
             )
         names = list(attrs["fields"])
-        info = _describe_fields(f, names)
+        info = _describe_fields(f, names, list(attrs.get(PER_CLASS_ATTR, [])))
         g = f[REJECTED_GROUP]
         cols = {c: g[c][:] for c in REJECTED_COLUMNS}
         rejected = [
@@ -286,6 +291,8 @@ def _read_shard(path: Path, shard_id: int, num_shards: int) -> _ShardContents:
             label=f["label"][:],
             pred=f["pred"][:],
             metrics={name: f[name][:] for name in names if name in METRIC_FIELDS},
+            targets=f["targets"][:] if "targets" in names else None,
+            explained=f["explained"][:] if "explained" in names else None,
             rejected=rejected,
         )
 
@@ -320,6 +327,8 @@ def _build_manifest(
     for s in shards:
         for name, values in s.metrics.items():
             metrics.setdefault(name, []).append(values)
+    explained = np.concatenate([s.explained for s in shards]) if shards[0].explained is not None else None
+    groups = label_all if explained is None else explained  # per-class metrics: by the class each map explains
     return Manifest(
         schema_version=SCHEMA_VERSION,
         num_shards=num_shards,
@@ -330,11 +339,15 @@ def _build_manifest(
         n_written=len(written_idx),
         n_rejected=len(rejected_idx),
         class_names=class_names,
-        class_counts={"label": _counts(label_all, class_names), "pred": _counts(pred_all, class_names)},
+        class_counts={
+            "label": _counts(label_all, class_names),
+            "pred": _counts(pred_all, class_names),
+            **_multilabel_counts(shards, explained, class_names),
+        },
         rejected_codes=dict(sorted(Counter(r[2] for r in rejected_rows).items())),
         provenance=common,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        localisation=summarise_localisation({k: np.concatenate(v) for k, v in metrics.items()}, label_all, class_names),
+        localisation=summarise_localisation({k: np.concatenate(v) for k, v in metrics.items()}, groups, class_names),
     )
 
 
@@ -374,11 +387,26 @@ def _write_dataset_files(out_dir: Path, manifest: Manifest, rejected_rows: list[
     _write_text(out_dir / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
 
 
+def _multilabel_counts(
+    shards: list[_ShardContents], explained: np.ndarray | None, class_names: tuple[str, ...] | None
+) -> dict[str, dict[str, int]]:
+    """Per class: positive targets (``positive``) and maps (``explained``), where the dataset has those fields."""
+    out = {}
+    if shards[0].targets is not None:
+        targets = np.concatenate([s.targets for s in shards])
+        rows, cols = np.nonzero(targets == 1)
+        out["positive"] = _counts(cols, class_names) if len(rows) else {}
+    if explained is not None:
+        out["explained"] = _counts(explained[explained >= 0], class_names)
+    return out
+
+
 def summarise_localisation(
     metrics: dict[str, np.ndarray], labels: np.ndarray, class_names: tuple[str, ...] | None
 ) -> dict[str, Any]:
     """Mean of each metric field over the samples where it is defined (float: finite; hit: not -1), overall and per
-    label class; ``n`` counts the defined samples. For hits the mean is the pointing-game hit rate."""
+    label class; ``n`` counts the defined samples. For hits the mean is the pointing-game hit rate. Per-class
+    metrics (N, K) are grouped by ``labels`` (N, K), the class each map explains (slots of class -1 left out)."""
 
     def stats(v: np.ndarray) -> dict[str, Any]:
         ok = v != -1 if v.dtype.kind in "iu" else np.isfinite(v)
@@ -387,6 +415,8 @@ def summarise_localisation(
     out: dict[str, Any] = {}
     for name in (n for n in METRIC_FIELDS if n in metrics):
         v = metrics[name]
+        if v.ndim == 2:
+            v, labels = v[labels >= 0], labels[labels >= 0]
         by_class = {}
         for c in np.unique(labels).tolist():
             key = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)

@@ -170,10 +170,13 @@ def _check_datasets(f: h5py.File, name: str, n_expected: int, m: Manifest, probl
 
 
 def _check_predictions(data: dict[str, np.ndarray], n: int, name: str, m: Manifest, problem: _Problem) -> None:
-    """prob rows sum to 1, pred is their argmax, label and pred are class ids."""
+    """prob rows sum to 1 (softmax; sigmoid ones lie in [0, 1]), pred is their argmax, label and pred are class
+    ids (label -1 in a multi-label dataset), targets are 1, 0 or -1 and explained classes are class ids or -1."""
     rows = np.arange(n)
     prob = data["prob"]
     sums = prob.sum(axis=1) if n else np.zeros(0)
+    if m.provenance.get("activation") == "sigmoid":
+        sums = np.where(((prob >= 0) & (prob <= 1)).all(axis=1), 1.0, np.nan) if n else sums
     for r in rows[~(np.abs(sums - 1) <= _PROB_TOL)]:
         problem("prob", f"{name} row {r}: prob sums to {sums[r]:.6f}, not 1")
     if n:
@@ -182,8 +185,22 @@ def _check_predictions(data: dict[str, np.ndarray], n: int, name: str, m: Manife
             problem("pred", f"{name} row {r}: pred {data['pred'][r]} != argmax(prob) {argmax[r]}")
     n_classes = len(m.class_names) if m.class_names else prob.shape[1]
     for key in ("label", "pred"):
-        for r in rows[(data[key] < 0) | (data[key] >= n_classes)]:
-            problem(key + "-range", f"{name} row {r}: {key} {data[key][r]} outside 0..{n_classes - 1}")
+        low = -1 if key == "label" and "targets" in data else 0
+        for r in rows[(data[key] < low) | (data[key] >= n_classes)]:
+            problem(key + "-range", f"{name} row {r}: {key} {data[key][r]} outside {low}..{n_classes - 1}")
+    _check_class_fields(data, n, n_classes, name, problem)
+
+
+def _check_class_fields(data: dict[str, np.ndarray], n: int, n_classes: int, name: str, problem: _Problem) -> None:
+    """Multi-label targets are 1, 0 or -1; the explained class of each map slot is a class id or -1 (empty)."""
+    rows = np.arange(n)
+    if "targets" in data and n:
+        for r in rows[~np.isin(data["targets"], (-1, 0, 1)).all(axis=1)]:
+            problem("targets", f"{name} row {r}: targets {data['targets'][r].tolist()} are not all 1, 0 or -1")
+    if "explained" in data and n:
+        e = data["explained"]
+        for r in rows[((e < -1) | (e >= n_classes)).any(axis=1)]:
+            problem("explained", f"{name} row {r}: explained {e[r].tolist()} outside -1..{n_classes - 1}")
 
 
 def _check_geometry(data: dict[str, np.ndarray], n: int, name: str, problem: _Problem) -> None:
@@ -193,15 +210,14 @@ def _check_geometry(data: dict[str, np.ndarray], n: int, name: str, problem: _Pr
     for r in rows[(size <= 0).any(axis=1)] if n else []:
         problem("orig_size", f"{name} row {r}: orig_size {size[r].tolist()} not positive")
     if "crop_box" in data and n:
-        b = data["crop_box"]
-        h, w = size[:, 0], size[:, 1]
-        bad = (
-            (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 0] >= b[:, 2]) | (b[:, 1] >= b[:, 3]) | (b[:, 2] > w) | (b[:, 3] > h)
-        )
+        b = data["crop_box"].reshape(n, -1, 4)  # (n, K, 4) with per-class crops
+        h, w = size[:, 0:1], size[:, 1:2]
+        x0, y0, x1, y1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+        bad = ((x0 < 0) | (y0 < 0) | (x0 >= x1) | (y0 >= y1) | (x1 > w) | (y1 > h)).any(axis=1)
         for r in rows[bad]:
             problem(
                 "crop_box",
-                f"{name} row {r}: crop_box {b[r].tolist()} not inside orig_size (h, w) "
+                f"{name} row {r}: crop_box {data['crop_box'][r].tolist()} not inside orig_size (h, w) "
                 f"{size[r].tolist()} with x0 < x1, y0 < y1",
             )
 
@@ -214,12 +230,12 @@ def _check_measured(data: dict[str, np.ndarray], n: int, name: str, problem: _Pr
             problem("cam", f"{name} row {r}: cam contains NaN or inf")
     for key in ("lung_energy", "box_energy", "box_iou"):
         if key in data and n:
-            v = data[key]
-            for r in rows[~(np.isnan(v) | ((v >= 0) & (v <= 1)))]:
+            v = data[key].reshape(n, -1)  # (n, K) with per-class maps
+            for r in rows[~(np.isnan(v) | ((v >= 0) & (v <= 1))).all(axis=1)]:
                 problem(key, f"{name} row {r}: {key} {v[r]} is neither NaN (undefined) nor in [0, 1]")
     for key in ("lung_hit", "box_hit"):
         if key in data and n:
-            for r in rows[~np.isin(data[key], (-1, 0, 1))]:
+            for r in rows[~np.isin(data[key].reshape(n, -1), (-1, 0, 1)).all(axis=1)]:
                 problem(key, f"{name} row {r}: {key} {data[key][r]} is not -1 (undefined), 0 or 1")
     if "lung_mask" in data and n:
         for r in rows[(data["lung_mask"].reshape(n, -1) > 1).any(axis=1)]:

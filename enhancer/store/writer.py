@@ -166,22 +166,7 @@ class ShardWriter:
         self.tmp_path = tmp_path_for(self.path)
         self.fields = resolve_fields(fields)
         self.per_class = tuple(f for f in self.fields if f in check_per_class(per_class))
-        shapes = dict(shapes or {})
-        unknown = set(shapes) - set(FIELDS)
-        if unknown:
-            raise StoreError(f"shapes given for unknown field(s) {sorted(unknown)}; valid: {', '.join(FIELDS)}")
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        for name in self.fields:
-            symbolic = symbolic_shape(name, name in self.per_class)
-            if name in shapes:
-                self.shapes[name] = check_shape(name, shapes[name], name in self.per_class)
-            elif all(isinstance(d, int) for d in symbolic):
-                self.shapes[name] = tuple(int(d) for d in symbolic)
-            else:
-                raise StoreError(
-                    f"no per-sample shape for field {name!r} (schema {symbolic}); pass shapes={{{name!r}: (...)}} "
-                    "or build them with per_sample_shapes()"
-                )
+        self.shapes = self._resolve_shapes(dict(shapes or {}))
         self.codecs: dict[str, Codec] = resolve_codecs(self.fields, codecs, compression)
         jpeg = [n for n in self.per_class if self.codecs[n].kind == "jpeg"]
         if jpeg:
@@ -210,6 +195,25 @@ class ShardWriter:
         self._given_claim = claim
         self._own_claim: ShardClaim | None = None
         self._tmp_id: tuple[int, int] | None = None  # (device, inode) of the .tmp this writer created
+
+    def _resolve_shapes(self, shapes: dict[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+        """The per-sample shape of every field: as given (checked against the schema), or the schema's fixed one."""
+        unknown = set(shapes) - set(FIELDS)
+        if unknown:
+            raise StoreError(f"shapes given for unknown field(s) {sorted(unknown)}; valid: {', '.join(FIELDS)}")
+        out: dict[str, tuple[int, ...]] = {}
+        for name in self.fields:
+            symbolic = symbolic_shape(name, name in self.per_class)
+            if name in shapes:
+                out[name] = check_shape(name, shapes[name], name in self.per_class)
+            elif all(isinstance(d, int) for d in symbolic):
+                out[name] = tuple(int(d) for d in symbolic)
+            else:
+                raise StoreError(
+                    f"no per-sample shape for field {name!r} (schema {symbolic}); pass shapes={{{name!r}: (...)}} "
+                    "or build them with per_sample_shapes()"
+                )
+        return out
 
     # -- context manager -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
