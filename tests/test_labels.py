@@ -145,3 +145,29 @@ def test_bad_label_files_name_the_fix(tmp_path: Path, kermany_dir: Path) -> None
         read_labels(tmp_path / "nope.csv", kermany_dir)
     with pytest.raises(DataError, match="uncertain"):
         read_labels(odd, kermany_dir, uncertain="maybe")
+
+
+def test_nih_box_list_gives_boxes_per_finding(tmp_path: Path) -> None:
+    from enhancer.explain.localisation import read_boxes
+
+    path = tmp_path / "BBox_List_2017.csv"
+    path.write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000003_000.png,Infiltrate,100.5,200,50,60,,,\n"
+        "00000003_000.png,Mass,10,20,30,40,,,\n"
+        "00000003_000.png,Mass,1,2,3,4,,,\n"
+    )
+    table = read_boxes(path)
+    assert table.per_finding and table.lookup("/x/00000003_000.png") == [
+        (100.5, 200.0, 150.5, 260.0),
+        (10.0, 20.0, 40.0, 60.0),
+        (1.0, 2.0, 4.0, 6.0),
+    ]
+    boxes = table.class_batch(["/x/00000003_000.png", "/x/other.png"], ["Infiltration", "Mass", "Nodule"])
+    assert boxes.shape == (2, 3, 2, 4)
+    assert boxes[0, 0, 0].tolist() == [100.5, 200.0, 150.5, 260.0] and boxes[0, 0, 1].isnan().all()
+    assert boxes[0, 1].tolist() == [[10.0, 20.0, 40.0, 60.0], [1.0, 2.0, 4.0, 6.0]]
+    assert boxes[0, 2].isnan().all() and boxes[1].isnan().all()  # no Nodule box; an unlisted image
+    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h]\n00000003_000.png,Mass,10,20,0,40\n")
+    with pytest.raises(ValueError, match="BBox_List_2017.csv:2: box .* is empty"):
+        read_boxes(path)

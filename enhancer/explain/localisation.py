@@ -155,11 +155,32 @@ def boxes_mask(boxes: torch.Tensor, orig_size: torch.Tensor, size: tuple[int, in
 class BoxTable:
     """Annotated boxes per image, xyxy in original pixels. ``by_path`` keys are absolute paths (``path`` CSVs),
     ``by_stem`` keys are file stems (RSNA ``patientId``). An image listed without a box (RSNA ``Target`` 0) has an
-    empty list; an image not listed at all is unknown: both give undefined box metrics."""
+    empty list; an image not listed at all is unknown: both give undefined box metrics. A file that names the
+    finding of each box (NIH ``BBox_List_2017.csv``) also fills ``by_finding``: stem -> finding -> boxes."""
 
     source: str
     by_path: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
     by_stem: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
+    by_finding: dict[str, dict[str, list[tuple[float, float, float, float]]]] = field(default_factory=dict)
+
+    @property
+    def per_finding(self) -> bool:
+        return bool(self.by_finding)
+
+    def class_batch(self, paths: Sequence[str], class_names: Sequence[str]) -> torch.Tensor:
+        """(N, C, K, 4) float32: the boxes of each image's finding ``class_names[c]`` (NaN-padded; a file without
+        findings gives every class the image's boxes). NIH writes ``Infiltrate`` for the class ``Infiltration``."""
+        if not self.per_finding:
+            return self.batch(paths)[:, None].expand(-1, len(class_names), -1, -1)
+        rows = [self.by_finding.get(Path(p).stem, {}) for p in paths]
+        lists = [[row.get(FINDING_ALIASES.get(c, c), []) for c in class_names] for row in rows]
+        k = max((len(b) for per_class in lists for b in per_class), default=0)
+        out = torch.full((len(paths), len(class_names), k, 4), math.nan, dtype=torch.float32)
+        for i, per_class in enumerate(lists):
+            for c, b in enumerate(per_class):
+                if b:
+                    out[i, c, : len(b)] = torch.tensor(b, dtype=torch.float32)
+        return out
 
     def lookup(self, path: str) -> list[tuple[float, float, float, float]] | None:
         """The boxes of the image at ``path`` (matched by absolute path, then by file stem), None when unlisted."""
@@ -184,12 +205,38 @@ class BoxTable:
 
 RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 PATH_COLUMNS = ("path", "x0", "y0", "x1", "y1")
+NIH_BOX_COLUMNS = ("Image Index", "Finding Label")  # then x, y, w, h (the header spells them "Bbox [x,y,w,h]")
+FINDING_ALIASES = {"Infiltration": "Infiltrate"}  # class name (Data_Entry_2017.csv) -> finding (BBox_List_2017.csv)
+
+
+def _read_nih_boxes(csv_s: str, table: BoxTable) -> BoxTable:
+    """NIH ``BBox_List_2017.csv``: ``Image Index, Finding Label`` then x, y, w, h in original pixels."""
+    with open(csv_s, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for values in reader:
+            if not any(v.strip() for v in values):
+                continue
+            line = reader.line_num
+            name, finding, coords = values[0].strip(), values[1].strip(), [v.strip() for v in values[2:6]]
+            try:
+                x, y, w, h = (float(v) for v in coords)
+            except ValueError:
+                raise ValueError(f"{csv_s}:{line}: box {coords} is not four numbers x, y, w, h") from None
+            if not (w > 0 and h > 0 and all(math.isfinite(v) for v in (x, y, w, h))):
+                raise ValueError(f"{csv_s}:{line}: box {coords} is empty (need w > 0 and h > 0)")
+            stem = Path(name).stem
+            table.by_stem.setdefault(stem, []).append((x, y, x + w, y + h))
+            table.by_finding.setdefault(stem, {}).setdefault(finding, []).append((x, y, x + w, y + h))
+    return table
 
 
 def read_boxes(csv_path: str | os.PathLike[str]) -> BoxTable:
     """Read a box CSV: RSNA's ``patientId,x,y,width,height,Target`` (matched to images by file stem; rows with Target
-    0 or empty coordinates mark images without a box) or ``path,x0,y0,x1,y1`` (paths relative to the CSV's folder;
-    a row with empty coordinates marks an image without a box). Several rows per image give several boxes."""
+    0 or empty coordinates mark images without a box), NIH's ``BBox_List_2017.csv`` (``Image Index, Finding Label``,
+    x, y, w, h: boxes per finding, matched by file stem) or ``path,x0,y0,x1,y1`` (paths relative to the CSV's
+    folder; a row with empty coordinates marks an image without a box). Several rows per image give several
+    boxes."""
     csv_s = os.path.abspath(os.fspath(csv_path))
     try:
         with open(csv_s, newline="", encoding="utf-8-sig") as fh:
@@ -199,13 +246,16 @@ def read_boxes(csv_path: str | os.PathLike[str]) -> BoxTable:
     except FileNotFoundError:
         raise ValueError(f"{csv_s}: no such box file; pass an RSNA label CSV or a path,x0,y0,x1,y1 CSV") from None
     table = BoxTable(source=csv_s)
+    if set(NIH_BOX_COLUMNS) <= columns:
+        return _read_nih_boxes(csv_s, table)
     if set(RSNA_COLUMNS) <= columns:
         kind, store = "rsna", table.by_stem
     elif set(PATH_COLUMNS) <= columns:
         kind, store = "path", table.by_path
     else:
         raise ValueError(
-            f"{csv_s}: the header must be {','.join(RSNA_COLUMNS)} (RSNA) or {','.join(PATH_COLUMNS)}, "
+            f"{csv_s}: the header must be {','.join(RSNA_COLUMNS)} (RSNA), {','.join(NIH_BOX_COLUMNS)},Bbox [x,y,w,h] "
+            f"(NIH) or {','.join(PATH_COLUMNS)}, "
             f"got {sorted(columns)}"
         )
     base = os.path.dirname(csv_s)

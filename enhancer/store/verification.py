@@ -232,7 +232,7 @@ def _check_measured(data: dict[str, np.ndarray], n: int, name: str, problem: _Pr
         if key in data and n:
             v = data[key].reshape(n, -1)  # (n, K) with per-class maps
             for r in rows[~(np.isnan(v) | ((v >= 0) & (v <= 1))).all(axis=1)]:
-                problem(key, f"{name} row {r}: {key} {v[r]} is neither NaN (undefined) nor in [0, 1]")
+                problem(key, f"{name} row {r}: {key} {data[key][r]} is neither NaN (undefined) nor in [0, 1]")
     for key in ("lung_hit", "box_hit"):
         if key in data and n:
             for r in rows[~np.isin(data[key].reshape(n, -1), (-1, 0, 1)).all(axis=1)]:
