@@ -31,7 +31,10 @@ from tqdm import tqdm
 from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.loader import resolve_device
 from enhancer.explain import cam, localisation
+from enhancer.explain.capture import LayerError, run_cut
+from enhancer.explain.compute import compute_cam
 from enhancer.explain.localisation import BoxTable, read_boxes
+from enhancer.explain.methods import METHOD_NOTES
 from enhancer.hashing import file_sha256
 from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from enhancer.models.lungs import LungModel, LungModelError, load_lung_model, lung_masks
@@ -95,20 +98,32 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def cam_layer(model: nn.Module) -> nn.Module:
+    """The module whose output the maps explain: the one ``model.target_layer`` names."""
+    name = getattr(model, "target_layer", None)
+    try:
+        return model.get_submodule(name)
+    except (AttributeError, TypeError):
+        raise SpecError(f"{type(model).__name__}: target layer {name!r} is not a module of the model") from None
+
+
 def compute_outputs(
     model: nn.Module,
     batch: Batch,
     settings: OutputSettings,
     *,
+    layer: nn.Module | None = None,
     lungs: LungModel | None = None,
     gt_boxes: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
-    ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
-    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
+    ``layer``: the module the maps explain (default: ``cam_layer(model)``). ``lungs``: a lung segmenter on the
+    model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in original pixels, NaN-padded
+    (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
     device = batch.image.device
-    result = cam.grad_cam(model, batch.image, settings.cam, labels=batch.label.to(device))
+    layer = cam_layer(model) if layer is None else layer
+    result = compute_cam(model, batch.image, layer=layer, settings=settings.cam, labels=batch.label.to(device))
     size = tuple(batch.image.shape[-2:])
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
@@ -197,11 +212,21 @@ def measured_fields(spec: EnhanceSpec) -> tuple[str, ...]:
     return resolve_fields((*chosen, *extra))
 
 
-def feature_size(model: nn.Module, preprocessing: Preprocessing, device: str) -> tuple[int, int]:
-    """(h, w) of the Grad-CAM target layer at the model's input size."""
+def feature_size(model: nn.Module, layer: nn.Module, preprocessing: Preprocessing, device: str) -> tuple[int, int]:
+    """(h, w) of the CAM target layer's output at the model's input size."""
     x = torch.zeros(1, preprocessing.in_chans, *preprocessing.size, device=device)
-    with torch.no_grad():
-        return tuple(model.features(x).shape[-2:])
+    try:
+        return tuple(run_cut(model, x, layer, need_gradients=False)[0].shape[-2:])
+    except LayerError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def cam_identity(settings: cam.CamSettings) -> dict[str, Any]:
+    """How the maps are computed (method, target, score, reduction, normalisation), which all shards must share; not
+    how fast (autocast and memory format on CUDA, Score-/Ablation-CAM copies per forward), which may differ."""
+    d = dataclasses.replace(settings, amp=None, channels_last=False).to_dict()
+    del d["scorecam_batch"]
+    return d
 
 
 def dataset_attrs(
@@ -231,7 +256,7 @@ def dataset_attrs(
         "num_shards": spec.num_shards,
         "checkpoint_sha256": ck.sha256,
         "fields": list(settings.fields),
-        "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
+        "cam": cam_identity(settings.cam),
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
         "preprocessing": settings.preprocessing.to_dict(),
@@ -246,6 +271,8 @@ def dataset_attrs(
         "head": ck.config.head or "",
         "target_layer": ck.model.target_layer,
         "gradcam": settings.cam.to_dict(),
+        "cam_method": settings.cam.method,
+        "cam_method_definition": METHOD_NOTES[settings.cam.method],
         "raw_cam_scale": cam.RAW_CAM_SCALE_NOTE,
         "preprocessing": settings.preprocessing.to_dict(),
         "crop_settings": settings.crop.to_dict(),
@@ -297,7 +324,8 @@ def run_enhance(
         num_threads=spec.num_threads,
         source_size=spec.source_size,
     )
-    h, w = feature_size(model, ck.preprocessing, device)
+    layer = cam_layer(model)
+    h, w = feature_size(model, layer, ck.preprocessing, device)
     H, W = ck.preprocessing.size
     shapes = per_sample_shapes(
         settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
@@ -322,7 +350,7 @@ def run_enhance(
         for batch in loader:
             names = [paths[int(i)] for i in batch.index]
             batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
-            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes)
+            outputs = compute_outputs(model, batch, settings, layer=layer, lungs=lungs, gt_boxes=batch_boxes)
             writer.put(_host_arrays(outputs, names))
             bar.update(len(batch))
         decode_rejected = list(loader.rejected)

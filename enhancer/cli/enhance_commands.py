@@ -25,6 +25,19 @@ from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slu
 @click.option("--num-threads", type=int, help="Loader CPU threads / workers.  [default: 2]")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast + channels_last on CUDA.  [default: off]")
 @click.option(
+    "--method",
+    metavar="NAME",
+    help="CAM method: gradcam, hirescam, gradcam++, xgradcam, layercam, gradcam-elementwise (gradients, one "
+    "head-only backward); eigencam (activations only); eigengradcam (gradients); scorecam, ablationcam (a forward "
+    "pass per channel and image: slow). Sets cam.method.  [default: gradcam]",
+)
+@click.option(
+    "--scorecam-batch",
+    type=click.IntRange(min=1),
+    help="scorecam / ablationcam: perturbed copies per forward pass (memory against speed; the maps do not depend "
+    "on it). Sets cam.scorecam_batch.  [default: 64]",
+)
+@click.option(
     "--fields",
     help="Optional fields to store, comma-separated (image,cam,heatmap,crop,crop_box,"
     "enhanced) or 'all'; index, label, pred, prob, path, orig_size are always stored.  [default: all]",
@@ -74,6 +87,8 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
     from enhancer.enhance import run_enhance
     from enhancer.specs import EnhanceSpec, load_spec
 
+    for key in ("method", "scorecam_batch"):  # options of the [enhance.cam] table
+        options[f"cam.{key}"] = options.pop(key)
     spec = load_spec(
         EnhanceSpec, job_file, table="enhance" if job_file else None, overrides=overrides(options, settings)
     )

@@ -41,6 +41,12 @@ RAW_CAM_SCALE_NOTE = (
     "bf16 ~6) while raw does not. Normalised maps (cam, heatmap) are identical for both forms."
 )
 
+# Every CAM method, by what it needs: the target layer's activations A and the score's gradient G w.r.t. them
+# (one head-only backward), A alone, or forward passes of perturbed inputs / activations (``scorecam_batch`` each).
+GRADIENT_METHODS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcam-elementwise", "eigengradcam")
+ACTIVATION_METHODS = ("eigencam",)
+PERTURBATION_METHODS = ("scorecam", "ablationcam")
+METHODS = (*GRADIENT_METHODS, *ACTIVATION_METHODS, *PERTURBATION_METHODS)
 TARGETS = ("predicted", "label")
 SCORES = ("prob", "logit")
 CHANNEL_REDUCE = ("mean", "sum")
@@ -57,6 +63,8 @@ def _check_choice(name: str, value: Any, valid: tuple[Any, ...]) -> None:
 class CamSettings:
     """How the map is computed; the defaults reproduce the seed notebook.
 
+    method: the CAM method (``METHODS``; default ``"gradcam"``), defined as in pytorch-grad-cam 1.5.7 (see
+    ``enhancer.explain.methods``).
     target: ``"predicted"`` (argmax of the logits, seed), ``"label"`` (needs ``labels``) or a fixed class index.
     score: ``"prob"`` (softmax probability, seed; computed in its non-vanishing log-odds form, see
     ``RAW_CAM_SCALE_NOTE``) or ``"logit"``.
@@ -65,16 +73,21 @@ class CamSettings:
     amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast for the trunk, applied on CUDA only (CPU autocast is slower
     than float32 on most CPUs); the head always runs in float32.
     channels_last: channels_last input memory format for the trunk, on CUDA only.
+    scorecam_batch: perturbed copies (images x channels) per forward pass of scorecam and ablationcam; memory
+    against speed, the maps do not depend on it.
     """
 
+    method: str = "gradcam"
     target: str | int = "predicted"
     score: str = "prob"
     channel_reduce: str = "mean"
     normalize: str = "max"
     amp: str | None = None
     channels_last: bool = False
+    scorecam_batch: int = 64
 
     def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
         if isinstance(self.target, bool) or not (
             self.target in TARGETS or (isinstance(self.target, int) and self.target >= 0)
         ):
@@ -83,6 +96,8 @@ class CamSettings:
         _check_choice("channel_reduce", self.channel_reduce, CHANNEL_REDUCE)
         _check_choice("normalize", self.normalize, NORMALIZE)
         _check_choice("amp", self.amp, tuple(AMP))
+        if isinstance(self.scorecam_batch, bool) or not isinstance(self.scorecam_batch, int) or self.scorecam_batch < 1:
+            raise ValueError(f"scorecam_batch={self.scorecam_batch!r} must be an integer >= 1 (copies per forward)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +135,56 @@ def _known_keys(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     return dict(d)
 
 
-def _targets(settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+@dataclass
+class LayerGrads:
+    """What every CAM method starts from, for a batch (on the input's device).
+
+    activations (N, K, h, w): the target layer's output, float32 (float64 for a float64 model), no graph.
+    gradients (N, K, h, w) or None: d score / d activations per image (None when the method needs none).
+    logits (N, num_classes) float32; target (N,) int64: the explained class; pred (N,) int64: the argmax.
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    logits: torch.Tensor
+    target: torch.Tensor
+    pred: torch.Tensor
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
+    """The model in eval mode and a 4-d batch: what makes each map depend on its own image only."""
+    if model.training:
+        raise ValueError(
+            "CAM needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
+            "Dropout would make each map depend on the rest of the batch and on chance"
+        )
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def trunk_context(settings: CamSettings, x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
+    """(x in the trunk's memory format, the trunk's autocast): both apply on CUDA only."""
+    on_cuda = x.device.type == "cuda"
+    if settings.channels_last and on_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = (
+        torch.autocast("cuda", dtype=AMP[settings.amp])
+        if settings.amp is not None and on_cuda
+        else contextlib.nullcontext()  # leave any caller's autocast in charge of the trunk
+    )
+    return x, amp
+
+
+def head_dtype(a: torch.Tensor) -> torch.Tensor:
+    """Activations as the head gets them: float32 (float64 for a float64 model) whatever the trunk's autocast; in
+    bf16 the logits' softmax saturates at a gap of ~6."""
+    return a if a.dtype == torch.float64 else a.float()
+
+
+def target_classes(
+    settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | None, num_classes: int
+) -> torch.Tensor:
+    """The class each image's map explains, (N,) int64."""
     if settings.target == "predicted":
         return pred
     if settings.target == "label":
@@ -136,8 +200,8 @@ def _targets(settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | N
     return target
 
 
-def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:
-    """Per-image scalar whose gradient w.r.t. the activations gives the channel weights, (N,)."""
+def class_score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:
+    """Per-image scalar whose gradient (or change) w.r.t. the activations gives the channel weights, (N,)."""
     z_c = logits.gather(1, target[:, None])[:, 0]
     if score == "logit":
         return z_c
@@ -147,7 +211,7 @@ def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tens
     return z_c - others.logsumexp(1)
 
 
-def _normalize(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def normalize_maps(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cam in [0, 1], raw_max, empty) for raw (N, h, w); empty maps give zeros, never NaN."""
     flat = raw.flatten(1)
     raw_max = flat.amax(1)
@@ -160,6 +224,40 @@ def _normalize(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor
     return cam, raw_max, empty
 
 
+def cam_result(raw: torch.Tensor, grads: LayerGrads, settings: CamSettings) -> CamResult:
+    """ReLU, normalise and package a map (N, h, w) before ReLU."""
+    raw = raw.relu().float()
+    cam, raw_max, empty = normalize_maps(raw, settings.normalize)
+    logits = grads.logits.detach()
+    return CamResult(raw, raw_max, cam, empty, logits.float(), logits.softmax(1).float(), grads.target, grads.pred)
+
+
+def head_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    settings: CamSettings = CamSettings(),
+    labels: torch.Tensor | None = None,
+    *,
+    need_gradients: bool = True,
+) -> LayerGrads:
+    """The closed form for models with ``features`` / ``head`` halves (every zoo model): the trunk once without
+    autograd, then only the head differentiated w.r.t. the activations."""
+    check_inputs(model, x)
+    x, amp = trunk_context(settings, x)
+    with torch.no_grad(), amp:
+        feats = model.features(x)
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        a = head_dtype(feats.detach()).requires_grad_(need_gradients)
+        logits = model.head(a)
+        pred = logits.detach().argmax(1)
+        target = target_classes(settings, pred, labels, logits.shape[1])
+        grads = None
+        if need_gradients:
+            # Eval mode: image n's score depends on a[n] only, so one backward of the sum gives every image's gradient.
+            (grads,) = torch.autograd.grad(class_score(logits, target, settings.score).sum(), a)
+    return LayerGrads(a.detach(), grads, logits.detach(), target, pred)
+
+
 def grad_cam(
     model: nn.Module,
     x: torch.Tensor,
@@ -169,44 +267,14 @@ def grad_cam(
     """Grad-CAM of ``model`` (eval mode; needs ``features`` and ``head``) for a batch ``x`` (N, C, H, W).
 
     Each image's map depends only on that image (no batch statistics). ``labels`` (N,) is needed for
-    ``target='label'``. Returns a ``CamResult`` on ``x``'s device.
+    ``target='label'``. Returns a ``CamResult`` on ``x``'s device. ``settings.method`` is not consulted: every
+    method, for any model, is ``enhancer.explain.compute.compute_cam``.
     """
-    if model.training:
-        raise ValueError(
-            "grad_cam needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
-            "Dropout would make each map depend on the rest of the batch and on chance"
-        )
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
-    on_cuda = x.device.type == "cuda"
-    if settings.channels_last and on_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    amp = (
-        torch.autocast("cuda", dtype=AMP[settings.amp])
-        if settings.amp is not None and on_cuda
-        else contextlib.nullcontext()  # leave any caller's autocast in charge of the trunk
-    )
-    with torch.no_grad(), amp:
-        feats = model.features(x)
-    # The head in float32 (float64 for a float64 model) whatever autocast the caller has on: in bf16 the logits'
-    # softmax saturates at a gap of ~6.
-    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-        a = feats.detach()
-        a = (a if a.dtype == torch.float64 else a.float()).requires_grad_(True)
-        logits = model.head(a)
-        pred = logits.detach().argmax(1)
-        target = _targets(settings, pred, labels, logits.shape[1])
-        # Eval mode: image n's score depends on a[n] only, so one backward of the sum gives every per-image gradient.
-        (grads,) = torch.autograd.grad(_score(logits, target, settings.score).sum(), a)
-    a = a.detach()
-    weights = grads.mean((2, 3))
-    raw = torch.einsum("nc,nchw->nhw", weights, a)
+    g = head_gradients(model, x, settings, labels)
+    raw = torch.einsum("nc,nchw->nhw", g.gradients.mean((2, 3)), g.activations)
     if settings.channel_reduce == "mean":
-        raw = raw / a.shape[1]
-    raw = raw.relu().float()
-    cam, raw_max, empty = _normalize(raw, settings.normalize)
-    logits = logits.detach()
-    return CamResult(raw, raw_max, cam, empty, logits.float(), logits.softmax(1).float(), target, pred)
+        raw = raw / g.activations.shape[1]
+    return cam_result(raw, g, settings)
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

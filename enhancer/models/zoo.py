@@ -163,7 +163,7 @@ class SeedVGG16(nn.Module):
     ``max_pool`` and ``classifier`` are aliases into ``vgg`` (so the state_dict holds both names, as the seed's
     did); head ``dense_neural_network`` on the 1000 logits."""
 
-    target_layer = "vgg.features[:30]"
+    target_layer = "feature_extractor"  # = vgg.features[:30], the last conv block's ReLU before the last max-pool
 
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ def render_card(m: Manifest) -> str:
             "suppressed), with label, prediction and probabilities. Written by `enhancer` "
             f"(schema version {m.schema_version}); created {m.created}."
         ),
+        *_method_lines(m.provenance),
         "",
         "## Counts",
         "",
@@ -111,6 +112,21 @@ def render_card(m: Manifest) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _method_lines(provenance: dict) -> list[str]:
+    """Which CAM method made the maps, at which layer (the ``cam`` field and everything derived from it)."""
+    method = provenance.get("cam_method")
+    if not method:
+        return []
+    layer = provenance.get("target_layer")
+    definition = provenance.get("cam_method_definition")
+    return [
+        "",
+        f"Maps: CAM method `{method}`"
+        + (f" at layer `{layer}`" if layer else "")
+        + (f": {definition}." if definition else "."),
+    ]
 
 
 def _mean_n(st: dict) -> str:

@@ -1,0 +1,138 @@
+"""Head-only gradients for any classifier: the forward hook that cuts the graph at the target layer gives exactly the
+gradient of a hook + full backward through the whole network, on the seed's ResNet-101 and VGG-16 and on
+torchvision's DenseNet-121, EfficientNet-B0, ConvNeXt-Tiny and MobileNet-V3-Large; grad mode, autocast and hooks
+are restored whatever happens; a bad layer is a clear error."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from enhancer.explain.cam import CamSettings
+from enhancer.explain.capture import LayerError, layer_gradients
+from enhancer.explain.compute import compute_cam, zoo_layer
+from enhancer.models.demo import build_demo_model, calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
+
+# (builder, target layer, input size): the last spatial stage before the global pooling; 96 px keeps the CPU cost
+# low and still gives 3x3 maps (6x6 for VGG's stride 16)
+ARCHS = {
+    "resnet101": ("zoo", "resnet.layer4", 96),
+    "vgg16": ("zoo", "feature_extractor", 96),
+    "densenet121": ("tv", "features.norm5", 96),
+    "efficientnet_b0": ("tv", "features.8", 96),
+    "convnext_tiny": ("tv", "features.7", 96),
+    "mobilenet_v3_large": ("tv", "features.16", 96),
+}
+
+
+@functools.cache
+def fair_model(arch: str) -> nn.Module:
+    """Random weights made a fair test subject: BatchNorm calibrated and the last Linear layer scaled on X-ray-like
+    inputs, so activations stay finite and the logits are of order 1 (no saturated softmax)."""
+    kind, _, size = ARCHS[arch]
+    if kind == "zoo":
+        return build_demo_model(arch, input_size=size, n_calibration=8)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=2)
+    calibrate_batchnorm(model, [xray_like_batch(8, size, in_chans=3, seed=1)])
+    return scale_head_to_unit_logits(model, xray_like_batch(8, size, in_chans=3, seed=2))
+
+
+def batch_for(arch: str, n: int = 4) -> torch.Tensor:
+    kind, _, size = ARCHS[arch]
+    return xray_like_batch(n, size, in_chans=1 if kind == "zoo" else 3, seed=7)
+
+
+def full_backward(
+    model: nn.Module, x: torch.Tensor, layer: nn.Module, target: torch.Tensor, score: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The classic way: a forward hook keeps the layer's output, autograd runs through the whole network (input
+    included) from the summed scores. Returns (activations, gradients, logits)."""
+    saved: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        saved["a"] = out.clone().detach()  # a copy: DenseNet's in-place ReLU overwrites the output afterwards
+        out.register_hook(lambda g: saved.__setitem__("g", g))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(x.clone().requires_grad_(True))
+            z = logits.gather(1, target[:, None])[:, 0]
+            if score == "prob":  # log-odds, the form the product differentiates (RAW_CAM_SCALE_NOTE)
+                others = logits.masked_fill(nn.functional.one_hot(target, logits.shape[1]).bool(), float("-inf"))
+                z = z - others.logsumexp(1)
+            z.sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    return saved["a"], saved["g"], logits.detach()
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    """Equal within ``rel`` times the largest magnitude of expected, per image."""
+    scale = expected.flatten(1).abs().amax(1).clamp_min(1e-30).view(-1, *[1] * (expected.ndim - 1))
+    err = ((actual - expected).abs() / scale).max()
+    assert err <= rel, f"max relative error {err:.3g} > {rel}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_head_only_equals_full_backward(arch: str) -> None:
+    model, x = fair_model(arch), batch_for(arch)
+    layer = model.get_submodule(ARCHS[arch][1])
+    settings = CamSettings(score="prob", channel_reduce="sum")  # the seed's score, in its log-odds form
+    cut = layer_gradients(model, x, layer, settings)
+    a, g, logits = full_backward(model, x, layer, cut.target, "prob")
+    torch.testing.assert_close(cut.logits, logits, rtol=1e-5, atol=1e-5)
+    assert_close_rel(cut.activations, a, 1e-5)
+    assert_close_rel(cut.gradients, g, 1e-5)
+    ref_raw = torch.einsum("nk,nkhw->nhw", g.mean((2, 3)), a).relu()
+    r = compute_cam(model, x, layer=layer, settings=settings)  # zoo models: the features/head closed form
+    assert (zoo_layer(model) is layer) == (ARCHS[arch][0] == "zoo")
+    assert_close_rel(r.raw, ref_raw, 1e-5)
+    # a fair subject: maps with positive evidence that are not constant, finite, in [0, 1]
+    assert (~r.empty).sum() >= 2, r.logits
+    assert (r.cam[~r.empty].flatten(1).std(1) > 0.05).all()
+    assert torch.isfinite(r.cam).all() and r.cam.min() >= 0 and r.cam.max() <= 1
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(64, 2)
+    ).eval()
+
+
+def test_grad_mode_autocast_and_hooks_are_restored_even_on_errors() -> None:
+    model, x = _tiny(), torch.randn(2, 1, 4, 4)
+    for bad in (model[4], model[3]):  # Linear: (N, 2); Flatten: (N, 64)
+        with pytest.raises(LayerError, match=r"'[34]' outputs .* not a spatial \(N, C, h, w\) feature map"):
+            compute_cam(model, x, layer=bad)
+        assert torch.is_grad_enabled() and not bad._forward_hooks
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        r = compute_cam(model, x, layer=model[2])
+        assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+    assert r.logits.dtype == torch.float32  # after the layer the network ran in float32
+    assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not model[2]._forward_hooks
+
+
+def test_layer_errors_name_the_layer_and_the_fix() -> None:
+    model, x = _tiny(), torch.randn(2, 1, 4, 4)
+    relu = nn.ReLU()
+    twice = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), relu, nn.Conv2d(4, 4, 3, padding=1), relu, nn.Flatten())
+    twice.append(nn.Linear(64, 2)).eval()
+    with pytest.raises(LayerError, match="'1' runs more than once per forward"):
+        compute_cam(twice, x, layer=relu)
+    with pytest.raises(LayerError, match="'Conv2d' did not run"):
+        compute_cam(model, x, layer=nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match="eval mode"):
+        compute_cam(model.train(), x, layer=model[2])
+    with pytest.raises(ValueError, match=re.escape("method='gradcam+' is not valid; choose one of 'gradcam', 'hir")):
+        CamSettings(method="gradcam+")
+    with pytest.raises(ValueError, match="scorecam_batch=0 must be an integer >= 1"):
+        CamSettings(scorecam_batch=0)
