@@ -13,9 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
-from enhancer.explain.cam import CamSettings
+from enhancer.explain.cam import METHODS, CamSettings
 from enhancer.explain.capture import LayerError, layer_gradients
 from enhancer.explain.compute import compute_cam, zoo_layer
+from enhancer.explain.methods import eigen_projection
+from enhancer.explain.perturbation import ablation_values
 from enhancer.models.demo import build_demo_model, calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
 
 # (builder, target layer, input size): the last spatial stage before the global pooling; 96 px keeps the CPU cost
@@ -136,3 +138,65 @@ def test_layer_errors_name_the_layer_and_the_fix() -> None:
         CamSettings(method="gradcam+")
     with pytest.raises(ValueError, match="scorecam_batch=0 must be an integer >= 1"):
         CamSettings(scorecam_batch=0)
+
+
+@functools.cache
+def _independence_subjects() -> tuple[tuple[nn.Module, nn.Module], ...]:
+    """(model, layer) in float64: TinyVGG (the features/head closed form) and a generic CNN (the hook path)."""
+    tiny = build_demo_model("tinyvgg", input_size=32, n_calibration=8).double()
+    generic = _generic_cnn().double()
+    return (tiny, tiny.feature_extractor), (generic, generic[8])
+
+
+def _generic_cnn() -> nn.Module:
+    """No features/head halves, a flatten + linear head (not global pooling): the hook path. Layer ``"8"``: 64
+    channels at 4x4 for 32 px inputs (more channels than pixels, the other eigen branch than TinyVGG's)."""
+    torch.manual_seed(3)
+    layers: list[nn.Module] = []
+    for c_in, c_out in ((1, 8), (8, 32), (32, 64)):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 16, 2))
+    calibrate_batchnorm(model, [xray_like_batch(16, 32, seed=1)])
+    return scale_head_to_unit_logits(model, xray_like_batch(16, 32, seed=2))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_map_depends_on_its_own_image_only(method: str) -> None:
+    # float64 isolates the algorithm from the CPU kernels' batch-size-dependent summation order. Copies per forward
+    # (7) straddle images, so Score-/Ablation-CAM batches mix them.
+    for model, layer in _independence_subjects():
+        x = xray_like_batch(4, 32, seed=11).double()
+        other = xray_like_batch(3, 32, seed=12).double()
+        settings = CamSettings(method=method, scorecam_batch=7)
+        full = compute_cam(model, x, layer=layer, settings=settings)
+        assert (~full.empty).sum() >= 3 and (full.cam[~full.empty].flatten(1).std(1) > 0.01).all()
+        for i in range(len(x)):
+            alone = compute_cam(model, x[i : i + 1], layer=layer, settings=settings)
+            mixed = compute_cam(model, torch.cat([other, x[i : i + 1]]), layer=layer, settings=settings)
+            for r in (alone, mixed):
+                torch.testing.assert_close(r.cam[-1], full.cam[i], rtol=0, atol=1e-6)
+                torch.testing.assert_close(r.raw[-1], full.raw[i], rtol=1e-6, atol=1e-6 * float(full.raw_max[i]))
+                assert torch.equal(r.target[-1], full.target[i])
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 4, 5), (3, 6, 5, 5)], ids=["pixels<=channels", "pixels>channels"])
+def test_eigen_projection_is_the_first_principal_component(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, k, h, w = shape
+    # a dominant direction plus noise, so the first component is well defined
+    a = torch.randn(n, k, 1, 1, generator=g, dtype=torch.float64) * torch.randn(n, 1, h, w, generator=g) * 3
+    a = a + torch.randn(n, k, h, w, generator=g, dtype=torch.float64)
+    m = a.flatten(2).transpose(1, 2)
+    m = m - m.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(m, full_matrices=False)
+    p = (m @ vh[:, 0, :, None])[..., 0]
+    p = torch.where((p.amin(1).abs() > p.amax(1).abs())[:, None], -p, p)  # largest magnitude positive
+    torch.testing.assert_close(eigen_projection(a), p.view(n, h, w), rtol=1e-9, atol=1e-9)
+    assert (eigen_projection(a).flatten(1).amax(1) >= eigen_projection(a).flatten(1).amin(1).abs()).all()
+    # a sign flip of the activations flips the centred data, not the map's convention
+    torch.testing.assert_close(eigen_projection(-a), eigen_projection(a) * 1.0, rtol=1e-9, atol=1e-9)
+
+
+def test_ablation_value_is_zero_for_relu_outputs_else_far_below() -> None:
+    a = torch.tensor([[[[0.0, 2.0]]], [[[-1.5, 3.0]]], [[[0.5, 1.0]]]], dtype=torch.float64)
+    assert ablation_values(a).tolist() == [0.0, -1.5 - 1e7, 0.5 - 1e7]

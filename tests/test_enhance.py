@@ -23,6 +23,8 @@ from enhancer.cli import main
 from enhancer.data import make_loader, scan
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.explain import cam
+from enhancer.explain.cam import METHODS, CamSettings
+from enhancer.explain.compute import compute_cam
 from enhancer.models.checkpoints import load_checkpoint
 from enhancer.specs import EnhanceSpec
 from enhancer.store import EnhancedDataset, StoreError, is_complete, verify
@@ -138,6 +140,44 @@ def test_stored_maps_equal_enhancer_cam_run_directly(resnet101_run, kermany_dir,
         assert np.abs(samples[index]["heatmap"].astype(int) - direct.astype(int)).max() <= 1
         np.testing.assert_allclose(samples[index]["prob"], result.probs[row].numpy(), rtol=1e-5, atol=1e-6)
         assert samples[index]["pred"] == int(result.pred[row])
+
+
+def test_method_option_writes_a_verified_dataset_that_names_its_method(tmp_path, kermany_dir, demo_checkpoints):
+    out = tmp_path / "scorecam"
+    runner = CliRunner()
+    base = ["enhance", "--data", str(kermany_dir), "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--no-progress"]
+    run = [*base, "--out", str(out), "--loader", "torch", "--batch-size", "16", "--method", "scorecam"]
+    result = runner.invoke(main, [*run, "--scorecam-batch", "40"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["merge", str(out)]).exit_code == 0
+    assert verify(out).ok
+    [shard] = sorted(out.glob("shard-*.h5"))
+    with h5py.File(shard, "r") as f:
+        attrs = dict(f.attrs)
+    identity = json.loads(attrs["identity"])["cam"]
+    assert identity["method"] == "scorecam" and "scorecam_batch" not in identity  # speed, not what the maps are
+    assert json.loads(attrs["gradcam"])["scorecam_batch"] == 40
+    assert attrs["cam_method"] == "scorecam" and "softmax_k(score(x * M_k))" in attrs["cam_method_definition"]
+    assert "Maps: CAM method `scorecam` at layer `feature_extractor`" in (out / "README.md").read_text()
+    # the stored maps are compute_cam's, and a dataset of one method refuses shards of another
+    ck = load_checkpoint(demo_checkpoints["tinyvgg"])
+    [batch] = list(make_loader(list(scan(str(kermany_dir)).samples), ck.preprocessing, batch_size=16, loader="torch"))
+    model = ck.model.eval()
+    direct = compute_cam(model, batch.image, layer=model.feature_extractor, settings=CamSettings(method="scorecam"))
+    samples = _read_all(out)
+    for row, index in enumerate(batch.index.tolist()):
+        np.testing.assert_allclose(samples[index]["cam"], direct.raw[row].numpy(), rtol=1e-4, atol=1e-6)
+    again = runner.invoke(main, [*base, "--out", str(out), "--method", "gradcam++"])
+    assert again.exit_code == 2 and "holds another enhanced dataset" in again.output and "cam" in again.output
+    bad = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--method", "gradcam+"])
+    assert bad.exit_code == 2 and "method='gradcam+' is not valid; choose one of 'gradcam'" in bad.output
+    zero = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--scorecam-batch", "0"])
+    assert zero.exit_code == 2 and "--scorecam-batch" in zero.output
+
+
+def test_method_help_lists_every_method():
+    text = CliRunner().invoke(main, ["enhance", "--help"]).output
+    assert all(method in text for method in METHODS)
 
 
 def test_shard_counts_give_the_same_dataset(tmp_path, kermany_dir, demo_checkpoints):
