@@ -16,7 +16,8 @@ come out as the other half of the projection; those are counted as "opposite sig
 Models: a zoo name is the seed's architecture (``resnet101``: the features/head closed form), any other name a
 torchvision classifier with random weights and 2 classes (the forward-hook path), its layer the last module of
 ``features`` unless ``--layer`` names one. BatchNorm is calibrated and the head scaled on X-ray-like images so
-activations are realistic; speed does not depend on the weights otherwise. Rounds are interleaved (ours, theirs,
+activations are realistic; speed does not depend on the weights otherwise. Every parameter requires grad, as in a
+freshly built or loaded model (pytorch-grad-cam's backward then runs through the whole network). Rounds are interleaved (ours, theirs,
 then theirs, ours, ...): other processes on a shared machine slow both alike; figures are medians. Score-CAM and
 Ablation-CAM cost a forward pass per channel and image (2048 x N for ResNet-101): they run on the first
 ``--perturb-images`` images of the batch, ``--perturb-iters`` rounds.
@@ -135,7 +136,9 @@ def forward_only(
 
 def bench_arch(arch: str, methods: list[str], args: argparse.Namespace, device: torch.device) -> list[dict]:
     model, layer_name, in_chans = build(arch, args.size, args.layer)
-    model = model.to(device)
+    # every parameter requires grad, as in a freshly built or loaded torchvision / timm model (the zoo's builder
+    # freezes the seed's untrained groups, which would stop pytorch-grad-cam's backward early; ours never needs it)
+    model = model.to(device).requires_grad_(True)
     layer = model.get_submodule(layer_name)
     x_all = xray_like_batch(args.batch, args.size, in_chans=in_chans, seed=5).to(device)
     classes = reference_classes()

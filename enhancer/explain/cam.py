@@ -1,5 +1,8 @@
 """Batched Grad-CAM, heatmaps, Grad-CAM-guided crops and enhanced images: pure tensor code on any device.
 
+The settings, result and building blocks every CAM method shares live here too; any method for any model and layer
+is ``enhancer.explain.compute.compute_cam``.
+
 Usage::
 
     python -c "import torch; from enhancer.models.zoo import build_model; from enhancer.explain.cam import grad_cam; \
@@ -267,9 +270,11 @@ def grad_cam(
     """Grad-CAM of ``model`` (eval mode; needs ``features`` and ``head``) for a batch ``x`` (N, C, H, W).
 
     Each image's map depends only on that image (no batch statistics). ``labels`` (N,) is needed for
-    ``target='label'``. Returns a ``CamResult`` on ``x``'s device. ``settings.method`` is not consulted: every
-    method, for any model, is ``enhancer.explain.compute.compute_cam``.
+    ``target='label'``. Returns a ``CamResult`` on ``x``'s device. Every method, for any model and layer:
+    ``enhancer.explain.compute.compute_cam``.
     """
+    if settings.method != "gradcam":
+        raise ValueError(f"grad_cam computes method='gradcam', not {settings.method!r}; use compute_cam for that")
     g = head_gradients(model, x, settings, labels)
     raw = torch.einsum("nc,nchw->nhw", g.gradients.mean((2, 3)), g.activations)
     if settings.channel_reduce == "mean":
