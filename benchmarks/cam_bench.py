@@ -17,10 +17,10 @@ Models: a zoo name is the seed's architecture (``resnet101``: the features/head 
 torchvision classifier with random weights and 2 classes (the forward-hook path), its layer the last module of
 ``features`` unless ``--layer`` names one. BatchNorm is calibrated and the head scaled on X-ray-like images so
 activations are realistic; speed does not depend on the weights otherwise. Every parameter requires grad, as in a
-freshly built or loaded model (pytorch-grad-cam's backward then runs through the whole network). Rounds are interleaved (ours, theirs,
-then theirs, ours, ...): other processes on a shared machine slow both alike; figures are medians. Score-CAM and
-Ablation-CAM cost a forward pass per channel and image (2048 x N for ResNet-101): they run on the first
-``--perturb-images`` images of the batch, ``--perturb-iters`` rounds.
+freshly built or loaded model (pytorch-grad-cam's backward then runs through the whole network). Rounds are
+interleaved (ours, theirs, then theirs, ours, ...): other processes on a shared machine slow both alike; figures are
+medians. Score-CAM and Ablation-CAM cost a forward pass per channel and image (2048 x N for ResNet-101): they run on
+the first ``--perturb-images`` images of the batch, ``--perturb-iters`` rounds.
 """
 
 from __future__ import annotations
