@@ -175,6 +175,35 @@ def test_method_option_writes_a_verified_dataset_that_names_its_method(tmp_path,
     assert zero.exit_code == 2 and "--scorecam-batch" in zero.output
 
 
+def test_the_batch_path_explains_any_classifier_at_any_layer(kermany_dir):
+    # what the job runs per batch, for a model without features/head halves (torchvision's ResNet-18, the hook)
+    import torchvision
+
+    from enhancer.enhance import OutputSettings, compute_outputs, feature_size
+    from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits
+    from enhancer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+    preprocessing = Preprocessing(size=(96, 96), in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    [batch] = list(make_loader(list(scan(str(kermany_dir)).samples), preprocessing, batch_size=16, loader="torch"))
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=2)
+    calibrate_batchnorm(model, [batch.image])
+    scale_head_to_unit_logits(model, batch.image)
+    settings = OutputSettings(
+        fields=("image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
+        cam=CamSettings(method="gradcam++"),
+        crop=cam.CropSettings(),
+        enhance=cam.EnhanceSettings(),
+        preprocessing=preprocessing,
+    )
+    assert feature_size(model, model.layer3, preprocessing, "cpu") == (6, 6)
+    out = compute_outputs(model, batch, settings, layer=model.layer3)
+    direct = compute_cam(model, batch.image, layer=model.layer3, settings=settings.cam)
+    assert torch.equal(out["cam"], direct.raw) and out["cam"].shape == (16, 6, 6)
+    assert out["heatmap"].shape == (16, 96, 96) and out["enhanced"].shape == (16, 1, 96, 96)
+    assert (out["heatmap"].flatten(1).amax(1) > 200).sum() >= 8  # mostly non-trivial maps
+
+
 def test_method_help_lists_every_method():
     text = CliRunner().invoke(main, ["enhance", "--help"]).output
     assert all(method in text for method in METHODS)
