@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # Tools the portability tests read our files with: Debian's h5dump (HDF5 1.10) and h5py 3.14.0, the last
-# release bundling HDF5 1.14, in a venv of its own. Installed when missing (apt needs root); without them those
-# tests skip locally and fail under CI=true.
+# release bundling HDF5 1.14, in a venv of its own; and Debian's chromium, which the HTML report's tests drive
+# headless. Installed when missing (apt needs root); without them those tests skip locally and fail under CI=true.
 H5PY114 := .venv-h5py114/bin/python
 
 $(H5PY114):
@@ -29,6 +29,9 @@ test-tools: $(H5PY114)
 	@command -v h5dump >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   hdf5-tools >/dev/null) || echo "h5dump (Debian hdf5-tools) not installed: its portability test will skip"; }
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   chromium >/dev/null) || echo "chromium not installed: the HTML report's browser tests will skip"; }
 
 # The tests use the 16 sample X-rays from the user cache (~/.cache/enhancer), fetched from PyPI on first use like
 # `enhancer fetch-samples` does. Offline, ENHANCER_SAMPLES=DIR names a copy; a checkout that has the project's

@@ -28,21 +28,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.data import Batch, Rejection, Sample, make_loader, scan, shard, validate
-from enhancer.data.loader import resolve_device
+from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
+from enhancer.data.loader import resolve_device, resolve_loader
 from enhancer.explain import cam, localisation
-from enhancer.explain.capture import LayerError, run_cut
 from enhancer.explain.compute import compute_cam
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.explain.methods import METHOD_NOTES
 from enhancer.hashing import file_sha256
-from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
+from enhancer.models.checkpoints import LoadedCheckpoint
+from enhancer.models.inspection import open_model
 from enhancer.models.lungs import LungModel, LungModelError, load_lung_model, lung_masks
+from enhancer.models.registry import TargetLayer
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
+from enhancer.stopping import batch_boundaries
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
-from enhancer.store.layout import check_output_dir, read_shard_attrs
+from enhancer.store.claims import ShardClaim
+from enhancer.store.codecs import resolve_codecs
+from enhancer.store.encoding import default_write_threads
+from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
 log = logging.getLogger(__name__)
@@ -98,13 +103,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def cam_layer(model: nn.Module) -> nn.Module:
-    """The module whose output the maps explain: the one ``model.target_layer`` names."""
-    name = getattr(model, "target_layer", None)
-    try:
-        return model.get_submodule(name)
-    except (AttributeError, TypeError):
-        raise SpecError(f"{type(model).__name__}: target layer {name!r} is not a module of the model") from None
+def explain(
+    model: nn.Module, target: TargetLayer | None, x: torch.Tensor, settings: cam.CamSettings, labels: torch.Tensor
+) -> cam.CamResult:
+    """The CAM of one batch at ``target`` (``resolve_target``; None: ``model`` is a zoo model, explained at its own
+    features/head split) for any model and layer: ``compute_cam`` with the layer's module, and the model's
+    features/head halves there when the registry knows them (``target.split``: zoo models, a family's default
+    layer), which take the closed form."""
+    if target is None:
+        return compute_cam(model, x, split=model, settings=settings, labels=labels)
+    return compute_cam(model, x, layer=target.module, split=target.split, settings=settings, labels=labels)
 
 
 def compute_outputs(
@@ -112,18 +120,17 @@ def compute_outputs(
     batch: Batch,
     settings: OutputSettings,
     *,
-    layer: nn.Module | None = None,
     lungs: LungModel | None = None,
     gt_boxes: torch.Tensor | None = None,
+    target: TargetLayer | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
-    ``layer``: the module the maps explain (default: ``cam_layer(model)``). ``lungs``: a lung segmenter on the
-    model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in original pixels, NaN-padded
-    (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
+    ``target``: the CAM layer (``resolve_target``); None explains a zoo model at its own features/head split.
+    ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
+    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
     device = batch.image.device
-    layer = cam_layer(model) if layer is None else layer
-    result = compute_cam(model, batch.image, layer=layer, settings=settings.cam, labels=batch.label.to(device))
+    result = explain(model, target, batch.image, settings.cam, batch.label.to(device))
     size = tuple(batch.image.shape[-2:])
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
@@ -177,13 +184,26 @@ def storable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def load_model(spec: EnhanceSpec) -> LoadedCheckpoint:
+def load_model(spec: EnhanceSpec) -> tuple[LoadedCheckpoint, TargetLayer]:
+    """The spec's model (``model``/``arch``, ``num_classes``) with its preprocessing (the library's, overridden by
+    ``spec.input``) and its checked target layer."""
     if spec.checkpoint is None:
         raise SpecError(
             "no checkpoint given: pass --checkpoint FILE (the original research's .pth files load as they are), "
             "or make a demonstration model with `enhancer demo-model`"
         )
-    return load_checkpoint(spec.checkpoint, arch=spec.arch)
+    i = spec.input
+    return open_model(
+        spec.checkpoint,
+        arch=spec.arch,
+        model=spec.model,
+        num_classes=spec.num_classes,
+        target_layer=spec.target_layer,
+        size=i.size,
+        mean=i.mean,
+        std=i.std,
+        channels=i.channels,
+    )
 
 
 def output_settings(spec: EnhanceSpec, ck: LoadedCheckpoint, device: str) -> OutputSettings:
@@ -212,13 +232,17 @@ def measured_fields(spec: EnhanceSpec) -> tuple[str, ...]:
     return resolve_fields((*chosen, *extra))
 
 
-def feature_size(model: nn.Module, layer: nn.Module, preprocessing: Preprocessing, device: str) -> tuple[int, int]:
-    """(h, w) of the CAM target layer's output at the model's input size."""
-    x = torch.zeros(1, preprocessing.in_chans, *preprocessing.size, device=device)
-    try:
-        return tuple(run_cut(model, x, layer, need_gradients=False)[0].shape[-2:])
-    except LayerError as exc:
-        raise SpecError(str(exc)) from None
+def model_attrs(ck: LoadedCheckpoint, target: TargetLayer) -> dict[str, Any]:
+    """What explained the images: the model (zoo name, tv:/timm: name or builder), its family, class count, head and
+    the target layer with its output shape for one input."""
+    return {
+        "name": ck.config.arch,
+        "family": target.family,
+        "num_classes": ck.config.num_classes,
+        "head_layer": target.head_layer,
+        "target_layer": target.name,
+        "target_shape": list(target.shape),
+    }
 
 
 def cam_identity(settings: cam.CamSettings) -> dict[str, Any]:
@@ -232,6 +256,7 @@ def cam_identity(settings: cam.CamSettings) -> dict[str, Any]:
 def dataset_attrs(
     spec: EnhanceSpec,
     ck: LoadedCheckpoint,
+    target: TargetLayer,
     settings: OutputSettings,
     n_total: int,
     class_names: Sequence[str],
@@ -255,7 +280,9 @@ def dataset_attrs(
         "n_total": n_total,
         "num_shards": spec.num_shards,
         "checkpoint_sha256": ck.sha256,
+        "model": {k: v for k, v in model_attrs(ck, target).items() if k in ("name", "num_classes", "target_layer")},
         "fields": list(settings.fields),
+        "codecs": {k: c.name for k, c in resolve_codecs(settings.fields, spec.codec, spec.compression).items()},
         "cam": cam_identity(settings.cam),
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
@@ -269,7 +296,8 @@ def dataset_attrs(
         "checkpoint_sha256": ck.sha256,
         "architecture": ck.config.arch,
         "head": ck.config.head or "",
-        "target_layer": ck.model.target_layer,
+        "target_layer": target.name,
+        "model": model_attrs(ck, target),
         "gradcam": settings.cam.to_dict(),
         "cam_method": settings.cam.method,
         "cam_method_definition": METHOD_NOTES[settings.cam.method],
@@ -287,34 +315,47 @@ def dataset_attrs(
 
 
 def run_enhance(
-    spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[str, Any] | None = None
+    spec: EnhanceSpec,
+    *,
+    progress: bool = True,
+    extra_attrs: dict[str, Any] | None = None,
+    claim: ShardClaim | None = None,
 ) -> EnhanceSummary:
     """Write shard ``spec.shard_id`` of the enhanced dataset of ``spec.data`` into ``spec.out``.
 
-    ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here)."""
+    ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here, under
+    ``"slurm"``; they are recorded with the shard's claim too). ``claim``: the shard's claim when the caller holds it
+    already (the command line takes it before importing torch, so that a second job on the shard is refused at
+    once); without one it is taken here (``enhancer.store.claims``), and a job holding it makes this one fail."""
+    extra_attrs = extra_attrs or {}
+    if claim is not None:
+        return _run_claimed(spec, claim, progress=progress, extra_attrs=extra_attrs)
+    final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    with ShardClaim(final, job=extra_attrs.get("slurm"), force=spec.force_claim) as held:
+        return _run_claimed(spec, held, progress=progress, extra_attrs=extra_attrs)
+
+
+def _run_claimed(
+    spec: EnhanceSpec, claim: ShardClaim, *, progress: bool, extra_attrs: dict[str, Any]
+) -> EnhanceSummary:
+    """``run_enhance`` under the shard's claim."""
     started = time.perf_counter()
-    out_dir = Path(spec.out)
-    final = shard_path(out_dir, spec.shard_id, spec.num_shards)
-    ck = load_model(spec)
+    final = claim.shard
+    ck, target = load_model(spec)
     found = scan(spec.data)
     device = resolve_device(spec.device)
     settings = output_settings(spec, ck, device)
     lungs = _load_lungs(spec)
     boxes = _load_boxes(spec)
-    attrs = dataset_attrs(spec, ck, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes)
-    check_output_dir(out_dir, attrs["identity"])
+    attrs = dataset_attrs(
+        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
+    )
+    check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
-        done = read_shard_attrs(final)
-        return EnhanceSummary(
-            str(final), True, len(mine), int(done.get("n_samples", 0)), int(done.get("n_rejected", 0)), 0.0, "-", device
-        )
-    ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
-    model = ck.model.to(device).eval()
-    if lungs is not None:
-        lungs.to(device)
-    if settings.cam.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        return _already_complete(final, len(mine), device)
+    ok, rejected = _validate(spec, mine, device)
+    model = _on_device(ck.model, lungs, settings, device)
     loader = make_loader(
         ok,
         ck.preprocessing,
@@ -323,45 +364,29 @@ def run_enhance(
         device=device,
         num_threads=spec.num_threads,
         source_size=spec.source_size,
+        max_pixels=spec.max_pixels,
+        timeout_s=spec.decode_timeout_s or None,
     )
-    layer = cam_layer(model)
-    h, w = feature_size(model, layer, ck.preprocessing, device)
-    H, W = ck.preprocessing.size
-    shapes = per_sample_shapes(
-        settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
+    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine), claim=claim)
+    n_decode_rejected = _stream(
+        loader,
+        model,
+        target,
+        writer,
+        settings,
+        ok,
+        rejected,
+        lungs=lungs,
+        boxes=boxes,
+        progress=progress,
+        desc=final.name,
     )
-    paths = {s.index: storable_path(s.path) for s in ok}
-    sources = {s.index: s.path for s in ok}
-    writer = AsyncShardWriter(
-        out_dir,
-        spec.shard_id,
-        spec.num_shards,
-        maxsize=spec.queue_size,
-        copy=False,
-        shapes=shapes,
-        fields=settings.fields,
-        compression=spec.compression,
-        attrs=attrs,
-        expected=len(mine),
-        overwrite=True,
-    )
-    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1) as bar:
-        writer.add_rejected(_rows(rejected))
-        for batch in loader:
-            names = [paths[int(i)] for i in batch.index]
-            batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
-            outputs = compute_outputs(model, batch, settings, layer=layer, lungs=lungs, gt_boxes=batch_boxes)
-            writer.put(_host_arrays(outputs, names))
-            bar.update(len(batch))
-        decode_rejected = list(loader.rejected)
-        writer.add_rejected(_rows(decode_rejected))
-    n_rejected = len(rejected) + len(decode_rejected)
     summary = EnhanceSummary(
         str(final),
         False,
         len(mine),
         writer.n_samples,
-        n_rejected,
+        len(rejected) + n_decode_rejected,
         time.perf_counter() - started,
         loader.name,
         device,
@@ -369,6 +394,111 @@ def run_enhance(
     )
     log.info("%s", summary.line())
     return summary
+
+
+def validation_level(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> str:
+    """``spec.validate``, with ``auto`` resolved: ``full`` (every file decoded by PIL first) when DALI or nvJPEG will
+    decode, because both can crash the whole process on a corrupt file that PIL refuses cleanly (DALI 2.4: a JPEG
+    with a zeroed Huffman table in a batch of 32 or more; found by tests/fuzz); ``header`` when PIL decodes anyway,
+    in the torch loader on the CPU, which rejects such files one by one."""
+    if spec.validate != "auto":
+        return spec.validate
+    pil_decodes = resolve_loader(spec.loader, samples) == "torch" and not device.startswith("cuda")
+    return "header" if pil_decodes else "full"
+
+
+def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tuple[list[Sample], list[Rejection]]:
+    level = validation_level(spec, samples, device)
+    return validate(
+        samples,
+        level=level,
+        workers=max(1, spec.num_threads),
+        max_pixels=spec.max_pixels,
+        timeout_s=spec.decode_timeout_s or None,
+    )
+
+
+def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
+    """The summary of a shard a previous run completed (a rerun skips it)."""
+    done = read_shard_attrs(final)
+    n_written, n_rejected = int(done.get("n_samples", 0)), int(done.get("n_rejected", 0))
+    return EnhanceSummary(str(final), True, n_in, n_written, n_rejected, 0.0, "-", device)
+
+
+def _on_device(model: nn.Module, lungs: LungModel | None, settings: OutputSettings, device: str) -> nn.Module:
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask."""
+    model = model.to(device).eval()
+    if lungs is not None:
+        lungs.to(device)
+    return model.to(memory_format=torch.channels_last) if settings.cam.channels_last else model
+
+
+def _shard_writer(
+    spec: EnhanceSpec,
+    ck: LoadedCheckpoint,
+    target: TargetLayer,
+    settings: OutputSettings,
+    attrs: dict[str, Any],
+    *,
+    expected: int,
+    claim: ShardClaim,
+) -> AsyncShardWriter:
+    """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings."""
+    h, w = target.shape[-2:]
+    H, W = ck.preprocessing.size
+    shapes = per_sample_shapes(
+        settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
+    )
+    return AsyncShardWriter(
+        Path(spec.out),
+        spec.shard_id,
+        spec.num_shards,
+        maxsize=spec.queue_size,
+        copy=False,
+        shapes=shapes,
+        fields=settings.fields,
+        codecs=spec.codec,
+        compression=spec.compression,
+        write_threads=spec.write_threads or default_write_threads(spec.num_threads),
+        attrs=attrs,
+        expected=expected,
+        overwrite=True,
+        claim=claim,
+    )
+
+
+def _stream(
+    loader: Loader,
+    model: nn.Module,
+    target: TargetLayer,
+    writer: AsyncShardWriter,
+    settings: OutputSettings,
+    ok: Sequence[Sample],
+    rejected: Sequence[Rejection],
+    *,
+    lungs: LungModel | None,
+    boxes: BoxTable | None,
+    progress: bool,
+    desc: str,
+) -> int:
+    """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
+    many the loader rejected (files that failed to decode). A stop signal lets the batch in flight finish, then
+    discards the shard (``enhancer.stopping``)."""
+    paths = {s.index: storable_path(s.path) for s in ok}
+    sources = {s.index: s.path for s in ok}
+    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
+    with writer, bar, batch_boundaries() as stop_point:
+        writer.add_rejected(_rows(rejected))
+        for batch in loader:
+            names = [paths[int(i)] for i in batch.index]
+            batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
+            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes, target=target)
+            writer.put(_host_arrays(outputs, names))
+            bar.update(len(batch))
+            stop_point()
+        decode_rejected = list(loader.rejected)
+        writer.add_rejected(_rows(decode_rejected))
+    return len(decode_rejected)
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
@@ -396,14 +526,9 @@ def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:
     ]
 
 
-def samples_of(spec: EnhanceSpec) -> list[Sample]:
-    """The samples shard ``spec.shard_id`` is responsible for (the same deterministic split the job uses)."""
-    return shard(list(scan(spec.data).samples), spec.shard_id, spec.num_shards)
-
-
 def merge_enhanced(out_dir: str | os.PathLike[str]) -> Manifest:
     """Merge the shards of ``out_dir``, checking that written + rejected samples cover the scanned dataset exactly
     (every index in ``range(n_total)`` once; ``n_total`` is recorded by the job in every shard)."""
-    shards = sorted(Path(out_dir).glob("shard-*-of-*.h5"))
+    shards = sorted(Path(out_dir).glob(SHARD_GLOB))
     n_total = read_shard_attrs(shards[0]).get("n_total") if shards else None
     return merge(out_dir, expected_indices=range(n_total) if n_total is not None else None)

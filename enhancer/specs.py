@@ -13,23 +13,58 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from enhancer.explain.cam import CamSettings, CropSettings, EnhanceSettings
+from enhancer.settings import CamSettings, CropSettings, EnhanceSettings
 
 T = TypeVar("T")
 ENV_PREFIX = "ENHANCER_"
 REQUIRED = "<required>"  # marker default of required string fields, so that any table can omit them until merged
+DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
+LOADERS = ("auto", "dali", "torch")
+COMPRESSIONS = ("auto", "gzip", "lzf", "none")  # codec of the fields without their own; auto: measured defaults
+# Fields that take a codec, and those that may be stored as JPEG: the store's own lists (enhancer.store.codecs),
+# repeated here because specs must not import the store; tests/test_store_codecs.py keeps them equal.
+CODEC_FIELDS = (
+    *("index", "label", "pred", "prob", "orig_size", "image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
+    *("lung_mask", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou"),
+)
+JPEG_FIELDS = ("image", "crop", "enhanced")
+_CODEC_NAME = re.compile(r"^(none|lzf|gzip[1-9]?|jpeg(100|[1-9][0-9]?)?)$")
+VALIDATE_LEVELS = ("auto", "header", "full")
+IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
 
 
 class SpecError(ValueError):
     """A job spec is not valid; the message names the key and source, and how to fix it."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Overrides of the model's own preprocessing (unset: what its library, or its checkpoint, says)."""
+
+    size: int | None = None  # square input side, e.g. 224
+    mean: tuple[float, ...] = ()  # per channel, or one value for every channel
+    std: tuple[float, ...] = ()
+    channels: int | None = None  # 1 or 3; greyscale X-rays are replicated to 3 channels
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size < 8:
+            raise SpecError(f"input.size must be >= 8, got {self.size}")
+        if self.channels not in (None, 1, 3):
+            raise SpecError(f"input.channels must be 1 or 3, got {self.channels}")
+        if any(s <= 0 for s in self.std):
+            raise SpecError(f"input.std values must be positive, got {list(self.std)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
 
 
 @dataclass(frozen=True)
@@ -39,7 +74,11 @@ class EnhanceSpec:
     data: str = REQUIRED  # ImageFolder root or a path,label CSV
     out: str = REQUIRED  # output directory of the enhanced dataset
     checkpoint: str | None = None  # required to run; `enhancer demo-model` makes one for trying the tool
-    arch: str | None = None  # override architecture detection
+    arch: str | None = None  # override architecture detection (zoo names; `model` takes every kind)
+    model: str | None = None  # zoo name, tv:NAME, timm:NAME or package.module:callable; None: detected (zoo)
+    num_classes: int | None = None  # classes of a model from outside the zoo; None: what the weights say
+    target_layer: str | None = None  # dotted module path of the CAM layer; None: the model family's default
+    input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     shard_id: int = 0
     num_shards: int = 1
     batch_size: int = 64
@@ -48,8 +87,16 @@ class EnhanceSpec:
     num_threads: int = 2  # DALI CPU threads / torch DataLoader workers
     amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
-    compression: str = "gzip"  # gzip | lzf | none
-    validate: str = "header"  # header | full: how deeply files are checked before decoding
+    codec: dict[str, str] = field(default_factory=dict)  # [enhance.codec] field = "none" | "gzip1".."gzip9" | "jpeg95"
+    compression: str = "auto"  # codec of the fields not in `codec`: auto (measured defaults) | gzip | lzf | none
+    write_threads: int | None = None  # threads compressing shard chunks; None: the cores left after num_threads
+    # auto | header | full: how deeply files are checked before the loader decodes them. auto: full (a PIL decode)
+    # when DALI or nvJPEG decode (they crash the process on some corrupt files), header when PIL decodes anyway
+    validate: str = "auto"
+    # larger images are rejected (too_large) from their header, never allocated; = data.validate.DEFAULT_MAX_PIXELS
+    max_pixels: int = 10_000 * 10_000
+    decode_timeout_s: float = 60.0  # a file whose decoding takes longer is rejected (timeout); 0: no limit
+    force_claim: bool = False  # take over a shard's claim that another process seems to hold (store.claims)
     source_size: int = 512  # resolution of the crop source (crops are cut from it, not from the model input)
     queue_size: int = 4  # batches waiting for the writer thread
     lung_model: str | None = None  # lung-segmentation U-Net (VGG11 encoder) state_dict: lung_mask + lung metrics
@@ -58,21 +105,32 @@ class EnhanceSpec:
     cam: CamSettings = field(default_factory=CamSettings)
     crop: CropSettings = field(default_factory=CropSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "device": DEVICES,
+        "loader": LOADERS,
+        "compression": COMPRESSIONS,
+        "validate": VALIDATE_LEVELS,
+    }
 
     def __post_init__(self) -> None:
         if self.lung_mask_in_enhanced and not self.lung_model:
             raise SpecError("lung_mask_in_enhanced needs lung_model (--lung-model FILE, the lung U-Net's weights)")
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
-        for name in ("batch_size", "source_size", "queue_size"):
+        for name in ("batch_size", "source_size", "queue_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_timeout_s < 0:
+            raise SpecError(f"decode_timeout_s must be >= 0 (0: no limit), got {self.decode_timeout_s}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
-        _check_choice("loader", self.loader, ("auto", "dali", "torch"))
-        _check_choice("compression", self.compression, ("gzip", "lzf", "none"))
-        _check_choice("validate", self.validate, ("header", "full"))
+        if self.num_classes is not None and self.num_classes < 1:
+            raise SpecError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.write_threads is not None and self.write_threads < 1:
+            raise SpecError(f"write_threads must be >= 1 (or left out: the cores left), got {self.write_threads}")
+        for name, codec in self.codec.items():
+            check_codec(name, codec)
+        _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -107,6 +165,7 @@ class TrainSpec:
     num_workers: int = 4  # DataLoader worker processes per rank (decode + augmentation)
     amp: bool = True  # bf16 autocast + channels_last on CUDA; ignored on CPU
     resume: bool | None = None  # None: resume when out/last.pt exists; true: require it; false: refuse an old run
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"field": IMAGE_FIELDS, "device": DEVICES}
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "t_max"):
@@ -121,8 +180,7 @@ class TrainSpec:
             raise SpecError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.unfreeze_schedule and not self.unfreeze_every:
             raise SpecError("unfreeze_schedule needs unfreeze_every (epochs between two unfreezing steps) >= 1")
-        _check_choice("field", self.field, ("enhanced", "crop", "image"))
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -135,17 +193,66 @@ class EvaluateSpec:
     data: str = REQUIRED  # ImageFolder root (its test/ sub-folder when there is one) or an enhanced dataset dir
     checkpoint: str = REQUIRED  # the research notebook's .pth files work unchanged
     arch: str | None = None  # override architecture detection
+    model: str | None = None  # zoo name, tv:NAME, timm:NAME or package.module:callable; None: detected (zoo)
+    num_classes: int | None = None  # classes of a model from outside the zoo; None: what the weights say
+    input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     field: str = "enhanced"  # image field of an enhanced dataset
     batch_size: int = 64
     device: str = "auto"
     num_workers: int = 2
     json: str | None = None  # also write the report as JSON to this file
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"field": IMAGE_FIELDS, "device": DEVICES}
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
             raise SpecError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
-        _check_choice("field", self.field, ("enhanced", "crop", "image"))
-        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choices(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+AUDIT_CHECKS = ("randomisation", "faithfulness", "repeatability", "localisation")
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """Settings of ``enhancer audit``: sanity, faithfulness and localisation checks of an enhanced dataset's maps."""
+
+    dataset: str = REQUIRED  # merged enhanced dataset (its manifest names the Grad-CAM settings)
+    checkpoint: str = REQUIRED  # the model that made the dataset's maps
+    out: str = REQUIRED  # audit.json, audit.md and the PNG figures
+    data: str | None = None  # the original ImageFolder, needed when the dataset stores no image field
+    masks: str | None = None  # folder of lesion masks, one <stem>.png per image (nonzero = lesion)
+    boxes: str | None = None  # lesion boxes: RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1
+    second_checkpoint: str | None = None  # another seed or round of the model: repeatability of the maps
+    # audited samples, a seeded random subset (0: all); not "samples": ENHANCER_SAMPLES names the sample X-rays' folder
+    n_samples: int = 64
+    seed: int = 0  # subset, randomisation, random maps, tie orders and bootstrap
+    resamples: int = 1000  # bootstrap resamples of every 95% interval
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int = 10  # deletion / insertion: fractions 0, 1/steps, ..., 1 of the pixels
+    baseline: str = "blur"  # what deleted pixels show: blur | mean
+    score: str = "prob"  # faithfulness score of the explained class: prob | logit
+    checks: tuple[str, ...] = AUDIT_CHECKS  # repeatability needs second_checkpoint, localisation masks or boxes
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "device": DEVICES,
+        "baseline": ("blur", "mean"),
+        "score": ("prob", "logit"),
+    }
+
+    def __post_init__(self) -> None:
+        if self.masks and self.boxes:
+            raise SpecError("give either masks (a folder of PNG masks) or boxes (a box CSV), not both")
+        for name in ("resamples", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_samples < 0 or self.n_samples == 1:
+            raise SpecError(f"n_samples must be 0 (all) or >= 2 (random pairs need two maps), got {self.n_samples}")
+        _check_choices(self)
+        for check in self.checks:
+            _check_choice("checks", check, AUDIT_CHECKS)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -162,20 +269,41 @@ class CycleSpec:
     out: str = REQUIRED  # round-1/, round-2/, ... and summary.md / summary.json
     rounds: int = 1
     enhance_test: bool = False  # also evaluate on the test set enhanced by the round's starting model (train.field)
+    audit_samples: int = 16  # a quick `enhancer audit` of each round's enhanced data on this many samples (0: none)
     enhance: EnhanceSpec = dataclasses.field(default_factory=EnhanceSpec)
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise SpecError(f"rounds must be >= 1, got {self.rounds}")
+        if self.audit_samples < 0 or self.audit_samples == 1:
+            raise SpecError(f"audit_samples must be 0 (no audit) or >= 2, got {self.audit_samples}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
 
+def check_codec(field_name: str, codec: str) -> None:
+    """A ``codec`` entry: a field that has a codec, and a codec that field accepts."""
+    if field_name not in CODEC_FIELDS:
+        raise SpecError(f"codec.{field_name}: no such field; fields with a codec: {', '.join(CODEC_FIELDS)}")
+    jpeg = field_name in JPEG_FIELDS
+    if not isinstance(codec, str) or not _CODEC_NAME.match(codec) or (codec.startswith("jpeg") and not jpeg):
+        choices = "none, gzip, gzip1..gzip9, lzf" + (", jpeg, jpeg1..jpeg100" if jpeg else "")
+        only = "" if jpeg else f" (jpeg only for {', '.join(JPEG_FIELDS)})"
+        raise SpecError(f"codec.{field_name} = {codec!r} is not valid; choose one of {choices}{only}")
+
+
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise SpecError(f"{name} = {value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def _check_choices(spec: Any) -> None:
+    """Every field named in the spec's ``CHOICES`` (the command line offers the same choices)."""
+    for name, valid in spec.CHOICES.items():
+        value = getattr(spec, name)
+        _check_choice(name, value.split(":")[0] if name == "device" else value, valid)
 
 
 def to_plain(obj: Any) -> Any:
@@ -209,6 +337,10 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             except SpecError as exc:
                 errors.append(str(exc))
         raise SpecError(errors[0] if len(errors) == 1 else f"{key} ({source}): {value!r} fits none of {hint}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{key} ({source}) must be a table of name = value pairs, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise SpecError(f"{key} ({source}) must be a table of settings, got {value!r}")
@@ -347,17 +479,18 @@ def dump_toml(table: str, values: Mapping[str, Any]) -> str:
     """A minimal TOML writer for resolved specs (strings, numbers, booleans, lists, nested tables)."""
     scalars = {k: v for k, v in values.items() if not isinstance(v, Mapping) and v is not None}
     tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
-    lines = [f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    lines = [f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
     for name, sub in tables.items():
         lines += ["", dump_toml(f"{table}.{name}", sub)]
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One value as TOML writes it (and as ``--set key=VALUE`` parses it back): ``"text"``, ``32``, ``[224, 224]``."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return repr(v)

@@ -15,10 +15,11 @@ from torch import nn
 
 from enhancer.explain.cam import METHODS, CamSettings
 from enhancer.explain.capture import LayerError, layer_gradients
-from enhancer.explain.compute import compute_cam, zoo_layer
+from enhancer.explain.compute import compute_cam
 from enhancer.explain.methods import eigen_projection
 from enhancer.explain.perturbation import ablation_values
 from enhancer.models.demo import build_demo_model, calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
+from enhancer.models.registry import SplitView, family_of
 
 # (builder, target layer, input size): the last spatial stage before the global pooling; 96 px keeps the CPU cost
 # low and still gives 3x3 maps (6x6 for VGG's stride 16)
@@ -94,9 +95,12 @@ def test_head_only_equals_full_backward(arch: str) -> None:
     assert_close_rel(cut.activations, a, 1e-5)
     assert_close_rel(cut.gradients, g, 1e-5)
     ref_raw = torch.einsum("nk,nkhw->nhw", g.mean((2, 3)), a).relu()
-    r = compute_cam(model, x, layer=layer, settings=settings)  # zoo models: the features/head closed form
-    assert (zoo_layer(model) is layer) == (ARCHS[arch][0] == "zoo")
+    r = compute_cam(model, x, layer=layer, settings=settings)  # the forward hook
     assert_close_rel(r.raw, ref_raw, 1e-5)
+    # the closed form through the halves the enhance job uses at this layer: the zoo model itself, or the registry's
+    # view of the torchvision family at its default layer
+    split = model if ARCHS[arch][0] == "zoo" else SplitView(model, family_of(f"tv:{arch}"))
+    assert_close_rel(compute_cam(model, x, split=split, settings=settings).raw, ref_raw, 1e-5)
     # a fair subject: maps with positive evidence that are not constant, finite, in [0, 1]
     assert (~r.empty).sum() >= 2, r.logits
     assert (r.cam[~r.empty].flatten(1).std(1) > 0.05).all()
@@ -141,11 +145,11 @@ def test_layer_errors_name_the_layer_and_the_fix() -> None:
 
 
 @functools.cache
-def _independence_subjects() -> tuple[tuple[nn.Module, nn.Module], ...]:
-    """(model, layer) in float64: TinyVGG (the features/head closed form) and a generic CNN (the hook path)."""
+def _independence_subjects() -> tuple[tuple[nn.Module, nn.Module | None, nn.Module | None], ...]:
+    """(model, layer, halves) in float64: TinyVGG (the features/head closed form) and a generic CNN (the hook path)."""
     tiny = build_demo_model("tinyvgg", input_size=32, n_calibration=8).double()
     generic = _generic_cnn().double()
-    return (tiny, tiny.feature_extractor), (generic, generic[8])
+    return (tiny, None, tiny), (generic, generic[8], None)
 
 
 def _generic_cnn() -> nn.Module:
@@ -164,15 +168,15 @@ def _generic_cnn() -> nn.Module:
 def test_each_map_depends_on_its_own_image_only(method: str) -> None:
     # float64 isolates the algorithm from the CPU kernels' batch-size-dependent summation order. Copies per forward
     # (7) straddle images, so Score-/Ablation-CAM batches mix them.
-    for model, layer in _independence_subjects():
+    for model, layer, split in _independence_subjects():
         x = xray_like_batch(4, 32, seed=11).double()
         other = xray_like_batch(3, 32, seed=12).double()
         settings = CamSettings(method=method, scorecam_batch=7)
-        full = compute_cam(model, x, layer=layer, settings=settings)
+        full = compute_cam(model, x, layer=layer, split=split, settings=settings)
         assert (~full.empty).sum() >= 3 and (full.cam[~full.empty].flatten(1).std(1) > 0.01).all()
         for i in range(len(x)):
-            alone = compute_cam(model, x[i : i + 1], layer=layer, settings=settings)
-            mixed = compute_cam(model, torch.cat([other, x[i : i + 1]]), layer=layer, settings=settings)
+            alone = compute_cam(model, x[i : i + 1], layer=layer, split=split, settings=settings)
+            mixed = compute_cam(model, torch.cat([other, x[i : i + 1]]), layer=layer, split=split, settings=settings)
             for r in (alone, mixed):
                 torch.testing.assert_close(r.cam[-1], full.cam[i], rtol=0, atol=1e-6)
                 torch.testing.assert_close(r.raw[-1], full.raw[i], rtol=1e-6, atol=1e-6 * float(full.raw_max[i]))

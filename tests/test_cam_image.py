@@ -45,6 +45,9 @@ def test_colorize_jet_anchors() -> None:
     textbook = torch.stack([(1.5 - (4 * v - c).abs()).clamp(0, 1) * 255 for c in (3, 2, 1)], 1)
     ours = colorize_jet(v.float().view(1, 1, -1))[0, :, 0].T.double()
     assert (ours - textbook).abs().max().item() <= 1
+    # uint8 heat (a stored heatmap) is taken as the levels themselves
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, -1)
+    assert torch.equal(colorize_jet(levels)[0, :, 0].T.double(), ours)
 
 
 def test_colorize_jet_matches_opencv() -> None:

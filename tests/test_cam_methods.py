@@ -17,7 +17,7 @@ from torch import nn
 
 from enhancer.data import make_loader, scan, validate
 from enhancer.explain.cam import METHODS, PERTURBATION_METHODS, CamResult, CamSettings, upsample
-from enhancer.explain.compute import compute_cam, zoo_layer
+from enhancer.explain.compute import compute_cam
 from enhancer.models.demo import build_demo_model, calibrate_batchnorm, scale_head_to_unit_logits
 from enhancer.models.zoo import preprocessing_for
 from enhancer.preprocessing import RGB_PREPROCESSING, Preprocessing
@@ -127,8 +127,9 @@ def check_method(
         model, x = copy.deepcopy(model).double(), x.double()
     layer_name = layer_name or LAYERS[arch]
     layer = model.get_submodule(layer_name)
-    assert (zoo_layer(model) is layer) == ((arch, layer_name) in CLOSED_FORM)
-    r = compute_cam(model, x, layer=layer, settings=CamSettings(method=method, scorecam_batch=48, **PGC_SETTINGS))
+    split = model if (arch, layer_name) in CLOSED_FORM else None  # the zoo's halves at their own layer, as the job
+    settings = CamSettings(method=method, scorecam_batch=48, **PGC_SETTINGS)
+    r = compute_cam(model, x, layer=layer, split=split, settings=settings)
     assert (~r.empty).any() and torch.isfinite(r.cam).all()
     ours = pgc_normalised(r, x.shape[-2:])
     theirs = reference(REFERENCE[method], model, layer, x, r.target)
@@ -152,6 +153,13 @@ GRADIENT_AND_EIGEN = [m for m in METHODS if m not in PERTURBATION_METHODS]
 @pytest.mark.parametrize("method", GRADIENT_AND_EIGEN)
 @pytest.mark.parametrize("arch", ["resnet101", "densenet121"])
 def test_equals_pytorch_grad_cam(kermany_dir: Path, arch: str, method: str) -> None:
+    """The gradient and eigen methods at the last stage. DenseNet-121 is compared at the output of
+    ``features.norm5`` itself, before the ReLU that torchvision's ``DenseNet.forward`` applies to it (in place,
+    ``F.relu(features, inplace=True)`` in torchvision 0.29): that is where both sides take the activations and the
+    gradients (pytorch-grad-cam's tensor hook, registered before the in-place ReLU, receives the gradient w.r.t. the
+    pre-ReLU output). pytorch-grad-cam gets ``reshape_transform=torch.clone``: without it, on the CPU, it keeps the
+    layer's output tensor itself (``.cpu()`` is a no-op there), which the in-place ReLU then overwrites, so its
+    activations would be the post-ReLU ones while its gradients stay pre-ReLU (on CUDA ``.cpu()`` copies)."""
     check_method(kermany_dir, arch, method, ROWS, GRADIENT_SIZE)
 
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from click.testing import CliRunner
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from enhancer.data import make_loader, scan, validate
+from enhancer.cli import main
+from enhancer.data import DataError, make_loader, scan, validate
 from enhancer.data.decode import load_grey
 from enhancer.data.dicom import window
 from enhancer.enhance import merge_enhanced, run_enhance
@@ -112,8 +114,26 @@ def test_auto_loader_picks_torch_for_dicom_and_dali_refuses_it(tmp_path, kermany
     assert loader.name == "torch-cpu"
     batches = list(loader)
     assert sum(len(b) for b in batches) == 8 and not loader.rejected
-    with pytest.raises(ValueError, match="loader='dali' cannot decode DICOM.*use loader='torch'"):
+    with pytest.raises(DataError, match=r"\.(dcm|DCM) and 3 more \.dcm file\(s\): loader 'dali' cannot decode DICOM"):
         make_loader(samples, Preprocessing(size=(64, 64)), loader="dali")
+
+
+def test_enhance_with_the_dali_loader_on_dicom_exits_2_naming_the_file_and_the_fix(
+    tmp_path, kermany_dir, demo_checkpoints
+):
+    root = _folder(tmp_path, kermany_dir)
+    out = tmp_path / "enh"
+    args = ["enhance", "--data", str(root), "--out", str(out), "--checkpoint", str(demo_checkpoints["tinyvgg"])]
+    result = CliRunner().invoke(main, [*args, "--loader", "dali", "--num-threads", "0", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception.__class__ is SystemExit
+    dicoms = [str(p) for p in root.rglob("*") if p.suffix.lower() == ".dcm"]
+    named = [
+        p for p in dicoms if f"Error: {p} and 3 more .dcm file(s): loader 'dali' cannot decode DICOM" in result.output
+    ]
+    assert len(named) == 1, result.output
+    assert "use --loader torch" in result.output and "or auto" in result.output
+    assert not list(out.glob("shard-*")), "nothing is written when the loader is refused"
 
 
 def test_dicom_samples_enter_the_enhanced_dataset(tmp_path, kermany_dir, demo_checkpoints):

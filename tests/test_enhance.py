@@ -163,32 +163,33 @@ def test_method_option_writes_a_verified_dataset_that_names_its_method(tmp_path,
     ck = load_checkpoint(demo_checkpoints["tinyvgg"])
     [batch] = list(make_loader(list(scan(str(kermany_dir)).samples), ck.preprocessing, batch_size=16, loader="torch"))
     model = ck.model.eval()
-    direct = compute_cam(model, batch.image, layer=model.feature_extractor, settings=CamSettings(method="scorecam"))
+    direct = compute_cam(model, batch.image, split=model, settings=CamSettings(method="scorecam"))  # as the job
     samples = _read_all(out)
     for row, index in enumerate(batch.index.tolist()):
         np.testing.assert_allclose(samples[index]["cam"], direct.raw[row].numpy(), rtol=1e-4, atol=1e-6)
     again = runner.invoke(main, [*base, "--out", str(out), "--method", "gradcam++"])
     assert again.exit_code == 2 and "holds another enhanced dataset" in again.output and "cam" in again.output
-    bad = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--method", "gradcam+"])
+    bad = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--set", "cam.method=gradcam+"])
     assert bad.exit_code == 2 and "method='gradcam+' is not valid; choose one of 'gradcam'" in bad.output
     zero = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--scorecam-batch", "0"])
-    assert zero.exit_code == 2 and "--scorecam-batch" in zero.output
+    assert zero.exit_code == 2 and "scorecam_batch=0 must be an integer >= 1" in zero.output
 
 
 def test_the_batch_path_explains_any_classifier_at_any_layer(kermany_dir):
-    # what the job runs per batch, for a model without features/head halves (torchvision's ResNet-18, the hook)
-    import torchvision
-
-    from enhancer.enhance import OutputSettings, compute_outputs, feature_size
+    # what the job runs per batch for a torchvision ResNet-18 at layer3, where the registry knows no features/head
+    # halves (not the family's default layer): the forward hook
+    from enhancer.enhance import OutputSettings, compute_outputs
     from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits
+    from enhancer.models.registry import build, resolve_target
+    from enhancer.models.zoo import ModelConfig
     from enhancer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
     preprocessing = Preprocessing(size=(96, 96), in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     [batch] = list(make_loader(list(scan(str(kermany_dir)).samples), preprocessing, batch_size=16, loader="torch"))
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=2)
+    model = build(ModelConfig("tv:resnet18", num_classes=2))
     calibrate_batchnorm(model, [batch.image])
-    scale_head_to_unit_logits(model, batch.image)
+    scale_head_to_unit_logits(model, batch.image)  # and eval mode
     settings = OutputSettings(
         fields=("image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
         cam=CamSettings(method="gradcam++"),
@@ -196,8 +197,9 @@ def test_the_batch_path_explains_any_classifier_at_any_layer(kermany_dir):
         enhance=cam.EnhanceSettings(),
         preprocessing=preprocessing,
     )
-    assert feature_size(model, model.layer3, preprocessing, "cpu") == (6, 6)
-    out = compute_outputs(model, batch, settings, layer=model.layer3)
+    target = resolve_target(model, preprocessing, "layer3")
+    assert target.split is None and target.shape == (1, 256, 6, 6)
+    out = compute_outputs(model, batch, settings, target=target)
     direct = compute_cam(model, batch.image, layer=model.layer3, settings=settings.cam)
     assert torch.equal(out["cam"], direct.raw) and out["cam"].shape == (16, 6, 6)
     assert out["heatmap"].shape == (16, 96, 96) and out["enhanced"].shape == (16, 1, 96, 96)

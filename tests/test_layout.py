@@ -1,4 +1,5 @@
-"""The package layout's rules: no import cycles between enhancer's modules (imports inside functions count too)."""
+"""The package layout's rules: no import cycles between enhancer's modules (imports inside functions count too), and
+each package imports only what docs/architecture.md says it may."""
 
 from __future__ import annotations
 
@@ -82,6 +83,39 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+LEAVES = {
+    "enhancer",
+    "specs",
+    "settings",
+    "preprocessing",
+    "hashing",
+    "provenance",
+    "atomic",
+    "stopping",
+}  # usable from all
+WORKING = {"data", "models", "explain", "store"}
+MAY_IMPORT = {  # docs/architecture.md, "Packages"
+    "cli": {"run", "enhance", "cycle", "train", "report", "audit"} | WORKING | LEAVES,
+    "run": {"enhance", "cycle", "train", "store"} | LEAVES,  # store: the file names of store/layout.py
+    "enhance": WORKING | LEAVES,
+    "cycle": {"enhance", "train", "audit"} | WORKING | LEAVES,
+    "audit": WORKING | LEAVES,
+    "train": {"data", "models", "store"} | LEAVES,
+    "models": {"data"} | LEAVES,
+    "data": {"preprocessing", "hashing", "atomic"},
+    "explain": {"settings"},
+    "store": {"hashing", "atomic"},
+    "report": {"store", "explain"} | LEAVES,
+    **{leaf: LEAVES for leaf in LEAVES},
+}
+
+
+def package_of(module: str) -> str:
+    """``enhancer.store.writer`` -> ``store``; ``enhancer.specs`` -> ``specs``; ``enhancer`` -> ``enhancer``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
 def test_the_graph_sees_imports_inside_functions() -> None:
     graph = import_graph()
     assert "enhancer.enhance" in graph["enhancer.cli.enhance_commands"]  # imported inside the command body
@@ -94,3 +128,24 @@ def test_no_import_cycles() -> None:
 
 def test_cycle_detection_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_packages_import_only_what_the_architecture_allows() -> None:
+    graph = import_graph()
+    assert {package_of(m) for m in graph} == set(MAY_IMPORT), "a new package: add it to docs/architecture.md and here"
+    breaches = [
+        f"{module} imports {target}"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if package_of(target) != package_of(module) and package_of(target) not in MAY_IMPORT[package_of(module)]
+    ]
+    assert breaches == []
+
+
+def test_no_public_name_of_the_store_is_a_module_name() -> None:
+    """``enhancer.store`` loads its names lazily; a submodule named like a public name (``verify``) would replace
+    that name with the module as soon as the submodule is imported."""
+    import enhancer.store
+
+    modules = {p.stem for p in (PACKAGE / "store").glob("*.py")}
+    assert set(enhancer.store.__all__) & modules == set()

@@ -7,59 +7,106 @@ from typing import Any
 import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
+from enhancer.cli.model_options import model_options, model_overrides
+from enhancer.cli.options import spec_option
+from enhancer.settings import CamSettings
+from enhancer.specs import EnhanceSpec
 
 
 @main.command()
 @click.option(
     "--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([enhance] table)."
 )
-@click.option("--data", help="ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
-@click.option("--checkpoint", help="Classifier checkpoint (the research notebook's .pth, a state_dict or ours).")
-@click.option("--out", help="Output directory of the enhanced dataset (one dataset per directory).")
-@click.option("--arch", help="Architecture, when detection from the weights is not wanted (see `enhancer models`).")
-@click.option("--shard-id", type=int, help="Which shard to write.  [default: 0]")
-@click.option("--num-shards", type=int, help="Total number of shards (e.g. SLURM array size).  [default: 1]")
-@click.option("--batch-size", type=int, help="Images per batch.  [default: 64]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device.  [default: auto]")
-@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), help="Image loader.  [default: auto = DALI]")
-@click.option("--num-threads", type=int, help="Loader CPU threads / workers.  [default: 2]")
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast + channels_last on CUDA.  [default: off]")
-@click.option(
-    "--method",
-    metavar="NAME",
-    help="CAM method: gradcam, hirescam, gradcam++, xgradcam, layercam, gradcam-elementwise (gradients, one "
-    "head-only backward); eigencam (activations only); eigengradcam (gradients); scorecam, ablationcam (a forward "
-    "pass per channel and image: slow). Sets cam.method.  [default: gradcam]",
+@spec_option(EnhanceSpec, "data", "ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
+@spec_option(
+    EnhanceSpec,
+    "checkpoint",
+    "Classifier checkpoint (the research notebook's .pth, a state_dict or ours); needed to run "
+    "(`enhancer demo-model` makes one for trying the tool).",
+)
+@spec_option(EnhanceSpec, "out", "Output directory of the enhanced dataset (one dataset per directory).")
+@spec_option(
+    EnhanceSpec, "arch", "Zoo architecture (see `enhancer models`; or use --model); none: detected from the weights."
+)
+@model_options(EnhanceSpec)
+@spec_option(EnhanceSpec, "shard_id", "Which shard to write.")
+@spec_option(EnhanceSpec, "num_shards", "Total number of shards (e.g. SLURM array size).")
+@spec_option(EnhanceSpec, "batch_size", "Images per batch.")
+@spec_option(EnhanceSpec, "device", "Compute device.")
+@spec_option(EnhanceSpec, "loader", "Image loader; auto: DALI when installed and no file is DICOM, else torch.")
+@spec_option(EnhanceSpec, "num_threads", "Loader CPU threads / workers.")
+@spec_option(EnhanceSpec, "amp", "bf16 autocast + channels_last on CUDA.")
+@spec_option(
+    CamSettings,
+    "method",
+    "CAM method (cam.method): gradcam, hirescam, gradcam++, xgradcam, layercam, gradcam-elementwise, eigengradcam "
+    "(gradients: one head-only backward); eigencam (activations only); scorecam, ablationcam (a forward pass per "
+    "channel and image: slow).",
+)
+@spec_option(
+    CamSettings,
+    "scorecam_batch",
+    "scorecam / ablationcam: perturbed copies per forward pass (cam.scorecam_batch; memory against speed, the maps do "
+    "not depend on it).",
+)
+@spec_option(
+    EnhanceSpec,
+    "fields",
+    "Optional fields to store, comma-separated, or 'all'; index, label, pred, prob, path, orig_size are always stored.",
 )
 @click.option(
-    "--scorecam-batch",
-    type=click.IntRange(min=1),
-    help="scorecam / ablationcam: perturbed copies per forward pass (memory against speed; the maps do not depend "
-    "on it). Sets cam.scorecam_batch.  [default: 64]",
+    "--codec",
+    "codecs",
+    multiple=True,
+    metavar="FIELD=CODEC",
+    help="How a field is stored, repeatable: none, gzip1..gzip9 (any HDF5 reader), lzf (h5py only), or jpeg / "
+    "jpeg1..jpeg100 for image, crop, enhanced (JPEG bytes); e.g. --codec image=jpeg95.  "
+    "[default: heatmap=gzip1, lung_mask=gzip1, the rest none]",
 )
-@click.option(
-    "--fields",
-    help="Optional fields to store, comma-separated (image,cam,heatmap,crop,crop_box,"
-    "enhanced) or 'all'; index, label, pred, prob, path, orig_size are always stored.  [default: all]",
+@spec_option(
+    EnhanceSpec,
+    "compression",
+    "Codec of every field without a --codec; auto: the measured per-field defaults (README, Storage codecs).",
 )
-@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), help="HDF5 compression.  [default: gzip]")
-@click.option(
-    "--validate", type=click.Choice(["header", "full"]), help="File check before decoding.  [default: header]"
+@spec_option(
+    EnhanceSpec,
+    "write_threads",
+    "Threads compressing the shard's chunks; none: the CPU cores left after --num-threads (at least 1).",
 )
-@click.option(
-    "--lung-model",
-    help="Lung-segmentation U-Net weights (the public VGG11-encoder model's state_dict): "
-    "stores lung_mask, lung_energy, lung_hit.  [default: none]",
+@spec_option(
+    EnhanceSpec,
+    "validate",
+    "File check before decoding; auto: full (a PIL decode of every file) when DALI or nvJPEG decode, which crash on "
+    "some corrupt files, header when PIL decodes anyway.",
 )
-@click.option(
-    "--lung-mask-in-enhanced/--no-lung-mask-in-enhanced",
-    default=None,
-    help="Also suppress outside the lungs in the enhanced image (needs --lung-model).  [default: off]",
+@spec_option(
+    EnhanceSpec,
+    "max_pixels",
+    "Reject images with more pixels, from their header, before any is allocated (decompression bombs).",
 )
-@click.option(
-    "--boxes",
-    help="Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: "
-    "stores box_energy, box_hit, box_iou.  [default: none]",
+@spec_option(EnhanceSpec, "decode_timeout_s", "Reject a file whose decoding takes longer (seconds; 0: no limit).")
+@spec_option(
+    EnhanceSpec,
+    "force_claim",
+    "Take over the shard's claim even though another process seems to hold it (a crashed host whose lock the file "
+    "server keeps); never while that job may still run.",
+)
+@spec_option(
+    EnhanceSpec,
+    "lung_model",
+    "Lung-segmentation U-Net weights (the public VGG11-encoder model's state_dict): stores lung_mask, lung_energy, "
+    "lung_hit.",
+)
+@spec_option(
+    EnhanceSpec,
+    "lung_mask_in_enhanced",
+    "Also suppress outside the lungs in the enhanced image (needs --lung-model).",
+)
+@spec_option(
+    EnhanceSpec,
+    "boxes",
+    "Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: stores box_energy, box_hit, "
+    "box_iou.",
 )
 @click.option(
     "--set",
@@ -77,20 +124,29 @@ from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slu
     "CPU); worker k writes shards k, k+N, ... of --num-shards (default N). Logs in OUT/logs/.",
 )
 @reports_errors
-def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, workers: int, **options: Any) -> None:
+def enhance(
+    job_file: str | None,
+    settings: tuple[str, ...],
+    codecs: tuple[str, ...],
+    progress: bool,
+    workers: int,
+    **options: Any,
+) -> None:
     """Write Grad-CAM heatmaps, crops and enhanced images of every image into an HDF5 shard.
 
     Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
     ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
-    interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
+    interrupted one (also by SIGTERM, SIGINT or SIGUSR1: a clean stop after the current batch) is rewritten. A second
+    job on the same shard exits with code 2, naming the one writing it. After all shards: `enhancer merge OUT`.
     """
-    from enhancer.enhance import run_enhance
-    from enhancer.specs import EnhanceSpec, load_spec
+    from enhancer.specs import load_spec
 
-    for key in ("method", "scorecam_batch"):  # options of the [enhance.cam] table
-        options[f"cam.{key}"] = options.pop(key)
+    chosen = model_overrides(options)
     spec = load_spec(
-        EnhanceSpec, job_file, table="enhance" if job_file else None, overrides=overrides(options, settings)
+        EnhanceSpec,
+        job_file,
+        table="enhance" if job_file else None,
+        overrides={**chosen, **cam_overrides(options), **overrides(options, settings), **codec_overrides(codecs)},
     )
     if workers > 1:
         import dataclasses
@@ -103,8 +159,37 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
         for line in stoppable(run_enhance_workers, spec, workers):
             click.echo(line)
         return
-    summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=slurm_ids())
+    from enhancer.store.claims import ShardClaim
+    from enhancer.store.layout import shard_path
+
+    ids = slurm_ids()
+    final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    # Claimed before torch is imported: a second job on this shard is refused within a second, naming the first.
+    with ShardClaim(final, job=ids.get("slurm"), force=spec.force_claim) as claim:
+        from enhancer.enhance import run_enhance
+
+        summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())
+
+
+CAM_OPTIONS = ("method", "scorecam_batch")  # options of fields of the nested [enhance.cam] table (CamSettings)
+
+
+def cam_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the CAM options from the command's ``options`` as spec keys (``--method gradcam++`` -> ``cam.method``)."""
+    found = {f"cam.{name}": options.pop(name, None) for name in CAM_OPTIONS}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def codec_overrides(items: tuple[str, ...]) -> dict[str, str]:
+    """``--codec image=jpeg95`` -> ``{"codec.image": "jpeg95"}`` (the spec checks field and codec)."""
+    found = {}
+    for item in items:
+        name, sep, codec = item.partition("=")
+        if not sep or not name.strip() or not codec.strip():
+            raise click.BadParameter(f"{item!r} is not FIELD=CODEC (e.g. image=jpeg95)", param_hint="--codec")
+        found[f"codec.{name.strip()}"] = codec.strip()
+    return found
 
 
 @main.command("run")

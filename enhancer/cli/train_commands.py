@@ -7,49 +7,49 @@ from typing import Any
 import click
 
 from enhancer.cli.app import main, overrides, reports_errors
+from enhancer.cli.model_options import model_options, model_overrides
+from enhancer.cli.options import spec_option
+from enhancer.specs import CycleSpec, EvaluateSpec, TrainSpec
 
 
 @main.command()
 @click.option("--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([train] table).")
-@click.option("--data", help="ImageFolder root (its train/ sub-folder when present) or an enhanced dataset directory.")
-@click.option(
-    "--field",
-    type=click.Choice(["enhanced", "crop", "image"]),
-    help="Image field of an enhanced dataset.  [default: enhanced]",
+@spec_option(
+    TrainSpec, "data", "ImageFolder root (its train/ sub-folder when present) or an enhanced dataset directory."
 )
-@click.option(
-    "--arch", help="Architecture (see `enhancer models`).  [default: the --init checkpoint's, else resnet101]"
+@spec_option(TrainSpec, "field", "Image field of an enhanced dataset.")
+@spec_option(TrainSpec, "arch", "Architecture (see `enhancer models`); none: the --init checkpoint's, else resnet101.")
+@spec_option(TrainSpec, "head", "Seed head of a fresh ResNet (220k, 10k, 15k); none: the architecture's.")
+@spec_option(TrainSpec, "input_size", "Model input size; none: the --init checkpoint's, else 224.")
+@spec_option(
+    TrainSpec,
+    "init",
+    "Start from CHECKPOINT (seed .pth files work), imagenet, random or auto (imagenet when the architecture has "
+    "weights, else random).",
 )
-@click.option("--head", help="Seed head of a fresh ResNet (220k, 10k, 15k).  [default: the architecture's]")
-@click.option("--input-size", type=int, help="Model input size.  [default: the checkpoint's, else 224]")
-@click.option("--init", help="Start from CHECKPOINT (seed .pth files work), imagenet, random or auto.  [default: auto]")
-@click.option(
-    "--unfreeze",
-    help="Trainable groups, comma-separated: head, fc, layer4, layer4[2], all, ...  "
-    "[default: the architecture's, head+fc+layer4 for the seed ResNets]",
+@spec_option(
+    TrainSpec,
+    "unfreeze",
+    "Trainable groups, comma-separated: head, fc, layer4, layer4[2], all, ...; none: the architecture's "
+    "(head+fc+layer4 for the seed ResNets).",
 )
-@click.option(
-    "--unfreeze-schedule",
-    help="Groups unfrozen one at a time, comma-separated, e.g. 'layer4[1],layer4[0]'.  [default: none]",
+@spec_option(
+    TrainSpec, "unfreeze_schedule", "Groups unfrozen one at a time, comma-separated, e.g. 'layer4[1],layer4[0]'."
 )
-@click.option("--unfreeze-every", type=int, help="Epochs between two steps of --unfreeze-schedule.  [default: 0]")
-@click.option("--out", help="Run directory (checkpoints, metrics, curves); an existing run there is resumed.")
-@click.option("--epochs", type=int, help="Maximum number of epochs.  [default: 20]")
-@click.option("--batch-size", type=int, help="Global batch size (split over DDP ranks).  [default: 32]")
-@click.option("--lr", type=float, help="RAdam learning rate.  [default: 0.0001]")
-@click.option("--weight-decay", type=float, help="RAdam weight decay.  [default: 0.001]")
-@click.option("--val-fraction", type=float, help="Stratified validation split of the training data.  [default: 0.1]")
-@click.option("--patience", type=int, help="Early stopping patience in epochs (0: off).  [default: 5]")
-@click.option("--seed", type=int, help="Seed of the split, the initialisation and every epoch.  [default: 0]")
-@click.option("--augment/--no-augment", default=None, help="The seed's training augmentations.  [default: on]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device.  [default: auto]")
-@click.option("--num-workers", type=int, help="DataLoader workers per process.  [default: 4]")
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast + channels_last on CUDA.  [default: on]")
-@click.option(
-    "--resume/--no-resume",
-    default=None,
-    help="Require / refuse an existing run in --out.  [default: resume it when there is one]",
-)
+@spec_option(TrainSpec, "unfreeze_every", "Epochs between two steps of --unfreeze-schedule.")
+@spec_option(TrainSpec, "out", "Run directory (checkpoints, metrics, curves); an existing run there is resumed.")
+@spec_option(TrainSpec, "epochs", "Maximum number of epochs.")
+@spec_option(TrainSpec, "batch_size", "Global batch size (split over DDP ranks).")
+@spec_option(TrainSpec, "lr", "RAdam learning rate.")
+@spec_option(TrainSpec, "weight_decay", "RAdam weight decay.")
+@spec_option(TrainSpec, "val_fraction", "Stratified validation split of the training data.")
+@spec_option(TrainSpec, "patience", "Early stopping patience in epochs (0: off).")
+@spec_option(TrainSpec, "seed", "Seed of the split, the initialisation and every epoch.")
+@spec_option(TrainSpec, "augment", "The seed's training augmentations.")
+@spec_option(TrainSpec, "device", "Compute device.")
+@spec_option(TrainSpec, "num_workers", "DataLoader workers per process.")
+@spec_option(TrainSpec, "amp", "bf16 autocast + channels_last on CUDA.")
+@spec_option(TrainSpec, "resume", "Require / refuse an existing run in --out; none: resume it when there is one.")
 @click.option(
     "--set",
     "settings",
@@ -65,7 +65,7 @@ def train(job_file: str | None, settings: tuple[str, ...], **options: Any) -> No
     weights restored. Several processes: `torchrun --nproc-per-node N -m enhancer.cli train ...` or `srun` tasks
     (gloo on CPU, NCCL on GPU); only rank 0 writes. Writes OUT/best.pt, last.pt, metrics.csv, curves.png.
     """
-    from enhancer.specs import TrainSpec, load_spec
+    from enhancer.specs import load_spec
     from enhancer.train.loop import fit
 
     spec = load_spec(TrainSpec, job_file, table="train" if job_file else None, overrides=overrides(options, settings))
@@ -85,39 +85,43 @@ def _print_epoch(r: dict[str, Any]) -> None:
         f"{r['seconds']:.1f} s]{'  *best' if r['best'] else ''}"
     )
     if r["unreadable"]:
+        from enhancer.train.rundir import UNREADABLE  # fit has loaded the training modules by now
+
         shown = ", ".join(r["unreadable"][:5]) + (" ..." if len(r["unreadable"]) > 5 else "")
-        click.echo(f"  {len(r['unreadable'])} unreadable image(s) skipped: {shown} (listed in unreadable.csv)")
+        click.echo(f"  {len(r['unreadable'])} unreadable image(s) skipped: {shown} (listed in {UNREADABLE})")
 
 
 @main.command()
 @click.option(
     "--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([evaluate] table)."
 )
-@click.option("--data", help="ImageFolder root (its test/ sub-folder when present) or an enhanced dataset directory.")
-@click.option("--checkpoint", help="Checkpoint to evaluate (the research notebook's .pth, a state_dict or ours).")
-@click.option("--arch", help="Architecture, when detection from the weights is not wanted.")
-@click.option(
-    "--field",
-    type=click.Choice(["enhanced", "crop", "image"]),
-    help="Image field of an enhanced dataset.  [default: enhanced]",
+@spec_option(
+    EvaluateSpec, "data", "ImageFolder root (its test/ sub-folder when present) or an enhanced dataset directory."
 )
-@click.option("--batch-size", type=int, help="Images per batch.  [default: 64]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device.  [default: auto]")
-@click.option("--num-workers", type=int, help="DataLoader workers.  [default: 2]")
-@click.option("--json", "json_out", help="Also write the report as JSON to this file.")
+@spec_option(EvaluateSpec, "checkpoint", "Checkpoint to evaluate (the research notebook's .pth, a state_dict or ours).")
+@spec_option(
+    EvaluateSpec, "arch", "Zoo architecture (see `enhancer models`; or use --model); none: detected from the weights."
+)
+@model_options(EvaluateSpec, target_layer=False)
+@spec_option(EvaluateSpec, "field", "Image field of an enhanced dataset.")
+@spec_option(EvaluateSpec, "batch_size", "Images per batch.")
+@spec_option(EvaluateSpec, "device", "Compute device.")
+@spec_option(EvaluateSpec, "num_workers", "DataLoader workers.")
+@spec_option(EvaluateSpec, "json", "Also write the report as JSON to this file.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other spec setting.")
 @reports_errors
-def evaluate(job_file: str | None, settings: tuple[str, ...], json_out: str | None, **options: Any) -> None:
+def evaluate(job_file: str | None, settings: tuple[str, ...], **options: Any) -> None:
     """Loss, accuracy, sensitivity, specificity (PNEUMONIA positive), AUROC and confusion matrix of a checkpoint."""
-    from enhancer.specs import EvaluateSpec, load_spec
+    from enhancer.specs import load_spec
     from enhancer.train.loop import run_evaluate
     from enhancer.train.metrics import format_metrics
 
+    chosen = model_overrides(options)
     spec = load_spec(
         EvaluateSpec,
         job_file,
         table="evaluate" if job_file else None,
-        overrides=overrides({**options, "json": json_out}, settings),
+        overrides={**chosen, **overrides(options, settings)},
     )
     report = run_evaluate(spec)
     click.echo(f"{report['checkpoint']} on {report['data']}")
@@ -133,11 +137,11 @@ def evaluate(job_file: str | None, settings: tuple[str, ...], json_out: str | No
 
 @main.command()
 @click.option("--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([cycle] table).")
-@click.option("--data", help="ImageFolder the rounds enhance and train on (its train/ sub-folder when present).")
-@click.option("--test", help="Held-out ImageFolder evaluated after every round (its test/ sub-folder when present).")
-@click.option("--checkpoint", help="The model of round 0 (the research notebook's .pth files work).")
-@click.option("--out", help="Output directory: round-1/, round-2/, ..., summary.md, summary.json.")
-@click.option("--rounds", type=int, help="Number of enhance -> train -> evaluate rounds.  [default: 1]")
+@spec_option(CycleSpec, "data", "ImageFolder the rounds enhance and train on (its train/ sub-folder when present).")
+@spec_option(CycleSpec, "test", "Held-out ImageFolder evaluated after every round (its test/ sub-folder when present).")
+@spec_option(CycleSpec, "checkpoint", "The model of round 0 (the research notebook's .pth files work).")
+@spec_option(CycleSpec, "out", "Output directory: round-1/, round-2/, ..., summary.md, summary.json.")
+@spec_option(CycleSpec, "rounds", "Number of enhance -> train -> evaluate rounds.")
 @click.option(
     "--set",
     "settings",
@@ -153,7 +157,7 @@ def cycle(job_file: str | None, settings: tuple[str, ...], **options: Any) -> No
     on the held-out test set (round 0: the starting checkpoint).
     """
     from enhancer.cycle import run_cycle
-    from enhancer.specs import CycleSpec, load_spec
+    from enhancer.specs import load_spec
 
     spec = load_spec(CycleSpec, job_file, table="cycle" if job_file else None, overrides=overrides(options, settings))
     summary = run_cycle(spec, on_line=click.echo)

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from enhancer.explain.cam import (
-    CamSettings,
     LayerGrads,
     check_inputs,
     class_score,
@@ -30,6 +29,7 @@ from enhancer.explain.cam import (
     target_classes,
     trunk_context,
 )
+from enhancer.settings import CamSettings
 
 
 class LayerError(ValueError):

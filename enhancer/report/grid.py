@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from enhancer.explain.cam import colorize_jet
 from enhancer.store import EnhancedDataset
 
 COLUMNS = ("image", "overlay", "crop", "enhanced")
@@ -20,19 +22,12 @@ CELL = 224
 TITLE_H = 18
 
 
-def _jet(heat: np.ndarray) -> np.ndarray:
-    """uint8 heat (H, W) -> (H, W, 3) uint8 JET colours (the same piecewise-linear map as matplotlib's)."""
-    x = heat.astype(np.float32) / 255.0
-    r = np.clip(np.minimum(4 * x - 1.5, -4 * x + 4.5), 0, 1)
-    g = np.clip(np.minimum(4 * x - 0.5, -4 * x + 3.5), 0, 1)
-    b = np.clip(np.minimum(4 * x + 0.5, -4 * x + 2.5), 0, 1)
-    return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
-
-
 def overlay(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Heat in JET colours over a grey image (both (H, W) uint8), cold pixels (heat < 20%) left uncoloured."""
+    """Heat in JET colours (``colorize_jet``, the Grad-CAM heatmaps' map) over a grey image (both (H, W) uint8),
+    cold pixels (heat < 20%) left uncoloured."""
     rgb = np.repeat(grey[..., None], 3, -1).astype(np.float32)
-    colour = _jet(heat).astype(np.float32)
+    colour = colorize_jet(torch.from_numpy(np.ascontiguousarray(heat, dtype=np.uint8))[None])[0]
+    colour = colour.permute(1, 2, 0).numpy().astype(np.float32)
     a = np.where(heat[..., None] >= 51, alpha, 0.0)
     return (rgb * (1 - a) + colour * a).round().astype(np.uint8)
 

@@ -27,7 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enhancer.specs import EnhanceSpec, SpecError, dump_toml, load_spec, read_job_file, to_plain
+from enhancer.specs import (
+    CycleSpec,
+    EnhanceSpec,
+    SpecError,
+    TrainSpec,
+    dump_toml,
+    load_spec,
+    read_job_file,
+    to_plain,
+)
+from enhancer.stopping import Preempted as Preempted  # re-exported: where the command line catches it
+from enhancer.stopping import request_stop
+from enhancer.store.layout import LOGS
 
 SLURM_TABLE = "slurm"
 SLURM_ENV_PREFIX = "ENHANCER_SLURM__"
@@ -121,7 +133,7 @@ class Job:
 
     @property
     def log_dir(self) -> Path:
-        return Path(self.slurm.log_dir) if self.slurm.log_dir else self.output_dir / "logs"
+        return Path(self.slurm.log_dir) if self.slurm.log_dir else self.output_dir / LOGS
 
     def resolved_toml(self) -> str:
         """The job as run: every setting explicit, file paths absolute (the recipe log of the run)."""
@@ -186,26 +198,19 @@ def run_job(job: Job, context: RunContext | None = None) -> list[str]:
 # -- stopping cleanly -------------------------------------------------------------------------------------------
 
 
-class Preempted(BaseException):
-    """The process was asked to stop (SIGTERM from a cancel/requeue, SIGUSR1 before the time limit).
-
-    A ``BaseException`` like ``KeyboardInterrupt``: the loaders isolate bad files with ``except Exception``, and a
-    stop request caught there would be retried or, worse, recorded as rejected images."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
 @contextmanager
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[None]:
-    """Turn the given signals into a ``Preempted`` exception in the main thread while the block runs.
+    """Turn the given signals into a ``Preempted`` exception in the main thread while the block runs: at the end of
+    the batch in flight inside ``enhancer.stopping.batch_boundaries`` (the enhance loop), at once elsewhere or at a
+    second signal.
 
     The exception unwinds through the shard writer, which then discards its ``.tmp`` instead of completing it, so a
     stopped shard is simply missing and its rerun (or the requeued SLURM task) writes it again. Installed by the
     command line, never on import."""
 
     def _raise(signum: int, _frame: Any) -> None:
+        if request_stop(signum):
+            return  # held: the enhance loop raises it once its current batch is done
         # Ignore further signals while unwinding (SLURM may send TERM after USR1), then stop.
         for s in signums:
             signal.signal(s, signal.SIG_IGN)
@@ -251,7 +256,7 @@ def _submit_enhance_job(job: Job, **options: Any) -> list[Any]:
     return submit_enhance(job, **options)
 
 
-def _run_train_job(spec: Any, context: RunContext) -> list[str]:
+def _run_train_job(spec: TrainSpec, context: RunContext) -> list[str]:
     from enhancer.train.loop import fit
 
     if context.workers > 1:
@@ -278,26 +283,10 @@ def _submit_train_job(job: Job, **options: Any) -> list[Any]:
     return submit_torchrun(job, subcommand="train", **options)
 
 
-def _run_cycle_job(spec: Any, context: RunContext) -> list[str]:
+def _run_cycle_job(spec: CycleSpec, context: RunContext) -> list[str]:
     from enhancer.cycle import run_cycle
 
     return [run_cycle(spec, on_line=context.on_line).markdown]
-
-
-def _register_training_kinds() -> None:
-    """``[train]`` and ``[cycle]`` (their specs live with the training code in ``enhancer.specs``)."""
-    from enhancer import specs
-
-    if hasattr(specs, "TrainSpec"):
-        register_job(
-            JobKind(
-                "train", specs.TrainSpec, _run_train_job, path_fields=("data", "out", "init"), submit=_submit_train_job
-            )
-        )
-    if hasattr(specs, "CycleSpec"):
-        register_job(
-            JobKind("cycle", specs.CycleSpec, _run_cycle_job, path_fields=("data", "test", "checkpoint", "out"))
-        )
 
 
 # Registering is a dict insertion (like timm's @register_model); the runners import torch only when called.
@@ -306,4 +295,5 @@ register_job(
         "enhance", EnhanceSpec, _run_enhance_job, path_fields=("data", "out", "checkpoint"), submit=_submit_enhance_job
     )
 )
-_register_training_kinds()
+register_job(JobKind("train", TrainSpec, _run_train_job, path_fields=("data", "out", "init"), submit=_submit_train_job))
+register_job(JobKind("cycle", CycleSpec, _run_cycle_job, path_fields=("data", "test", "checkpoint", "out")))

@@ -117,15 +117,6 @@ def all_gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(ctx: DistContext, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shutdown(ctx: DistContext) -> None:
     """Leave the process group cleanly. Callers drop their DDP-wrapped model first: torch's gloo backend can
     abort at interpreter exit ("terminate called without an active exception") when a DDP model and the group
