@@ -257,7 +257,7 @@ def _write(doc: dict[str, Any], figs: Figures, inputs: AuditInputs, out: Path) -
     return AuditResult(str(out), doc, text)
 
 
-def _open_model(path: str, manifest: Manifest) -> tuple[LoadedCheckpoint, TargetLayer]:
+def open_dataset_model(path: str, manifest: Manifest) -> tuple[LoadedCheckpoint, TargetLayer]:
     """The checkpoint at ``path`` as the model that made the dataset's maps: the model name, class count, target layer
     and preprocessing the shards record (a dataset made before they were recorded: detected, the defaults)."""
     made = manifest.provenance.get("model") or {}
@@ -278,14 +278,16 @@ def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = 
     recomputes maps (default: the dataset's CAM method and settings at its target layer, ``dataset_map_fn``)."""
     device = resolve_device(spec.device)
     manifest = Manifest.load(spec.dataset)
-    ck, target = _open_model(spec.checkpoint, manifest)
+    ck, target = open_dataset_model(spec.checkpoint, manifest)
     _check_checkpoint(manifest, ck.sha256, spec)
     inputs = read_inputs(
         spec.dataset, ck.preprocessing, samples=spec.n_samples, seed=spec.seed, data_root=spec.data, device=device
     )
     model = ck.model.to(device).eval()
     second = (
-        _open_model(spec.second_checkpoint, manifest)[0].model.to(device).eval() if spec.second_checkpoint else None
+        open_dataset_model(spec.second_checkpoint, manifest)[0].model.to(device).eval()
+        if spec.second_checkpoint
+        else None
     )
     regions, source = _regions(spec, inputs)
     if map_fn is None:
