@@ -9,6 +9,7 @@ import click
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
 from enhancer.cli.model_options import model_options, model_overrides
 from enhancer.cli.options import spec_option
+from enhancer.settings import CamSettings
 from enhancer.specs import EnhanceSpec
 
 
@@ -35,6 +36,19 @@ from enhancer.specs import EnhanceSpec
 @spec_option(EnhanceSpec, "loader", "Image loader; auto: DALI when installed and no file is DICOM, else torch.")
 @spec_option(EnhanceSpec, "num_threads", "Loader CPU threads / workers.")
 @spec_option(EnhanceSpec, "amp", "bf16 autocast + channels_last on CUDA.")
+@spec_option(
+    CamSettings,
+    "method",
+    "CAM method (cam.method): gradcam, hirescam, gradcam++, xgradcam, layercam, gradcam-elementwise, eigengradcam "
+    "(gradients: one head-only backward); eigencam (activations only); scorecam, ablationcam (a forward pass per "
+    "channel and image: slow).",
+)
+@spec_option(
+    CamSettings,
+    "scorecam_batch",
+    "scorecam / ablationcam: perturbed copies per forward pass (cam.scorecam_batch; memory against speed, the maps do "
+    "not depend on it).",
+)
 @spec_option(
     EnhanceSpec,
     "fields",
@@ -132,7 +146,7 @@ def enhance(
         EnhanceSpec,
         job_file,
         table="enhance" if job_file else None,
-        overrides={**chosen, **overrides(options, settings), **codec_overrides(codecs)},
+        overrides={**chosen, **cam_overrides(options), **overrides(options, settings), **codec_overrides(codecs)},
     )
     if workers > 1:
         import dataclasses
@@ -156,6 +170,15 @@ def enhance(
 
         summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())
+
+
+CAM_OPTIONS = ("method", "scorecam_batch")  # options of fields of the nested [enhance.cam] table (CamSettings)
+
+
+def cam_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the CAM options from the command's ``options`` as spec keys (``--method gradcam++`` -> ``cam.method``)."""
+    found = {f"cam.{name}": options.pop(name, None) for name in CAM_OPTIONS}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def codec_overrides(items: tuple[str, ...]) -> dict[str, str]:
