@@ -28,19 +28,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
+from enhancer.data import Batch, Loader, Rejection, Sample, Scan, make_loader, scan, shard, validate
+from enhancer.data.labels import read_labels
 from enhancer.data.loader import resolve_device, resolve_loader
 from enhancer.explain import cam, localisation
+from enhancer.explain.classes import ClassCams, class_cams, explained_classes
 from enhancer.explain.compute import compute_cam
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.explain.methods import METHOD_NOTES
+from enhancer.explain.slots import slot_fields
 from enhancer.hashing import file_sha256
-from enhancer.models.checkpoints import LoadedCheckpoint
+from enhancer.models.checkpoints import CheckpointError, LoadedCheckpoint, output_activation
 from enhancer.models.inspection import open_model
 from enhancer.models.lungs import LungModel, LungModelError, load_lung_model, lung_masks
 from enhancer.models.registry import TargetLayer
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
+from enhancer.settings import ExplainPolicy
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.stopping import batch_boundaries
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
@@ -48,9 +52,47 @@ from enhancer.store.claims import ShardClaim
 from enhancer.store.codecs import resolve_codecs
 from enhancer.store.encoding import default_write_threads
 from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
-from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
+from enhancer.store.schema import (
+    BOX_FIELDS,
+    EXPLAINED_FIELDS,
+    LUNG_FIELDS,
+    METRIC_FIELDS,
+    TARGET_FIELDS,
+)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """The maps of a job with a map per (image, explained class): the model's output activation, which classes
+    (``policy``, ``threshold``, the listed ``class_ids``), ``slots`` maps per image, and whether crops and enhanced
+    images come from the ``union`` of an image's maps or from ``each``."""
+
+    activation: str
+    policy: ExplainPolicy
+    threshold: float
+    crop_from: str
+    slots: int
+    class_ids: tuple[int, ...] = ()
+
+    def per_class(self, fields: Sequence[str]) -> tuple[str, ...]:
+        """The fields of ``fields`` stored with a slot axis."""
+        each = ("crop", "crop_box", "enhanced") if self.crop_from == "each" else ()
+        return tuple(f for f in fields if f in ("cam", "heatmap", *each, *METRIC_FIELDS))
+
+    def to_dict(self) -> dict[str, Any]:
+        score = "logit (a sigmoid's log-odds)" if self.activation == "sigmoid" else "as cam.score"
+        return {
+            "activation": self.activation,
+            "explain": self.policy.kind,
+            **({"top": self.policy.k} if self.policy.kind == "top" else {}),
+            **({"classes": list(self.class_ids)} if self.policy.kind == "classes" else {}),
+            "threshold": self.threshold,
+            "crop_from": self.crop_from,
+            "slots": self.slots,
+            "score": score,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,7 @@ class OutputSettings:
     preprocessing: Preprocessing
     lung_mask_in_enhanced: bool = False  # multiply the enhanced image by the lung mask (enhance.mask_floor outside)
     amp: bool = False  # bf16 autocast for the lung U-Net on CUDA
+    classes: ClassPlan | None = None  # maps per (image, class); None: one map per image (the seed's layout)
 
 
 @dataclass(frozen=True)
@@ -123,12 +166,19 @@ def compute_outputs(
     lungs: LungModel | None = None,
     gt_boxes: torch.Tensor | None = None,
     target: TargetLayer | None = None,
+    targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
     ``target``: the CAM layer (``resolve_target``); None explains a zoo model at its own features/head split.
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
-    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
+    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou. ``targets``
+    (N, C) int8: the multi-hot targets of a multi-label dataset, stored as they are. With ``settings.classes``, a map
+    per (image, explained class): ``compute_class_outputs``."""
+    if settings.classes is not None:
+        return compute_class_outputs(
+            model, batch, settings, lungs=lungs, gt_boxes=gt_boxes, target=target, targets=targets
+        )
     device = batch.image.device
     result = explain(model, target, batch.image, settings.cam, batch.label.to(device))
     size = tuple(batch.image.shape[-2:])
@@ -169,7 +219,108 @@ def compute_outputs(
     if "enhanced" in wanted:
         mask = lung if settings.lung_mask_in_enhanced else None
         out["enhanced"] = cam.enhance(grey, heat, settings.enhance, lung_mask=mask)
+    if targets is not None:
+        out["targets"] = targets
     return out
+
+
+def explain_classes(
+    model: nn.Module,
+    target: TargetLayer | None,
+    batch: Batch,
+    settings: OutputSettings,
+    targets: torch.Tensor | None,
+) -> ClassCams:
+    """The maps of one batch for the classes ``settings.classes`` chooses per image (the image's ``targets`` or
+    label for ``explain = label``), at ``target`` as ``explain`` does."""
+    plan = settings.classes
+    assert plan is not None
+    device = batch.image.device
+    on_device = targets.to(device, non_blocking=True) if targets is not None else None
+    labels = batch.label.to(device)
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        return explained_classes(
+            logits,
+            plan.policy,
+            activation=plan.activation,
+            threshold=plan.threshold,
+            targets=on_device,
+            labels=labels,
+            class_ids=plan.class_ids,
+        )
+
+    layer, split = (None, model) if target is None else (target.module, target.split)
+    return class_cams(
+        model, batch.image, layer=layer, split=split, settings=settings.cam, choose=choose, activation=plan.activation
+    )
+
+
+def compute_class_outputs(
+    model: nn.Module,
+    batch: Batch,
+    settings: OutputSettings,
+    *,
+    lungs: LungModel | None = None,
+    gt_boxes: torch.Tensor | None = None,
+    target: TargetLayer | None = None,
+    targets: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``compute_outputs`` with a map per (image, explained class): ``explained`` (N, K) holds the class of each
+    slot, cam / heatmap / the metrics get a slot axis, crops and enhanced images come from the union of an image's
+    maps or from each (``ClassPlan.crop_from``). ``gt_boxes``: (N, B, 4) shared by an image's maps, or (N, C, B, 4)
+    per class (``BoxTable.class_batch``), each map measured against its class's boxes."""
+    plan = settings.classes
+    assert plan is not None
+    device = batch.image.device
+    r = explain_classes(model, target, batch, settings, targets)
+    n, k = r.classes.shape
+    size = tuple(batch.image.shape[-2:])
+    heat = cam.upsample(r.cam.flatten(0, 1), size).view(n, k, *size)
+    grey = to_unit_grey(batch.image, settings.preprocessing)
+    orig_size = batch.orig_size.to(device)
+    out = {"index": batch.index, "label": batch.label, "pred": r.pred, "prob": r.probs, "orig_size": batch.orig_size}
+    out["explained"] = r.classes.to(torch.int16)
+    if targets is not None:
+        out["targets"] = targets
+    wanted = set(settings.fields)
+    if "image" in wanted:
+        out["image"] = to_uint8(grey)
+    if "cam" in wanted:
+        out["cam"] = r.raw
+    if "heatmap" in wanted:
+        out["heatmap"] = to_uint8(heat)
+    lung = lung_masks(lungs, batch.source, size, amp=settings.amp) if lungs is not None else None
+    if lung is not None:
+        out["lung_mask"] = lung.to(torch.uint8)
+    gt = _slot_box_masks(gt_boxes.to(device), r.classes, orig_size, size) if gt_boxes is not None else None
+    out |= slot_fields(
+        heat,
+        r.classes,
+        grey,
+        batch.source,
+        orig_size,
+        wanted=wanted,
+        crop=settings.crop,
+        enhance=settings.enhance,
+        each=plan.crop_from == "each",
+        lung=lung,
+        lung_in_enhanced=settings.lung_mask_in_enhanced,
+        gt=gt,
+    )
+    return out
+
+
+def _slot_box_masks(
+    boxes: torch.Tensor, classes: torch.Tensor, orig_size: torch.Tensor, size: tuple[int, ...]
+) -> torch.Tensor:
+    """Box masks at model resolution: (N, H, W) for boxes (N, B, 4) shared by an image's maps; (N, K, H, W), the
+    boxes of each slot's class, for boxes per class (N, C, B, 4)."""
+    if boxes.ndim == 3:
+        return localisation.boxes_mask(boxes, orig_size, size)
+    rows = torch.arange(boxes.shape[0], device=boxes.device)
+    per_slot = [boxes[rows, classes[:, s].clamp(min=0)] for s in range(classes.shape[1])]
+    return torch.stack([localisation.boxes_mask(b, orig_size, size) for b in per_slot], 1)
 
 
 def _host_arrays(outputs: dict[str, torch.Tensor], paths: list[str]) -> dict[str, Any]:
@@ -206,30 +357,81 @@ def load_model(spec: EnhanceSpec) -> tuple[LoadedCheckpoint, TargetLayer]:
     )
 
 
-def output_settings(spec: EnhanceSpec, ck: LoadedCheckpoint, device: str) -> OutputSettings:
+def output_settings(
+    spec: EnhanceSpec,
+    ck: LoadedCheckpoint,
+    device: str,
+    plan: ClassPlan | None = None,
+    *,
+    multi_label: bool = False,
+    boxes: bool | None = None,
+) -> OutputSettings:
+    """How the job computes its fields. ``plan``: maps per (image, class) (``class_plan``); ``multi_label``: the
+    inputs have multi-hot targets (stored as ``targets``); ``boxes``: whether there are boxes (default: --boxes)."""
     cam_settings = spec.cam
     if spec.amp and device.startswith("cuda"):
         cam_settings = dataclasses.replace(cam_settings, amp="bf16", channels_last=True)
     return OutputSettings(
-        fields=measured_fields(spec),
+        fields=measured_fields(spec, multi_label=multi_label, per_class=plan is not None, boxes=boxes),
         cam=cam_settings,
         crop=spec.crop,
         enhance=spec.enhance,
         preprocessing=ck.preprocessing,
         lung_mask_in_enhanced=spec.lung_mask_in_enhanced,
         amp=spec.amp and device.startswith("cuda"),
+        classes=plan,
     )
 
 
-def measured_fields(spec: EnhanceSpec) -> tuple[str, ...]:
-    """The selected fields plus the measured ones the spec's inputs allow (lung model, boxes)."""
+def measured_fields(
+    spec: EnhanceSpec, *, multi_label: bool = False, per_class: bool = False, boxes: bool | None = None
+) -> tuple[str, ...]:
+    """The selected fields plus the measured ones the spec's inputs allow (lung model, boxes), ``targets`` for
+    multi-label inputs and ``explained`` for maps per (image, class)."""
     chosen = resolve_fields(spec.fields)
-    for names, given, option in ((LUNG_FIELDS, spec.lung_model, "--lung-model"), (BOX_FIELDS, spec.boxes, "--boxes")):
+    has_boxes = bool(spec.boxes) if boxes is None else boxes
+    for names, given, option in ((LUNG_FIELDS, spec.lung_model, "--lung-model"), (BOX_FIELDS, has_boxes, "--boxes")):
         asked = [f for f in chosen if f in names]
         if asked and not given:
             raise SpecError(f"fields {asked} need {option} FILE; give it or leave them out of --fields")
-    extra = (*(LUNG_FIELDS if spec.lung_model else ()), *(BOX_FIELDS if spec.boxes else ()))
+    extra = (*(LUNG_FIELDS if spec.lung_model else ()), *(BOX_FIELDS if has_boxes else ()))
+    extra += (*(TARGET_FIELDS if multi_label else ()), *(EXPLAINED_FIELDS if per_class else ()))
     return resolve_fields((*chosen, *extra))
+
+
+def scan_inputs(spec: EnhanceSpec) -> Scan:
+    """The job's inputs: the label file's entries (``spec.labels``, images under ``spec.data``), else the folder or
+    ``path,label`` CSV ``spec.data``."""
+    if spec.labels is None:
+        return scan(spec.data)
+    return read_labels(spec.labels, spec.data, format=spec.label_format, uncertain=spec.uncertain, view=spec.view)
+
+
+def class_plan(spec: EnhanceSpec, ck: LoadedCheckpoint, found: Scan) -> ClassPlan | None:
+    """The per-class maps the spec asks for (``explain``, ``head``, ``threshold``, ``crop_from``), or None for the
+    seed's one map per image: ``explain = auto`` with a softmax model. A sigmoid model (``head``, or recorded in
+    the checkpoint by ``enhancer train --loss bce``) explains ``pred`` by default."""
+    num_classes = ck.config.num_classes
+    if found.label_file is not None and len(found.class_names) != num_classes:
+        raise SpecError(
+            f"{found.label_file} has {len(found.class_names)} classes ({', '.join(found.class_names[:6])}...) but the "
+            f"model has {num_classes} outputs; use a model with one output per class (--num-classes)"
+        )
+    try:
+        activation = output_activation(ck, spec.head)
+    except CheckpointError as exc:
+        raise SpecError(str(exc)) from None
+    policy = ExplainPolicy.parse(spec.explain)
+    if policy.kind == "auto":
+        if activation == "softmax":
+            return None
+        policy = ExplainPolicy("pred")
+    names = found.class_names if len(found.class_names) == num_classes else ck.class_names
+    try:
+        ids = policy.class_ids(tuple(names)) if policy.kind == "classes" else ()
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    return ClassPlan(activation, policy, spec.threshold, spec.crop_from, policy.slots(num_classes), ids)
 
 
 def model_attrs(ck: LoadedCheckpoint, target: TargetLayer) -> dict[str, Any]:
@@ -263,8 +465,11 @@ def dataset_attrs(
     extra: dict[str, Any],
     lungs: LungModel | None = None,
     boxes: BoxTable | None = None,
+    found: Scan | None = None,
 ) -> dict[str, Any]:
-    """Provenance stored in every shard. ``identity`` holds what must agree between the shards of one dataset."""
+    """Provenance stored in every shard. ``identity`` holds what must agree between the shards of one dataset.
+    A label file (``found``) and maps per class (``settings.classes``) add theirs (``class_attrs``)."""
+    classes = class_attrs(spec, settings.classes, found)
     measured: dict[str, Any] = {}
     if lungs is not None:
         measured["lung_model"] = {**lungs.describe(), "in_enhanced": settings.lung_mask_in_enhanced}
@@ -288,6 +493,7 @@ def dataset_attrs(
         "enhance": settings.enhance.to_dict(),
         "preprocessing": settings.preprocessing.to_dict(),
         **({"localisation": {k: {"sha256": v["sha256"]} for k, v in measured.items()}} if measured else {}),
+        **{k: v for k, v in classes.items() if k in ("labels", "explain")},
     }
     return {
         "identity": identity,
@@ -309,9 +515,30 @@ def dataset_attrs(
         "n_total": n_total,
         "spec": spec.to_dict(),
         **({"localisation": {**measured, "definitions": localisation.NOTE}} if measured else {}),
+        **classes,
         **provenance(),
         **extra,
     }
+
+
+def class_attrs(spec: EnhanceSpec, plan: ClassPlan | None, found: Scan | None) -> dict[str, Any]:
+    """The label file (path, sha256, format, uncertain and view policies) and the per-class maps (``activation``,
+    ``explain``) of a dataset; nothing for a folder explained with one map per image."""
+    out: dict[str, Any] = {}
+    if found is not None and found.label_file is not None:
+        out["labels"] = {
+            "path": found.label_file,
+            "sha256": file_sha256(found.label_file),
+            "format": found.label_format,
+            "uncertain": spec.uncertain,
+            "view": spec.view,
+            "entries": len(found.samples),
+            "multi_label": found.multi_label,
+        }
+    if plan is not None:
+        out["activation"] = plan.activation
+        out["explain"] = plan.to_dict()
+    return out
 
 
 def run_enhance(
@@ -342,19 +569,20 @@ def _run_claimed(
     started = time.perf_counter()
     final = claim.shard
     ck, target = load_model(spec)
-    found = scan(spec.data)
+    found = scan_inputs(spec)
     device = resolve_device(spec.device)
-    settings = output_settings(spec, ck, device)
+    boxes = _load_boxes(spec, found)
+    plan = class_plan(spec, ck, found)
+    settings = output_settings(spec, ck, device, plan, multi_label=found.multi_label, boxes=boxes is not None)
     lungs = _load_lungs(spec)
-    boxes = _load_boxes(spec)
     attrs = dataset_attrs(
-        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
+        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes, found
     )
     check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
         return _already_complete(final, len(mine), device)
-    ok, rejected = _validate(spec, mine, device)
+    ok, rejected = _check_inputs(spec, mine, device, found)
     model = _on_device(ck.model, lungs, settings, device)
     loader = make_loader(
         ok,
@@ -380,6 +608,7 @@ def _run_claimed(
         boxes=boxes,
         progress=progress,
         desc=final.name,
+        found=found,
     )
     summary = EnhanceSummary(
         str(final),
@@ -405,6 +634,23 @@ def validation_level(spec: EnhanceSpec, samples: Sequence[Sample], device: str) 
         return spec.validate
     pil_decodes = resolve_loader(spec.loader, samples) == "torch" and not device.startswith("cuda")
     return "header" if pil_decodes else "full"
+
+
+def _check_inputs(
+    spec: EnhanceSpec, samples: Sequence[Sample], device: str, found: Scan
+) -> tuple[list[Sample], list[Rejection]]:
+    """The shard's samples validated; the label file's own rejections (missing image, bad label, other view) are not
+    opened, and every rejection of a label file's entry names its row."""
+    refused = {r.index: r for r in found.rejected}
+    ok, rejected = _validate(spec, [s for s in samples if s.index not in refused], device)
+    return ok, [refused[s.index] for s in samples if s.index in refused] + _named_rows(rejected, found)
+
+
+def _named_rows(rejections: Iterable[Rejection], found: Scan | None) -> list[Rejection]:
+    """Rejections of a label file's entries with their row in the message (``Data_Entry_2017.csv row 7: ...``)."""
+    if found is None or found.label_file is None:
+        return list(rejections)
+    return [dataclasses.replace(r, message=f"{found.row_of(r.index)}: {r.message}") for r in rejections]
 
 
 def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tuple[list[Sample], list[Rejection]]:
@@ -443,11 +689,23 @@ def _shard_writer(
     expected: int,
     claim: ShardClaim,
 ) -> AsyncShardWriter:
-    """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings."""
+    """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings
+    (``K``: the map slots per image, on the fields with a slot axis)."""
     h, w = target.shape[-2:]
     H, W = ck.preprocessing.size
+    plan = settings.classes
+    per_class = plan.per_class(settings.fields) if plan is not None else ()
     shapes = per_sample_shapes(
-        settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
+        settings.fields,
+        per_class,
+        H=H,
+        W=W,
+        h=h,
+        w=w,
+        Hc=spec.crop.size[0],
+        Wc=spec.crop.size[1],
+        C=ck.config.num_classes,
+        K=plan.slots if plan is not None else 1,
     )
     return AsyncShardWriter(
         Path(spec.out),
@@ -464,6 +722,7 @@ def _shard_writer(
         expected=expected,
         overwrite=True,
         claim=claim,
+        per_class=per_class,
     )
 
 
@@ -480,25 +739,42 @@ def _stream(
     boxes: BoxTable | None,
     progress: bool,
     desc: str,
+    found: Scan | None = None,
 ) -> int:
     """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
     many the loader rejected (files that failed to decode). A stop signal lets the batch in flight finish, then
-    discards the shard (``enhancer.stopping``)."""
+    discards the shard (``enhancer.stopping``). ``found``: the scan, for a label file's targets and row numbers."""
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
+    targets = torch.from_numpy(found.targets) if found is not None and found.targets is not None else None
     bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     with writer, bar, batch_boundaries() as stop_point:
         writer.add_rejected(_rows(rejected))
         for batch in loader:
             names = [paths[int(i)] for i in batch.index]
-            batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
-            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes, target=target)
+            batch_boxes = _batch_boxes(boxes, [sources[int(i)] for i in batch.index], settings, found)
+            batch_targets = targets[batch.index] if targets is not None else None
+            outputs = compute_outputs(
+                model, batch, settings, lungs=lungs, gt_boxes=batch_boxes, target=target, targets=batch_targets
+            )
             writer.put(_host_arrays(outputs, names))
             bar.update(len(batch))
             stop_point()
-        decode_rejected = list(loader.rejected)
+        decode_rejected = _named_rows(loader.rejected, found)
         writer.add_rejected(_rows(decode_rejected))
     return len(decode_rejected)
+
+
+def _batch_boxes(
+    boxes: BoxTable | None, paths: list[str], settings: OutputSettings, found: Scan | None
+) -> torch.Tensor | None:
+    """The boxes of a batch: (N, B, 4), or (N, C, B, 4) per class when the maps are per class and the box file
+    names each box's finding (NIH)."""
+    if boxes is None:
+        return None
+    if settings.classes is not None and boxes.per_finding and found is not None:
+        return boxes.class_batch(paths, found.class_names)
+    return boxes.batch(paths)
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
@@ -510,11 +786,15 @@ def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
         raise SpecError(f"lung_model: {exc}") from None
 
 
-def _load_boxes(spec: EnhanceSpec) -> BoxTable | None:
-    if spec.boxes is None:
+def _load_boxes(spec: EnhanceSpec, found: Scan | None = None) -> BoxTable | None:
+    """``spec.boxes``; an RSNA label file gives its boxes too."""
+    source = spec.boxes
+    if source is None and found is not None and found.label_format == "rsna":
+        source = found.label_file
+    if source is None:
         return None
     try:
-        return read_boxes(spec.boxes)
+        return read_boxes(source)
     except ValueError as exc:
         raise SpecError(f"boxes: {exc}") from None
 

@@ -8,7 +8,7 @@ import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
 from enhancer.cli.model_options import model_options, model_overrides
-from enhancer.cli.options import spec_option
+from enhancer.cli.options import label_options, spec_option
 from enhancer.settings import CamSettings
 from enhancer.specs import EnhanceSpec
 
@@ -17,7 +17,31 @@ from enhancer.specs import EnhanceSpec
 @click.option(
     "--job", "job_file", type=click.Path(exists=True, dir_okay=False), help="TOML job file ([enhance] table)."
 )
-@spec_option(EnhanceSpec, "data", "ImageFolder root (<root>/<CLASS>/<file>) or a path,label CSV.")
+@spec_option(
+    EnhanceSpec,
+    "data",
+    "ImageFolder root (<root>/<CLASS>/<file>), a path,label CSV, or the folder holding the images of --labels.",
+)
+@label_options(EnhanceSpec)
+@spec_option(
+    EnhanceSpec,
+    "head",
+    "Output activation: softmax (one class per image) or sigmoid (one yes/no per class, multi-label); auto: what "
+    "the checkpoint records, else softmax.",
+)
+@spec_option(
+    EnhanceSpec,
+    "explain",
+    "Classes with a map, one map per (image, class): pred (probability >= --threshold, else the top class), "
+    "label (the positive targets), all, top:K, or CLASS[,CLASS]; auto: one map of cam.target per image for a "
+    "softmax model, pred for a sigmoid one.",
+)
+@spec_option(EnhanceSpec, "threshold", "Probability from which a class counts as predicted (--explain pred).")
+@spec_option(
+    EnhanceSpec,
+    "crop_from",
+    "With a map per class: crops and enhanced images from the union of an image's maps, or one per map (each).",
+)
 @spec_option(
     EnhanceSpec,
     "checkpoint",
@@ -105,7 +129,8 @@ from enhancer.specs import EnhanceSpec
 @spec_option(
     EnhanceSpec,
     "boxes",
-    "Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1: stores box_energy, box_hit, "
+    "Annotated boxes, RSNA CSV (patientId,x,y,width,height,Target), NIH BBox_List_2017.csv (boxes per finding) or "
+    "path,x0,y0,x1,y1: stores box_energy, box_hit, "
     "box_iou.",
 )
 @click.option(

@@ -48,7 +48,8 @@ class Scan:
 
     A label file (``enhancer.data.labels``) adds: ``targets`` (N, C) int8 multi-hot targets of a multi-label file
     (1, 0, -1 = masked; every ``Sample.label`` is then -1), ``rejected``: the entries refused while reading it (each
-    is also in ``samples``, with its index), ``rows``: each sample's row in the file, and ``label_file``."""
+    is also in ``samples``, with its index), ``rows``: each sample's row in the file, ``label_file`` and
+    ``label_format``."""
 
     root: str
     samples: tuple[Sample, ...]
@@ -57,6 +58,13 @@ class Scan:
     rejected: tuple[Rejection, ...] = ()
     rows: tuple[int, ...] = ()
     label_file: str | None = None
+    label_format: str | None = None  # nih, chexpert, mimic, rsna or csv
+
+    def row_of(self, index: int) -> str:
+        """``"Data_Entry_2017.csv row 7"``: where sample ``index`` comes from in the label file ("" for a folder)."""
+        if self.label_file is None or not self.rows:
+            return ""
+        return f"{os.path.basename(self.label_file)} row {self.rows[index]}"
 
     @property
     def multi_label(self) -> bool:

@@ -285,13 +285,21 @@ def _open_enhanced(root: Path, field: str) -> Source:
     ds.close()
     if not len(ds):
         raise DataError(f"{root}: the enhanced dataset holds no samples")
+    if field in ds.per_class:
+        raise DataError(
+            f"{root}: field {field!r} holds one image per explained class; train on a field with one image per "
+            "sample (enhance with --crop-from union, or --field image), or export one class (`enhancer export "
+            "--class NAME`)"
+        )
+    targets = ds.targets
     return Source(
         kind="enhanced",
         root=str(root),
-        labels=ds.labels.copy(),
+        labels=split_key(targets) if targets is not None else ds.labels.copy(),
         paths=[],
         class_names=tuple(ds.class_names),
         field=field,
+        targets=targets,
     )
 
 

@@ -23,6 +23,7 @@ rejected.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from enhancer.data.errors import DataError
@@ -97,11 +98,13 @@ def read_labels(
     if fmt in ("rsna", "csv") and view != "all":
         raise DataError(f"{path}: --view {view} needs a view column, which {fmt} label files lack; drop --view")
     if fmt == "nih":
-        return read_nih(path, finder, view=view)
-    if fmt == "chexpert":
-        return read_chexpert(path, finder, uncertain=uncertain, view=view)
-    if fmt == "mimic":
-        return read_mimic(path, finder, uncertain=uncertain, view=view)
-    if fmt == "rsna":
-        return read_rsna(path, finder)
-    return read_columns(path, finder, uncertain=uncertain)
+        found = read_nih(path, finder, view=view)
+    elif fmt == "chexpert":
+        found = read_chexpert(path, finder, uncertain=uncertain, view=view)
+    elif fmt == "mimic":
+        found = read_mimic(path, finder, uncertain=uncertain, view=view)
+    elif fmt == "rsna":
+        found = read_rsna(path, finder)
+    else:
+        found = read_columns(path, finder, uncertain=uncertain)
+    return dataclasses.replace(found, label_format=fmt)
