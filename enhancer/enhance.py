@@ -173,12 +173,9 @@ def compute_outputs(
     ``target``: the CAM layer (``resolve_target``); None explains a zoo model at its own features/head split.
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
     original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou. ``targets``
-    (N, C) int8: the multi-hot targets of a multi-label dataset, stored as they are. With ``settings.classes``, a map
-    per (image, explained class): ``compute_class_outputs``."""
+    (N, C): stored as they are. ``settings.classes``: a map per (image, class) (``compute_class_outputs``)."""
     if settings.classes is not None:
-        return compute_class_outputs(
-            model, batch, settings, lungs=lungs, gt_boxes=gt_boxes, target=target, targets=targets
-        )
+        return compute_class_outputs(model, batch, settings, lungs, gt_boxes, target, targets)
     device = batch.image.device
     result = explain(model, target, batch.image, settings.cam, batch.label.to(device))
     size = tuple(batch.image.shape[-2:])
@@ -191,6 +188,7 @@ def compute_outputs(
         "pred": result.pred,
         "prob": result.probs,
         "orig_size": batch.orig_size,
+        **({"targets": targets} if targets is not None else {}),
     }
     wanted = set(settings.fields)
     if "image" in wanted:
@@ -219,8 +217,6 @@ def compute_outputs(
     if "enhanced" in wanted:
         mask = lung if settings.lung_mask_in_enhanced else None
         out["enhanced"] = cam.enhance(grey, heat, settings.enhance, lung_mask=mask)
-    if targets is not None:
-        out["targets"] = targets
     return out
 
 
@@ -260,7 +256,6 @@ def compute_class_outputs(
     model: nn.Module,
     batch: Batch,
     settings: OutputSettings,
-    *,
     lungs: LungModel | None = None,
     gt_boxes: torch.Tensor | None = None,
     target: TargetLayer | None = None,
@@ -465,11 +460,8 @@ def dataset_attrs(
     extra: dict[str, Any],
     lungs: LungModel | None = None,
     boxes: BoxTable | None = None,
-    found: Scan | None = None,
 ) -> dict[str, Any]:
-    """Provenance stored in every shard. ``identity`` holds what must agree between the shards of one dataset.
-    A label file (``found``) and maps per class (``settings.classes``) add theirs (``class_attrs``)."""
-    classes = class_attrs(spec, settings.classes, found)
+    """Provenance stored in every shard. ``identity`` holds what must agree between the shards of one dataset."""
     measured: dict[str, Any] = {}
     if lungs is not None:
         measured["lung_model"] = {**lungs.describe(), "in_enhanced": settings.lung_mask_in_enhanced}
@@ -493,7 +485,6 @@ def dataset_attrs(
         "enhance": settings.enhance.to_dict(),
         "preprocessing": settings.preprocessing.to_dict(),
         **({"localisation": {k: {"sha256": v["sha256"]} for k, v in measured.items()}} if measured else {}),
-        **{k: v for k, v in classes.items() if k in ("labels", "explain")},
     }
     return {
         "identity": identity,
@@ -515,10 +506,16 @@ def dataset_attrs(
         "n_total": n_total,
         "spec": spec.to_dict(),
         **({"localisation": {**measured, "definitions": localisation.NOTE}} if measured else {}),
-        **classes,
         **provenance(),
         **extra,
     }
+
+
+def with_class_attrs(attrs: dict[str, Any], spec: EnhanceSpec, plan: ClassPlan | None, found: Scan) -> dict[str, Any]:
+    """``dataset_attrs`` plus those of a label file and of maps per class (``class_attrs``), in the identity too."""
+    extra = class_attrs(spec, plan, found)
+    identity = {**attrs["identity"], **{k: v for k, v in extra.items() if k in ("labels", "explain")}}
+    return {**attrs, "identity": identity, **extra}
 
 
 def class_attrs(spec: EnhanceSpec, plan: ClassPlan | None, found: Scan | None) -> dict[str, Any]:
@@ -575,9 +572,8 @@ def _run_claimed(
     plan = class_plan(spec, ck, found)
     settings = output_settings(spec, ck, device, plan, multi_label=found.multi_label, boxes=boxes is not None)
     lungs = _load_lungs(spec)
-    attrs = dataset_attrs(
-        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes, found
-    )
+    attrs = dataset_attrs(spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs, lungs, boxes)
+    attrs = with_class_attrs(attrs, spec, plan, found)
     check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):

@@ -292,8 +292,14 @@ def _run_cycle_job(spec: CycleSpec, context: RunContext) -> list[str]:
 # Registering is a dict insertion (like timm's @register_model); the runners import torch only when called.
 register_job(
     JobKind(
-        "enhance", EnhanceSpec, _run_enhance_job, path_fields=("data", "out", "checkpoint"), submit=_submit_enhance_job
+        "enhance",
+        EnhanceSpec,
+        _run_enhance_job,
+        path_fields=("data", "out", "checkpoint", "labels"),
+        submit=_submit_enhance_job,
     )
 )
-register_job(JobKind("train", TrainSpec, _run_train_job, path_fields=("data", "out", "init"), submit=_submit_train_job))
+register_job(
+    JobKind("train", TrainSpec, _run_train_job, path_fields=("data", "out", "init", "labels"), submit=_submit_train_job)
+)
 register_job(JobKind("cycle", CycleSpec, _run_cycle_job, path_fields=("data", "test", "checkpoint", "out")))
