@@ -5,6 +5,7 @@ named, plain h5py reads (sample, class) -> map, crops per map, and a softmax fol
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -227,6 +228,11 @@ def test_a_trained_sigmoid_checkpoint_is_detected(tmp_path) -> None:
     for row, prob, classes in zip(predicted, stored["prob"], stored["explained"], strict=True):
         want = np.flatnonzero(row).tolist() if row.any() else [int(np.argmax(prob))]
         assert [int(c) for c in classes if c >= 0] == want
+    # ... and the enhanced dataset trains the next model with its multi-hot targets (BCE: auto)
+    assert CliRunner().invoke(main, ["merge", str(out)]).exit_code == 0
+    again = fit(dataclasses.replace(spec, data=str(out), labels=None, out=str(tmp_path / "run2"), field="enhanced"))
+    assert again.history[-1]["n_train"] + again.history[-1]["n_val"] == 12
+    assert set(again.history[-1]["val_auroc_per_class"]) == set(CLASSES)
 
 
 def test_softmax_folder_job_keeps_one_map_per_image(demo_checkpoints, kermany_dir, tmp_path) -> None:
