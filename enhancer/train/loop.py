@@ -153,7 +153,8 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.backend == "nccl" else None)
+    # ctx.device, not the local rank: with one visible GPU per task the local rank is no valid device ordinal
+    return DistributedDataParallel(model, device_ids=[torch.device(ctx.device)] if ctx.backend == "nccl" else None)
 
 
 def _loader(
