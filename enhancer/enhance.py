@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from torch import nn
 from tqdm import tqdm
 
 from enhancer.data import Batch, Rejection, make_loader, scan, shard, validate
+from enhancer.data.host_copy import PendingHostCopy, copy_to_host
 from enhancer.data.loader import resolve_device
+from enhancer.data.prefetch import Prefetcher, pinned
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.hashing import file_sha256
@@ -108,11 +110,12 @@ def compute_outputs(
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
     original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
     device = batch.image.device
-    result = cam.grad_cam(model, batch.image, settings.cam, labels=batch.label.to(device))
+    # host bookkeeping goes to the device with non_blocking copies (pinned by the prefetcher: asynchronous on CUDA)
+    result = cam.grad_cam(model, batch.image, settings.cam, labels=batch.label)
     size = tuple(batch.image.shape[-2:])
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
-    orig_size = batch.orig_size.to(device)
+    orig_size = batch.orig_size.to(device, non_blocking=True)
     out = {
         "index": batch.index,
         "label": batch.label,
@@ -140,7 +143,7 @@ def compute_outputs(
         out["lung_energy"] = localisation.energy_inside(heat, lung)
         out["lung_hit"] = localisation.pointing_hit(heat, lung)
     if gt_boxes is not None:
-        gt = localisation.boxes_mask(gt_boxes.to(device), orig_size, size)
+        gt = localisation.boxes_mask(gt_boxes.to(device, non_blocking=True), orig_size, size)
         out["box_energy"] = localisation.energy_inside(heat, gt)
         out["box_hit"] = localisation.pointing_hit(heat, gt)
         out["box_iou"] = localisation.box_iou(heat, gt, threshold=settings.crop.threshold)
@@ -150,10 +153,60 @@ def compute_outputs(
     return out
 
 
-def _host_arrays(outputs: dict[str, torch.Tensor], paths: list[str]) -> dict[str, Any]:
-    arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in outputs.items()}
-    arrays["path"] = paths
-    return arrays
+def batch_preparer(
+    paths: Mapping[int, str], sources: Mapping[int, str], boxes: BoxTable | None
+) -> Callable[[Batch], dict[str, Any]]:
+    """The per-batch host work done while the previous batch computes (``Prefetcher(prepare=...)``): the stored file
+    names and, with a box table, the batch's annotated boxes (pinned for an asynchronous copy in)."""
+
+    def prepare(batch: Batch) -> dict[str, Any]:
+        rows = batch.index.numpy().tolist()
+        extra: dict[str, Any] = {"path": [paths[i] for i in rows]}
+        if boxes is not None:
+            extra["gt_boxes"] = pinned(boxes.batch([sources[i] for i in rows]))
+        return extra
+
+    return prepare
+
+
+def process_batch(
+    model: nn.Module,
+    batch: Batch,
+    extra: Mapping[str, Any],
+    settings: OutputSettings,
+    *,
+    lungs: LungModel | None = None,
+) -> PendingHostCopy:
+    """One batch: every stored field computed on the device, then its copies out started. Nothing here waits for
+    the device (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or blocking copy), so the host queues this batch's
+    work and returns while the device is still busy with it."""
+    outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"))
+    # Device-side encoding of the image planes (the writer's device codecs) belongs here, before the copy out.
+    return copy_to_host(outputs, {"path": extra["path"]})
+
+
+def write_batches(
+    batches: Iterable[tuple[Batch, Mapping[str, Any]]],
+    compute: Callable[[Batch, Mapping[str, Any]], PendingHostCopy],
+    writer: AsyncShardWriter,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Compute every batch and hand its host arrays to the writer one batch late: batch k's copies out are waited
+    for only once batch k+1's work is queued, so the device always has work while the host waits. Returns the
+    number of batches."""
+    pending: PendingHostCopy | None = None
+    n = 0
+    for batch, extra in batches:
+        copy = compute(batch, extra)
+        if pending is not None:
+            writer.put(pending.wait())
+        pending = copy
+        n += 1
+        if on_batch is not None:
+            on_batch(len(batch))
+    if pending is not None:
+        writer.put(pending.wait())
+    return n
 
 
 def storable_path(path: str) -> str:
@@ -317,14 +370,16 @@ def run_enhance(
         expected=len(mine),
         overwrite=True,
     )
-    with writer, tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1) as bar:
+    prefetcher = Prefetcher(loader, depth=2, prepare=batch_preparer(paths, sources, boxes))
+    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1)
+    with writer, prefetcher, bar:
         writer.add_rejected(_rows(rejected))
-        for batch in loader:
-            names = [paths[int(i)] for i in batch.index]
-            batch_boxes = boxes.batch([sources[int(i)] for i in batch.index]) if boxes is not None else None
-            outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=batch_boxes)
-            writer.put(_host_arrays(outputs, names))
-            bar.update(len(batch))
+        write_batches(
+            prefetcher,
+            lambda batch, extra: process_batch(model, batch, extra, settings, lungs=lungs),
+            writer,
+            _progress(bar, started),
+        )
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
     n_rejected = len(rejected) + len(decode_rejected)
@@ -341,6 +396,23 @@ def run_enhance(
     )
     log.info("%s", summary.line())
     return summary
+
+
+def _progress(bar: tqdm, started: float) -> Callable[[int], None]:
+    """Advance the progress bar; log the start-up time (to the first batch computed) once."""
+    first = True
+
+    def update(n: int) -> None:
+        nonlocal first
+        if first:
+            log.info(
+                "first batch queued %.2f s after the start (start-up: model, scan, loader)",
+                time.perf_counter() - started,
+            )
+            first = False
+        bar.update(n)
+
+    return update
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:

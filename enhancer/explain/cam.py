@@ -90,14 +90,27 @@ def _targets(settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | N
     if settings.target == "label":
         if labels is None:
             raise ValueError("CamSettings(target='label') needs labels=(N,) class indices; or use target='predicted'")
-        target = torch.as_tensor(labels, device=pred.device).long().reshape(-1)
+        target = torch.as_tensor(labels).long().reshape(-1)
         if target.shape != pred.shape:
             raise ValueError(f"labels has {target.numel()} entries for a batch of {pred.numel()}")
-    else:
-        target = torch.full_like(pred, int(settings.target))
-    if bool(((target < 0) | (target >= num_classes)).any()):
-        raise ValueError(f"target classes {target.unique().tolist()} out of range for {num_classes} classes")
-    return target
+        _check_classes(target, num_classes)
+        return target.to(pred.device, non_blocking=True)  # async from pinned host labels (enhancer.data.prefetch)
+    if int(settings.target) >= num_classes:
+        raise ValueError(f"target class {settings.target} out of range for {num_classes} classes")
+    return torch.full_like(pred, int(settings.target))
+
+
+def _check_classes(target: torch.Tensor, num_classes: int) -> None:
+    """Class indices in range, checked without waiting for the device: host labels on the host (numpy), device
+    labels by an asynchronous device assertion (it fails the next synchronising call)."""
+    if target.device.type == "cpu":
+        t = target.numpy()
+        bad = (t < 0) | (t >= num_classes)
+        if bad.any():
+            raise ValueError(f"target classes {sorted(set(t[bad].tolist()))} out of range for {num_classes} classes")
+        return
+    in_range = ((target >= 0) & (target < num_classes)).all()
+    torch._assert_async(in_range, f"target classes out of range for {num_classes} classes")
 
 
 def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:

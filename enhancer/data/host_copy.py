@@ -1,0 +1,62 @@
+"""Copy a batch's results out to host memory without waiting for the device: pinned buffers, one event per batch.
+
+Usage::
+
+    pending = copy_to_host(outputs)        # starts the copies; returns at once (the device may still be computing)
+    ...                                    # queue the next batch's work
+    arrays = pending.wait()                # numpy arrays, valid once the batch's event has passed
+
+On CUDA every tensor is copied with ``non_blocking=True`` into a pinned host buffer (PyTorch's caching host allocator
+reuses them once the arrays are dropped) and one event is recorded after the copies; ``wait`` blocks on that event
+only. Called one batch late (after the next batch's work is queued) it never stalls the device. On the CPU the
+tensors are the results already: ``wait`` returns their numpy views and there is no event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class PendingHostCopy:
+    """Host arrays whose copies may still be running; ``wait`` returns them once they are done."""
+
+    def __init__(self, arrays: dict[str, Any], event: torch.cuda.Event | None) -> None:
+        self._arrays = arrays
+        self._event = event
+
+    def ready(self) -> bool:
+        """Whether ``wait`` would return without blocking."""
+        return self._event is None or self._event.query()
+
+    def wait(self) -> dict[str, Any]:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._arrays
+
+
+def copy_to_host(tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any] | None = None) -> PendingHostCopy:
+    """Start copying ``tensors`` (any devices) to numpy arrays; ``extra`` values (e.g. file names) pass through."""
+    arrays: dict[str, Any] = {}
+    streams: dict[torch.device, torch.cuda.Stream] = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.device.type == "cpu":
+            arrays[name] = t.numpy() if t.is_contiguous() else np.ascontiguousarray(t.numpy())
+            continue
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        arrays[name] = host.numpy()
+        streams.setdefault(t.device, torch.cuda.current_stream(t.device))
+    event = None
+    if streams:
+        if len(streams) > 1:
+            raise ValueError(f"the tensors of one batch must share one CUDA device, got {sorted(map(str, streams))}")
+        (stream,) = streams.values()
+        event = torch.cuda.Event()
+        event.record(stream)
+    return PendingHostCopy({**arrays, **(extra or {})}, event)
