@@ -120,7 +120,9 @@ def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tens
         return z_c
     # d p_c = p_c (1 - p_c) d(log-odds): same map up to a positive per-image factor, but log-odds' gradient is a
     # convex combination of (d z_c - d z_k), which cannot underflow when p_c rounds to 1.
-    others = logits.masked_fill(F.one_hot(target, logits.shape[1]).bool(), float("-inf"))
+    # a comparison, not F.one_hot: one_hot reads the targets' range back to the host (a device sync per batch)
+    is_target = torch.arange(logits.shape[1], device=logits.device) == target[:, None]
+    others = logits.masked_fill(is_target, float("-inf"))
     return z_c - others.logsumexp(1)
 
 

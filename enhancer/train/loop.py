@@ -248,9 +248,10 @@ def evaluate(
     unreadable items."""
     ctx = ctx or DistContext()
     model.eval()
+    # Accumulated on the device: one copy to the host after the last batch, not a wait for the device per batch.
     labels: list[torch.Tensor] = []
     probs: list[torch.Tensor] = []
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     failed: list[Unreadable] = []
     for batch in loader:
         failed += batch.failed
@@ -259,13 +260,13 @@ def evaluate(
         x, y = _inputs(batch, device, channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        labels.append(y.cpu())
-        probs.append(logits.softmax(1).cpu())
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        labels.append(y)
+        probs.append(logits.softmax(1))
     mine = (
-        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
-        torch.cat(probs) if probs else torch.zeros(0, len(class_names)),
-        loss_sum,
+        torch.cat(labels).cpu() if labels else torch.zeros(0, dtype=torch.int64),
+        torch.cat(probs).cpu() if probs else torch.zeros(0, len(class_names)),
+        loss_sum.item(),
         failed,
     )
     parts = all_gather_objects(ctx, mine)
