@@ -34,6 +34,8 @@ from enhancer.explain.cam import AMP, CamSettings, grad_cam
 from enhancer.models.demo import build_demo_model, hook_target, xray_like_batch
 from enhancer.models.zoo import preprocessing_for
 
+Mode = Callable[[], None]
+
 
 def full_backward_cam(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
     """Classic Grad-CAM: forward hook on the target layer, backward from the softmax probability of the predicted
@@ -58,7 +60,7 @@ def full_backward_cam(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None
     return cam / cam.flatten(1).amax(1).clamp_min(1e-30)[:, None, None]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", default="resnet101", help="zoo architecture (default: resnet101)")
     p.add_argument("--size", type=int, default=224, help="input side in pixels (default: 224)")
@@ -75,8 +77,55 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (default with --gpu)")
     p.add_argument("--gpu", action="store_true", help="GPU preset: cuda, bf16 autocast, channels_last, batch 256")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def _modes(model: nn.Module, x: torch.Tensor, settings: CamSettings, amp: torch.dtype | None) -> dict[str, Mode]:
+    """The three contenders on one model and batch."""
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=amp) if amp else nullcontext():
+            model(x)
+
+    def head_only() -> None:
+        grad_cam(model, x, settings)
+
+    def full_backward() -> None:
+        model.requires_grad_(True)
+        full_backward_cam(model, x, amp)
+
+    return {"forward only": forward, "head-only Grad-CAM": head_only, "full-backward Grad-CAM": full_backward}
+
+
+def _time(modes: dict[str, Mode], device: torch.device, warmup: int, iters: int) -> dict[str, list[float]]:
+    """Seconds per call of each mode, rounds interleaved; the first ``warmup`` rounds are not kept."""
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for r in range(warmup + iters):
+        for name, fn in modes.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _print_table(times: dict[str, list[float]], batch: int) -> None:
+    rate = {name: batch / statistics.median(t) for name, t in times.items()}
+    fwd, head, full = rate["forward only"], rate["head-only Grad-CAM"], rate["full-backward Grad-CAM"]
+    print("| mode | images/s | s/batch | vs forward | vs full-backward |")
+    print("|---|---:|---:|---:|---:|")
+    for name, ips in rate.items():
+        print(f"| {name} | {ips:.1f} | {batch / ips:.3f} | {ips / fwd:.2f}x | {ips / full:.2f}x |")
+    ok = head >= 2.5 * full and head >= 0.85 * fwd
+    print(f"head-only >= 2.5x full-backward and >= 0.85x forward: {'yes' if ok else 'NO'}")
+
+
+def main() -> None:
+    args = _parse_args()
     device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--gpu / --device cuda: no CUDA device here; run without them for the CPU figures")
@@ -98,34 +147,7 @@ def main() -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     settings = CamSettings(amp=amp_name, channels_last=channels_last)
     amp = AMP[amp_name] if device.type == "cuda" else None
-
-    def forward() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-            model(x)
-
-    def head_only() -> None:
-        grad_cam(model, x, settings)
-
-    def full_backward() -> None:
-        model.requires_grad_(True)
-        full_backward_cam(model, x, amp)
-
-    modes: dict[str, Callable[[], None]] = {
-        "forward only": forward,
-        "head-only Grad-CAM": head_only,
-        "full-backward Grad-CAM": full_backward,
-    }
-    times: dict[str, list[float]] = {name: [] for name in modes}
-    for r in range(args.warmup + args.iters):
-        for name, fn in modes.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if r >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+    times = _time(_modes(model, x, settings, amp), device, args.warmup, args.iters)
 
     print(machine())
     print(
@@ -133,14 +155,7 @@ def main() -> None:
         f"{args.arch} {args.size}x{args.size}, batch {batch}, amp {amp_name or 'none'}, "
         f"channels_last {channels_last}, {args.iters} timed rounds (median)"
     )
-    rate = {name: batch / statistics.median(t) for name, t in times.items()}
-    fwd, head, full = rate["forward only"], rate["head-only Grad-CAM"], rate["full-backward Grad-CAM"]
-    print("| mode | images/s | s/batch | vs forward | vs full-backward |")
-    print("|---|---:|---:|---:|---:|")
-    for name, ips in rate.items():
-        print(f"| {name} | {ips:.1f} | {batch / ips:.3f} | {ips / fwd:.2f}x | {ips / full:.2f}x |")
-    ok = head >= 2.5 * full and head >= 0.85 * fwd
-    print(f"head-only >= 2.5x full-backward and >= 0.85x forward: {'yes' if ok else 'NO'}")
+    _print_table(times, batch)
 
 
 if __name__ == "__main__":

@@ -308,46 +308,9 @@ def main() -> None:
         },
     }
     with tempfile.TemporaryDirectory(prefix="e2e-bench-", dir=args.tmp) as tmp_name:
-        tmp = Path(tmp_name)
-        from enhancer.models.demo import save_demo_checkpoint
-
-        save_demo_checkpoint(str(tmp / "model.pt"), args.arch)
-        contenders = list(args.contenders)
-        if "classic" in contenders + args.scale_contenders:
-            try:
-                import pytorch_grad_cam  # noqa: F401
-            except ImportError as exc:
-                print(f"(b) classic pipeline skipped: pytorch-grad-cam cannot be imported ({exc})")
-                contenders = [c for c in contenders if c != "classic"]
-                args.scale_contenders = [c for c in args.scale_contenders if c != "classic"]
-        report["check"] = None if args.no_check else _check(args, tmp)
-        sizes = {args.n, args.n * args.scale} if args.scale else {args.n}
-        for n in sorted(sizes):
-            make_copies(sample_data(), tmp / f"data-{n}", n)
-        for b in {args.batch_size, *args.batch_sizes}:
-            make_copies(sample_data(), tmp / f"warm-{b}", max(b, 16))
-
-        print(f"\nmain table: {args.repeats} rounds at N={args.n}")
-        main_runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-        for _ in range(args.repeats):
-            for c in contenders:
-                main_runs[c].append(_measure(args, tmp, c, tmp / f"data-{args.n}", args.batch_size))
-        scale_runs: dict[str, list[dict[str, Any]]] = {c: [] for c in args.scale_contenders if args.scale}
-        if scale_runs:
-            print(f"\nscaling: {args.extra_repeats} round(s) at {args.scale}N={args.n * args.scale}")
-        for _ in range(args.extra_repeats if scale_runs else 0):
-            for c, runs in scale_runs.items():
-                runs.append(_measure(args, tmp, c, tmp / f"data-{args.n * args.scale}", args.batch_size))
-        sweep_runs: dict[int, list[dict[str, Any]]] = {b: [] for b in args.batch_sizes}
-        if sweep_runs:
-            print(f"\nbatch sweep of (a): {args.extra_repeats} round(s) at N={args.n}")
-        for _ in range(args.extra_repeats if sweep_runs else 0):
-            for b, runs in sweep_runs.items():
-                runs.append(_measure(args, tmp, "enhance", tmp / f"data-{args.n}", b))
-
-    main_table = {c: _summary(r) for c, r in main_runs.items()}
+        main_runs, scale_runs, sweep_runs = _run_all(args, Path(tmp_name), report)
     report.update(
-        main=main_table,
+        main={c: _summary(r) for c, r in main_runs.items()},
         scaling={c: _summary(r) for c, r in scale_runs.items()},
         sweep={b: _summary(r) for b, r in sweep_runs.items()},
         seconds=(datetime.now(UTC) - started).total_seconds(),
@@ -361,9 +324,73 @@ def main() -> None:
             args.json.write_text(text + "\n")
 
 
+Runs = dict[Any, list[dict[str, Any]]]  # contender (or batch size) -> one result per round
+
+
+def _run_all(args: argparse.Namespace, tmp: Path, report: dict[str, Any]) -> tuple[Runs, Runs, Runs]:
+    """Checkpoint, output check (into ``report``), data copies, then the main, scaling and batch-sweep rounds."""
+    from enhancer.models.demo import save_demo_checkpoint
+
+    save_demo_checkpoint(str(tmp / "model.pt"), args.arch)
+    contenders = list(args.contenders)
+    if "classic" in contenders + args.scale_contenders:
+        try:
+            import pytorch_grad_cam  # noqa: F401
+        except ImportError as exc:
+            print(f"(b) classic pipeline skipped: pytorch-grad-cam cannot be imported ({exc})")
+            contenders = [c for c in contenders if c != "classic"]
+            args.scale_contenders = [c for c in args.scale_contenders if c != "classic"]
+    report["check"] = None if args.no_check else _check(args, tmp)
+    sizes = {args.n, args.n * args.scale} if args.scale else {args.n}
+    for n in sorted(sizes):
+        make_copies(sample_data(), tmp / f"data-{n}", n)
+    for b in {args.batch_size, *args.batch_sizes}:
+        make_copies(sample_data(), tmp / f"warm-{b}", max(b, 16))
+
+    print(f"\nmain table: {args.repeats} rounds at N={args.n}")
+    main_runs: Runs = {c: [] for c in contenders}
+    for _ in range(args.repeats):
+        for c in contenders:
+            main_runs[c].append(_measure(args, tmp, c, tmp / f"data-{args.n}", args.batch_size))
+    scale_runs: Runs = {c: [] for c in args.scale_contenders if args.scale}
+    if scale_runs:
+        print(f"\nscaling: {args.extra_repeats} round(s) at {args.scale}N={args.n * args.scale}")
+    for _ in range(args.extra_repeats if scale_runs else 0):
+        for c, runs in scale_runs.items():
+            runs.append(_measure(args, tmp, c, tmp / f"data-{args.n * args.scale}", args.batch_size))
+    sweep_runs: Runs = {b: [] for b in args.batch_sizes}
+    if sweep_runs:
+        print(f"\nbatch sweep of (a): {args.extra_repeats} round(s) at N={args.n}")
+    for _ in range(args.extra_repeats if sweep_runs else 0):
+        for b, runs in sweep_runs.items():
+            runs.append(_measure(args, tmp, "enhance", tmp / f"data-{args.n}", b))
+    return main_runs, scale_runs, sweep_runs
+
+
 def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
     """The Markdown tables and the goal lines; returns the goal figures for the JSON."""
-    main_table, scaling, sweep = report["main"], report["scaling"], report["sweep"]
+    goals: dict[str, Any] = {}
+    _print_main(args, report, goals)
+    if report["scaling"]:
+        _print_scaling(args, report["main"], report["scaling"], goals)
+    if report["sweep"]:
+        print(f"\nbatch sweep of (a) at N={args.n}, {args.extra_repeats} round(s)\n")
+        print("| batch | images/s | peak RSS MiB | peak PSS MiB, with workers |")
+        print("|---:|---:|---:|---:|")
+        for b, s in report["sweep"].items():
+            print(f"| {b} | {s['images_per_s']:.2f} | {s['peak_rss_mib']:.0f} | {s['tree_peak_pss_mib']:.0f} |")
+    rate = {c: s["images_per_s"] for c, s in report["main"].items()}
+    if args.device == "cuda" and "enhance" in rate:
+        goals["gpu_images_per_s"] = rate["enhance"]
+        print(
+            f"\n{torch.cuda.get_device_name()}: (a) {rate['enhance']:.0f} images/s end to end (goal on an H100: "
+            ">= 3000)"
+        )
+    return goals
+
+
+def _print_main(args: argparse.Namespace, report: dict[str, Any], goals: dict[str, Any]) -> None:
+    """The main table, then a/b, a/c and the output check against their goals."""
     print(
         f"\n{args.arch} at 224, N={args.n} files (the 16 real X-rays repeated), batch {args.batch_size}, "
         f"{args.device}, {args.threads} loader threads, (b) with grads on {args.classic_grads} parameters; median "
@@ -371,14 +398,13 @@ def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str,
     )
     print("| contender | loader | images/s (median) | all rounds | peak RSS MiB | peak PSS MiB, with workers |")
     print("|---|---|---:|---|---:|---:|")
-    for c, s in main_table.items():
+    for c, s in report["main"].items():
         print(
             f"| {CONTENDERS[c]} | {s['loader']} | {s['images_per_s']:.2f} | "
             f"{', '.join(f'{v:.2f}' for v in s['rounds'])} | {s['peak_rss_mib']:.0f} | "
             f"{s['tree_peak_pss_mib']:.0f} |"
         )
-    goals: dict[str, Any] = {}
-    rate = {c: s["images_per_s"] for c, s in main_table.items()}
+    rate = {c: s["images_per_s"] for c, s in report["main"].items()}
     print()
     if "enhance" in rate and "classic" in rate:
         goals["a_over_b"] = rate["enhance"] / rate["classic"]
@@ -398,48 +424,40 @@ def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str,
             f"classic vs enhancer outputs: {_verdict(goals['check_passed'])} (heatmap max |diff| "
             f"{report['check']['heatmap_max_abs']:.2g})"
         )
-    if scaling:
-        big = args.n * args.scale
-        print(f"\nscaling: N={args.n} (main table) against {args.scale}N={big}, {args.extra_repeats} round(s)\n")
-        print(
-            f"| contender | images/s at {args.n} | images/s at {big} | peak RSS MiB at {args.n} | "
-            f"peak RSS MiB at {big} | memory {args.scale}N/N | PSS with workers, MiB at {args.n} / {big} |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for c, s in scaling.items():
-            base = main_table.get(c)
-            if base is None:
-                print(
-                    f"| {CONTENDERS[c]} | - | {s['images_per_s']:.2f} | - | {s['peak_rss_mib']:.0f} | - | "
-                    f"- / {s['tree_peak_pss_mib']:.0f} |"
-                )
-                continue
-            growth = s["peak_rss_mib"] / base["peak_rss_mib"]
-            goals.setdefault("memory_growth", {})[c] = growth
+
+
+def _print_scaling(
+    args: argparse.Namespace, main_table: dict[str, Any], scaling: dict[str, Any], goals: dict[str, Any]
+) -> None:
+    """Throughput and peak memory at N and at scale * N; (a)'s memory growth against its goal."""
+    big = args.n * args.scale
+    print(f"\nscaling: N={args.n} (main table) against {args.scale}N={big}, {args.extra_repeats} round(s)\n")
+    print(
+        f"| contender | images/s at {args.n} | images/s at {big} | peak RSS MiB at {args.n} | "
+        f"peak RSS MiB at {big} | memory {args.scale}N/N | PSS with workers, MiB at {args.n} / {big} |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for c, s in scaling.items():
+        base = main_table.get(c)
+        if base is None:
             print(
-                f"| {CONTENDERS[c]} | {base['images_per_s']:.2f} | {s['images_per_s']:.2f} | "
-                f"{base['peak_rss_mib']:.0f} | {s['peak_rss_mib']:.0f} | {growth:.3f} | "
-                f"{base['tree_peak_pss_mib']:.0f} / {s['tree_peak_pss_mib']:.0f} |"
+                f"| {CONTENDERS[c]} | - | {s['images_per_s']:.2f} | - | {s['peak_rss_mib']:.0f} | - | "
+                f"- / {s['tree_peak_pss_mib']:.0f} |"
             )
-        if "enhance" in goals.get("memory_growth", {}):
-            g = goals["memory_growth"]["enhance"]
-            print(
-                f"\n(a) peak memory {args.scale}N/N = {g:.3f} (goal <= {GOAL_MEMORY_GROWTH}): "
-                f"{_verdict(g <= GOAL_MEMORY_GROWTH)}"
-            )
-    if sweep:
-        print(f"\nbatch sweep of (a) at N={args.n}, {args.extra_repeats} round(s)\n")
-        print("| batch | images/s | peak RSS MiB | peak PSS MiB, with workers |")
-        print("|---:|---:|---:|---:|")
-        for b, s in sweep.items():
-            print(f"| {b} | {s['images_per_s']:.2f} | {s['peak_rss_mib']:.0f} | {s['tree_peak_pss_mib']:.0f} |")
-    if args.device == "cuda" and "enhance" in rate:
-        goals["gpu_images_per_s"] = rate["enhance"]
+            continue
+        growth = s["peak_rss_mib"] / base["peak_rss_mib"]
+        goals.setdefault("memory_growth", {})[c] = growth
         print(
-            f"\n{torch.cuda.get_device_name()}: (a) {rate['enhance']:.0f} images/s end to end (goal on an H100: "
-            ">= 3000)"
+            f"| {CONTENDERS[c]} | {base['images_per_s']:.2f} | {s['images_per_s']:.2f} | "
+            f"{base['peak_rss_mib']:.0f} | {s['peak_rss_mib']:.0f} | {growth:.3f} | "
+            f"{base['tree_peak_pss_mib']:.0f} / {s['tree_peak_pss_mib']:.0f} |"
         )
-    return goals
+    if "enhance" in goals.get("memory_growth", {}):
+        g = goals["memory_growth"]["enhance"]
+        print(
+            f"\n(a) peak memory {args.scale}N/N = {g:.3f} (goal <= {GOAL_MEMORY_GROWTH}): "
+            f"{_verdict(g <= GOAL_MEMORY_GROWTH)}"
+        )
 
 
 if __name__ == "__main__":

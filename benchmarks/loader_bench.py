@@ -102,7 +102,11 @@ def per_image_costs(paths: list[str], source_size: int, rounds: int = 5) -> list
     return [(label, dali(stage), pil(stage)) for stage, label in enumerate(labels)]
 
 
-def main() -> None:
+Contender = tuple[str, Callable[[], tuple[str, float, int]]]  # label, timed run -> (loader name, seconds, images)
+Row = tuple[str, str, float, int]  # label, loader name, seconds, images
+
+
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data", type=Path, default=None, help="ImageFolder to replicate (default: the 16 sample X-rays, fetched)"
@@ -118,40 +122,44 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.data = args.data or sample_data()
+    return args
 
-    print(machine())
-    with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
-        make_copies(args.data, Path(tmp), args.n)
-        samples, rejected = validate(scan(tmp).samples, level="header", workers=args.threads)
-        assert not rejected, rejected
-        common = {"batch_size": args.batch_size, "device": args.device}
-        contenders: list[tuple[str, Callable[[], tuple[str, float, int]]]] = []
-        if dali_available():
-            contenders.append(
-                (
-                    f"DALI, {args.threads} threads",
-                    lambda: time_loader(samples, args.batch_size, loader="dali", num_threads=args.threads, **common),
-                )
+
+def _contenders(samples: list, args: argparse.Namespace) -> list[Contender]:
+    common = {"batch_size": args.batch_size, "device": args.device}
+    contenders: list[Contender] = []
+    if dali_available():
+        contenders.append(
+            (
+                f"DALI, {args.threads} threads",
+                lambda: time_loader(samples, args.batch_size, loader="dali", num_threads=args.threads, **common),
             )
-        contenders += [
-            (
-                f"torch DataLoader, {args.threads} workers",
-                lambda: time_loader(samples, args.batch_size, loader="torch", num_threads=args.threads, **common),
-            ),
-            (
-                "single-process PIL",
-                lambda: time_loader(samples, args.batch_size, loader="torch", num_threads=0, **common),
-            ),
-            ("seed transform, 224 only", lambda: time_seed_transform(samples, args.batch_size)),
-        ]
-        best: dict[str, tuple[str, float, int]] = {}
-        for _ in range(args.repeat):  # interleaved rounds, best of each: robust to other load on a shared machine
-            for label, fn in contenders:
-                name, seconds, n = fn()
-                assert n == len(samples), (label, n)
-                if label not in best or seconds < best[label][1]:
-                    best[label] = (name, seconds, n)
-        rows = [(label, *best[label]) for label, _ in contenders]
+        )
+    return contenders + [
+        (
+            f"torch DataLoader, {args.threads} workers",
+            lambda: time_loader(samples, args.batch_size, loader="torch", num_threads=args.threads, **common),
+        ),
+        (
+            "single-process PIL",
+            lambda: time_loader(samples, args.batch_size, loader="torch", num_threads=0, **common),
+        ),
+        ("seed transform, 224 only", lambda: time_seed_transform(samples, args.batch_size)),
+    ]
+
+
+def _best_rounds(contenders: list[Contender], repeat: int, n_expected: int) -> list[Row]:
+    best: dict[str, tuple[str, float, int]] = {}
+    for _ in range(repeat):  # interleaved rounds, best of each: robust to other load on a shared machine
+        for label, fn in contenders:
+            name, seconds, n = fn()
+            assert n == n_expected, (label, n)
+            if label not in best or seconds < best[label][1]:
+                best[label] = (name, seconds, n)
+    return [(label, *best[label]) for label, _ in contenders]
+
+
+def _print_results(rows: list[Row], args: argparse.Namespace) -> None:
     baseline = next(n / s for label, _, s, n in rows if label == "single-process PIL")
     print(
         f"\n{args.n} files ({len(scan(args.data).samples)} real X-rays repeated), batch {args.batch_size}, "
@@ -169,6 +177,17 @@ def main() -> None:
         print("|---|---:|---:|")
         for label, dali_ms, pil_ms in per_image_costs(paths, 512):
             print(f"| {label} | {dali_ms:.2f} | {pil_ms:.2f} |")
+
+
+def main() -> None:
+    args = _parse_args()
+    print(machine())
+    with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+        make_copies(args.data, Path(tmp), args.n)
+        samples, rejected = validate(scan(tmp).samples, level="header", workers=args.threads)
+        assert not rejected, rejected
+        rows = _best_rounds(_contenders(samples, args), args.repeat, len(samples))
+    _print_results(rows, args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from typing import Any
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.provenance import provenance
 from enhancer.specs import CycleSpec, EvaluateSpec
+from enhancer.store.layout import MANIFEST, is_merged
+from enhancer.train import rundir
 from enhancer.train.loop import fit, run_evaluate
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def split_dir(path: str, split: str) -> str:
 
 
 def _enhance(spec: CycleSpec, data: str, out: Path, checkpoint: str) -> Path:
-    if (out / "manifest.json").is_file():
+    if is_merged(out):
         return out  # merged by an earlier run of this cycle
     espec = dataclasses.replace(spec.enhance, data=data, out=str(out), checkpoint=checkpoint, shard_id=0, num_shards=1)
     run_enhance(espec, progress=False)
@@ -73,7 +75,7 @@ def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> di
     summary."""
     if not (spec.enhance.lung_model or spec.enhance.boxes):
         return {}
-    if not (out / "manifest.json").is_file():
+    if not is_merged(out):
         espec = dataclasses.replace(
             spec.enhance,
             data=test_data,
@@ -86,7 +88,7 @@ def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> di
         )
         run_enhance(espec, progress=False)
         merge_enhanced(out)
-    summary = json.loads((out / "manifest.json").read_text()).get("localisation", {})
+    summary = json.loads((out / MANIFEST).read_text()).get("localisation", {})
     return {k: summary[k]["mean"] for k in LOCALISATION if k in summary}
 
 
@@ -169,7 +171,7 @@ def run_cycle(spec: CycleSpec, *, on_line: Callable[[str], None] | None = None) 
             test_enh = _enhance(spec, test_data, rd / "test-enhanced", checkpoint)
         tspec = dataclasses.replace(spec.train, data=str(enhanced), out=str(rd / "train"), init=checkpoint)
         result = fit(tspec)
-        checkpoint = str((rd / "train" / "best.pt").resolve())
+        checkpoint = str((rd / "train" / rundir.BEST).resolve())
         say(f"round {k}: {result.line()}")
         metrics = _evaluate(spec, test_data, checkpoint, rd / "eval.json")
         if spec.enhance_test:

@@ -28,20 +28,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.data import Batch, Rejection, make_loader, scan, shard, validate
+from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.host_copy import PendingHostCopy, copy_to_host
 from enhancer.data.loader import resolve_device
 from enhancer.data.prefetch import Prefetcher, pinned
 from enhancer.explain import cam, localisation
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.hashing import file_sha256
-from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
+from enhancer.models.checkpoints import LoadedCheckpoint
+from enhancer.models.inspection import open_model
 from enhancer.models.lungs import LungModel, LungModelError, load_lung_model, lung_masks
+from enhancer.models.registry import TargetLayer
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
-from enhancer.store.layout import check_output_dir, read_shard_attrs
+from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,29 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def explain(
+    model: nn.Module, target: TargetLayer | None, x: torch.Tensor, settings: cam.CamSettings, labels: torch.Tensor
+) -> cam.CamResult:
+    """The CAM of one batch at ``target`` (None: ``model`` is a zoo model, explained at its own split), through the
+    model's features/head halves at that layer (``target.split``; ``check_explainable`` refuses a target without
+    them before the job starts)."""
+    split = model if target is None else target.split
+    assert split is not None, "check_explainable(target) first"
+    return cam.grad_cam(split, x, settings, labels=labels)  # type: ignore[arg-type]  # a SplitView quacks the same
+
+
+def check_explainable(target: TargetLayer, model_name: str) -> None:
+    """Refuse, before any work, a target layer the batch Grad-CAM cannot reach: it needs the model's features/head
+    halves at that layer, which the registry knows for zoo models and for the default layer of the torchvision and
+    timm families; other layers need the generic head-only gradient (a forward hook at the layer)."""
+    if target.split is None:
+        raise SpecError(
+            f"target layer {target.name!r} of {model_name} (family {target.family}): the batch Grad-CAM needs the "
+            "model split into features/head at that layer, known only at the family's default layer; explaining at any "
+            "layer needs the generic head-only gradient (cam.compute_cam). Drop --target-layer to use the default"
+        )
+
+
 def compute_outputs(
     model: nn.Module,
     batch: Batch,
@@ -104,14 +129,16 @@ def compute_outputs(
     *,
     lungs: LungModel | None = None,
     gt_boxes: torch.Tensor | None = None,
+    target: TargetLayer | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
+    ``target``: the CAM layer (``resolve_target``); None explains a zoo model at its own features/head split.
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
     original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou."""
     device = batch.image.device
     # host bookkeeping goes to the device with non_blocking copies (pinned by the prefetcher: asynchronous on CUDA)
-    result = cam.grad_cam(model, batch.image, settings.cam, labels=batch.label)
+    result = explain(model, target, batch.image, settings.cam, batch.label)
     size = tuple(batch.image.shape[-2:])
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
@@ -176,11 +203,12 @@ def process_batch(
     settings: OutputSettings,
     *,
     lungs: LungModel | None = None,
+    target: TargetLayer | None = None,
 ) -> PendingHostCopy:
     """One batch: every stored field computed on the device, then its copies out started. Nothing here waits for
     the device (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or blocking copy), so the host queues this batch's
     work and returns while the device is still busy with it."""
-    outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"))
+    outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"), target=target)
     # Device-side encoding of the image planes (the writer's device codecs) belongs here, before the copy out.
     return copy_to_host(outputs, {"path": extra["path"]})
 
@@ -215,13 +243,26 @@ def storable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def load_model(spec: EnhanceSpec) -> LoadedCheckpoint:
+def load_model(spec: EnhanceSpec) -> tuple[LoadedCheckpoint, TargetLayer]:
+    """The spec's model (``model``/``arch``, ``num_classes``) with its preprocessing (the library's, overridden by
+    ``spec.input``) and its checked target layer."""
     if spec.checkpoint is None:
         raise SpecError(
             "no checkpoint given: pass --checkpoint FILE (the original research's .pth files load as they are), "
             "or make a demonstration model with `enhancer demo-model`"
         )
-    return load_checkpoint(spec.checkpoint, arch=spec.arch)
+    i = spec.input
+    return open_model(
+        spec.checkpoint,
+        arch=spec.arch,
+        model=spec.model,
+        num_classes=spec.num_classes,
+        target_layer=spec.target_layer,
+        size=i.size,
+        mean=i.mean,
+        std=i.std,
+        channels=i.channels,
+    )
 
 
 def output_settings(spec: EnhanceSpec, ck: LoadedCheckpoint, device: str) -> OutputSettings:
@@ -250,16 +291,23 @@ def measured_fields(spec: EnhanceSpec) -> tuple[str, ...]:
     return resolve_fields((*chosen, *extra))
 
 
-def feature_size(model: nn.Module, preprocessing: Preprocessing, device: str) -> tuple[int, int]:
-    """(h, w) of the Grad-CAM target layer at the model's input size."""
-    x = torch.zeros(1, preprocessing.in_chans, *preprocessing.size, device=device)
-    with torch.no_grad():
-        return tuple(model.features(x).shape[-2:])
+def model_attrs(ck: LoadedCheckpoint, target: TargetLayer) -> dict[str, Any]:
+    """What explained the images: the model (zoo name, tv:/timm: name or builder), its family, class count, head and
+    the target layer with its output shape for one input."""
+    return {
+        "name": ck.config.arch,
+        "family": target.family,
+        "num_classes": ck.config.num_classes,
+        "head_layer": target.head_layer,
+        "target_layer": target.name,
+        "target_shape": list(target.shape),
+    }
 
 
 def dataset_attrs(
     spec: EnhanceSpec,
     ck: LoadedCheckpoint,
+    target: TargetLayer,
     settings: OutputSettings,
     n_total: int,
     class_names: Sequence[str],
@@ -283,6 +331,7 @@ def dataset_attrs(
         "n_total": n_total,
         "num_shards": spec.num_shards,
         "checkpoint_sha256": ck.sha256,
+        "model": {k: v for k, v in model_attrs(ck, target).items() if k in ("name", "num_classes", "target_layer")},
         "fields": list(settings.fields),
         "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
         "crop": settings.crop.to_dict(),
@@ -297,7 +346,8 @@ def dataset_attrs(
         "checkpoint_sha256": ck.sha256,
         "architecture": ck.config.arch,
         "head": ck.config.head or "",
-        "target_layer": ck.model.target_layer,
+        "target_layer": target.name,
+        "model": model_attrs(ck, target),
         "gradcam": settings.cam.to_dict(),
         "raw_cam_scale": cam.RAW_CAM_SCALE_NOTE,
         "preprocessing": settings.preprocessing.to_dict(),
@@ -319,28 +369,23 @@ def run_enhance(
 
     ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here)."""
     started = time.perf_counter()
-    out_dir = Path(spec.out)
-    final = shard_path(out_dir, spec.shard_id, spec.num_shards)
-    ck = load_model(spec)
+    final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    ck, target = load_model(spec)
+    check_explainable(target, ck.config.arch)
     found = scan(spec.data)
     device = resolve_device(spec.device)
     settings = output_settings(spec, ck, device)
     lungs = _load_lungs(spec)
     boxes = _load_boxes(spec)
-    attrs = dataset_attrs(spec, ck, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes)
-    check_output_dir(out_dir, attrs["identity"])
+    attrs = dataset_attrs(
+        spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs or {}, lungs, boxes
+    )
+    check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
-        done = read_shard_attrs(final)
-        return EnhanceSummary(
-            str(final), True, len(mine), int(done.get("n_samples", 0)), int(done.get("n_rejected", 0)), 0.0, "-", device
-        )
+        return _already_complete(final, len(mine), device)
     ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
-    model = ck.model.to(device).eval()
-    if lungs is not None:
-        lungs.to(device)
-    if settings.cam.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _on_device(ck.model, lungs, settings, device)
     loader = make_loader(
         ok,
         ck.preprocessing,
@@ -350,15 +395,68 @@ def run_enhance(
         num_threads=spec.num_threads,
         source_size=spec.source_size,
     )
-    h, w = feature_size(model, ck.preprocessing, device)
+    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine))
+    n_decode_rejected = _stream(
+        loader,
+        model,
+        target,
+        writer,
+        settings,
+        ok,
+        rejected,
+        lungs=lungs,
+        boxes=boxes,
+        progress=progress,
+        desc=final.name,
+        started=started,
+    )
+    summary = EnhanceSummary(
+        str(final),
+        False,
+        len(mine),
+        writer.n_samples,
+        len(rejected) + n_decode_rejected,
+        time.perf_counter() - started,
+        loader.name,
+        device,
+        writer.blocked_s,
+    )
+    log.info("%s", summary.line())
+    return summary
+
+
+def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
+    """The summary of a shard a previous run completed (a rerun skips it)."""
+    done = read_shard_attrs(final)
+    n_written, n_rejected = int(done.get("n_samples", 0)), int(done.get("n_rejected", 0))
+    return EnhanceSummary(str(final), True, n_in, n_written, n_rejected, 0.0, "-", device)
+
+
+def _on_device(model: nn.Module, lungs: LungModel | None, settings: OutputSettings, device: str) -> nn.Module:
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask."""
+    model = model.to(device).eval()
+    if lungs is not None:
+        lungs.to(device)
+    return model.to(memory_format=torch.channels_last) if settings.cam.channels_last else model
+
+
+def _shard_writer(
+    spec: EnhanceSpec,
+    ck: LoadedCheckpoint,
+    target: TargetLayer,
+    settings: OutputSettings,
+    attrs: dict[str, Any],
+    *,
+    expected: int,
+) -> AsyncShardWriter:
+    """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings."""
+    h, w = target.shape[-2:]
     H, W = ck.preprocessing.size
     shapes = per_sample_shapes(
         settings.fields, H=H, W=W, h=h, w=w, Hc=spec.crop.size[0], Wc=spec.crop.size[1], C=ck.config.num_classes
     )
-    paths = {s.index: storable_path(s.path) for s in ok}
-    sources = {s.index: s.path for s in ok}
-    writer = AsyncShardWriter(
-        out_dir,
+    return AsyncShardWriter(
+        Path(spec.out),
         spec.shard_id,
         spec.num_shards,
         maxsize=spec.queue_size,
@@ -367,35 +465,44 @@ def run_enhance(
         fields=settings.fields,
         compression=spec.compression,
         attrs=attrs,
-        expected=len(mine),
+        expected=expected,
         overwrite=True,
     )
+
+
+def _stream(
+    loader: Loader,
+    model: nn.Module,
+    target: TargetLayer,
+    writer: AsyncShardWriter,
+    settings: OutputSettings,
+    ok: Sequence[Sample],
+    rejected: Sequence[Rejection],
+    *,
+    lungs: LungModel | None,
+    boxes: BoxTable | None,
+    progress: bool,
+    desc: str,
+    started: float,
+) -> int:
+    """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
+    many the loader rejected (files that failed to decode). Batch k+1 loads (``Prefetcher``) and batch k-1 is
+    written while batch k computes."""
+    paths = {s.index: storable_path(s.path) for s in ok}
+    sources = {s.index: s.path for s in ok}
     prefetcher = Prefetcher(loader, depth=2, prepare=batch_preparer(paths, sources, boxes))
-    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=final.name, smoothing=0.1)
+    bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     with writer, prefetcher, bar:
         writer.add_rejected(_rows(rejected))
         write_batches(
             prefetcher,
-            lambda batch, extra: process_batch(model, batch, extra, settings, lungs=lungs),
+            lambda batch, extra: process_batch(model, batch, extra, settings, lungs=lungs, target=target),
             writer,
             _progress(bar, started),
         )
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
-    n_rejected = len(rejected) + len(decode_rejected)
-    summary = EnhanceSummary(
-        str(final),
-        False,
-        len(mine),
-        writer.n_samples,
-        n_rejected,
-        time.perf_counter() - started,
-        loader.name,
-        device,
-        writer.blocked_s,
-    )
-    log.info("%s", summary.line())
-    return summary
+    return len(decode_rejected)
 
 
 def _progress(bar: tqdm, started: float) -> Callable[[int], None]:
@@ -443,6 +550,6 @@ def _rows(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:
 def merge_enhanced(out_dir: str | os.PathLike[str]) -> Manifest:
     """Merge the shards of ``out_dir``, checking that written + rejected samples cover the scanned dataset exactly
     (every index in ``range(n_total)`` once; ``n_total`` is recorded by the job in every shard)."""
-    shards = sorted(Path(out_dir).glob("shard-*-of-*.h5"))
+    shards = sorted(Path(out_dir).glob(SHARD_GLOB))
     n_total = read_shard_attrs(shards[0]).get("n_total") if shards else None
     return merge(out_dir, expected_indices=range(n_total) if n_total is not None else None)

@@ -55,3 +55,38 @@ class Preprocessing:
 
 SEED_PREPROCESSING = Preprocessing()
 RGB_PREPROCESSING = Preprocessing(in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def override(
+    p: Preprocessing,
+    *,
+    size: int | None = None,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+    channels: int | None = None,
+) -> Preprocessing:
+    """``p`` with the given settings replaced (``size``: a square side). A new channel count without mean/std takes
+    that count's usual statistics (1: the seed's, 3: ImageNet's); one mean or std value applies to every channel.
+    Raises ValueError naming the bad value."""
+    in_chans = channels or p.in_chans
+    same = in_chans == p.in_chans
+    base_mean, base_std = (
+        (p.mean, p.std) if same else ((SEED_MEAN, SEED_STD) if in_chans == 1 else (IMAGENET_MEAN, IMAGENET_STD))
+    )
+
+    def per_channel(values: tuple[float, ...], base: tuple[float, ...], name: str) -> tuple[float, ...]:
+        if not values:
+            return base
+        if len(values) == 1:
+            return tuple(values) * in_chans
+        if len(values) != in_chans:
+            count = "1 value (one channel)" if in_chans == 1 else f"1 or {in_chans} values (one per channel)"
+            raise ValueError(f"--{name} {','.join(map(str, values))} needs {count}")
+        return tuple(values)
+
+    return Preprocessing(
+        size=(size, size) if size is not None else p.size,
+        in_chans=in_chans,
+        mean=per_channel(tuple(mean), base_mean, "mean"),
+        std=per_channel(tuple(std), base_std, "std"),
+    )

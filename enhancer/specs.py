@@ -38,13 +38,38 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """Overrides of the model's own preprocessing (unset: what its library, or its checkpoint, says)."""
+
+    size: int | None = None  # square input side, e.g. 224
+    mean: tuple[float, ...] = ()  # per channel, or one value for every channel
+    std: tuple[float, ...] = ()
+    channels: int | None = None  # 1 or 3; greyscale X-rays are replicated to 3 channels
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size < 8:
+            raise SpecError(f"input.size must be >= 8, got {self.size}")
+        if self.channels not in (None, 1, 3):
+            raise SpecError(f"input.channels must be 1 or 3, got {self.channels}")
+        if any(s <= 0 for s in self.std):
+            raise SpecError(f"input.std values must be positive, got {list(self.std)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+@dataclass(frozen=True)
 class EnhanceSpec:
     """Settings of ``enhancer enhance`` (one shard of the enhanced dataset)."""
 
     data: str = REQUIRED  # ImageFolder root or a path,label CSV
     out: str = REQUIRED  # output directory of the enhanced dataset
     checkpoint: str | None = None  # required to run; `enhancer demo-model` makes one for trying the tool
-    arch: str | None = None  # override architecture detection
+    arch: str | None = None  # override architecture detection (zoo names; `model` takes every kind)
+    model: str | None = None  # zoo name, tv:NAME, timm:NAME or package.module:callable; None: detected (zoo)
+    num_classes: int | None = None  # classes of a model from outside the zoo; None: what the weights say
+    target_layer: str | None = None  # dotted module path of the CAM layer; None: the model family's default
+    input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     shard_id: int = 0
     num_shards: int = 1
     batch_size: int = 64
@@ -80,6 +105,8 @@ class EnhanceSpec:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise SpecError(f"num_classes must be >= 1, got {self.num_classes}")
         _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +170,9 @@ class EvaluateSpec:
     data: str = REQUIRED  # ImageFolder root (its test/ sub-folder when there is one) or an enhanced dataset dir
     checkpoint: str = REQUIRED  # the research notebook's .pth files work unchanged
     arch: str | None = None  # override architecture detection
+    model: str | None = None  # zoo name, tv:NAME, timm:NAME or package.module:callable; None: detected (zoo)
+    num_classes: int | None = None  # classes of a model from outside the zoo; None: what the weights say
+    input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     field: str = "enhanced"  # image field of an enhanced dataset
     batch_size: int = 64
     device: str = "auto"

@@ -19,14 +19,13 @@ from enhancer.enhance import (
     _load_boxes,
     _load_lungs,
     batch_preparer,
-    feature_size,
+    load_model,
     output_settings,
     process_batch,
     storable_path,
     write_batches,
 )
 from enhancer.explain.cam import CamSettings
-from enhancer.models.checkpoints import load_checkpoint
 from enhancer.specs import EnhanceSpec
 from enhancer.store import AsyncShardWriter, EnhancedDataset, merge, per_sample_shapes
 from tests.test_localisation import box_csv, lung_checkpoint  # noqa: F401  (module fixtures)
@@ -79,12 +78,12 @@ def test_per_batch_path_has_no_host_sync(
         boxes=str(box_csv),
         cam=CamSettings(target="label"),  # the labels' range check included (target "predicted" skips it)
     )
-    ck = load_checkpoint(spec.checkpoint)
+    ck, target_layer = load_model(spec)
     settings = output_settings(spec, ck, "cpu")
     model, lungs, boxes = ck.model.eval(), _load_lungs(spec), _load_boxes(spec)
     samples = list(scan(spec.data).samples)
     loader = make_loader(samples, ck.preprocessing, batch_size=spec.batch_size, loader="torch", num_threads=0)
-    h, w = feature_size(model, ck.preprocessing, "cpu")
+    h, w = target_layer.shape[-2:]
     shapes = per_sample_shapes(settings.fields, H=224, W=224, h=h, w=w, Hc=224, Wc=224, C=2)
     paths = {s.index: storable_path(s.path) for s in samples}
     sources = {s.index: s.path for s in samples}
@@ -94,7 +93,10 @@ def test_per_batch_path_has_no_host_sync(
     sizes: list[int] = []
     with writer, Prefetcher(loader, prepare=batch_preparer(paths, sources, boxes)) as batches, CountOps() as ops:
         n_batches = write_batches(
-            batches, lambda b, extra: process_batch(model, b, extra, settings, lungs=lungs), writer, sizes.append
+            batches,
+            lambda b, extra: process_batch(model, b, extra, settings, lungs=lungs, target=target_layer),
+            writer,
+            sizes.append,
         )
     assert (n_batches, sizes) == (4, [5, 5, 5, 1])
     assert ops.calls["aten::convolution"] >= 4 * 4  # the mode saw the model run: tinyvgg's 4 convolutions per batch

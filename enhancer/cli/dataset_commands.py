@@ -17,11 +17,12 @@ def merge(out_dir: str) -> None:
     with the command to rerun them (exit code 2).
     """
     from enhancer.enhance import merge_enhanced
+    from enhancer.store.layout import CARD, MANIFEST, REJECTED
 
     manifest = merge_enhanced(out_dir)
     click.echo(
         f"{out_dir}: {manifest.n_written} written, {manifest.n_rejected} rejected of {manifest.n_in} "
-        f"in {len(manifest.shards)} shard(s); manifest.json, rejected.csv and README.md written"
+        f"in {len(manifest.shards)} shard(s); {MANIFEST}, {REJECTED} and {CARD} written"
     )
 
 

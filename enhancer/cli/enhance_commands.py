@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
+from enhancer.cli.model_options import model_options, model_overrides
 from enhancer.cli.options import spec_option
 from enhancer.specs import EnhanceSpec
 
@@ -23,7 +24,10 @@ from enhancer.specs import EnhanceSpec
     "(`enhancer demo-model` makes one for trying the tool).",
 )
 @spec_option(EnhanceSpec, "out", "Output directory of the enhanced dataset (one dataset per directory).")
-@spec_option(EnhanceSpec, "arch", "Architecture (see `enhancer models`); none: detected from the weights.")
+@spec_option(
+    EnhanceSpec, "arch", "Zoo architecture (see `enhancer models`; or use --model); none: detected from the weights."
+)
+@model_options(EnhanceSpec)
 @spec_option(EnhanceSpec, "shard_id", "Which shard to write.")
 @spec_option(EnhanceSpec, "num_shards", "Total number of shards (e.g. SLURM array size).")
 @spec_option(EnhanceSpec, "batch_size", "Images per batch.")
@@ -81,8 +85,12 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
     from enhancer.enhance import run_enhance
     from enhancer.specs import load_spec
 
+    chosen = model_overrides(options)
     spec = load_spec(
-        EnhanceSpec, job_file, table="enhance" if job_file else None, overrides=overrides(options, settings)
+        EnhanceSpec,
+        job_file,
+        table="enhance" if job_file else None,
+        overrides={**chosen, **overrides(options, settings)},
     )
     if workers > 1:
         import dataclasses

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from enhancer.cli.app import main, overrides, reports_errors
+from enhancer.cli.model_options import model_options, model_overrides
 from enhancer.cli.options import spec_option
 from enhancer.specs import CycleSpec, EvaluateSpec, TrainSpec
 
@@ -84,8 +85,10 @@ def _print_epoch(r: dict[str, Any]) -> None:
         f"{r['seconds']:.1f} s]{'  *best' if r['best'] else ''}"
     )
     if r["unreadable"]:
+        from enhancer.train.rundir import UNREADABLE  # fit has loaded the training modules by now
+
         shown = ", ".join(r["unreadable"][:5]) + (" ..." if len(r["unreadable"]) > 5 else "")
-        click.echo(f"  {len(r['unreadable'])} unreadable image(s) skipped: {shown} (listed in unreadable.csv)")
+        click.echo(f"  {len(r['unreadable'])} unreadable image(s) skipped: {shown} (listed in {UNREADABLE})")
 
 
 @main.command()
@@ -96,7 +99,10 @@ def _print_epoch(r: dict[str, Any]) -> None:
     EvaluateSpec, "data", "ImageFolder root (its test/ sub-folder when present) or an enhanced dataset directory."
 )
 @spec_option(EvaluateSpec, "checkpoint", "Checkpoint to evaluate (the research notebook's .pth, a state_dict or ours).")
-@spec_option(EvaluateSpec, "arch", "Architecture (see `enhancer models`); none: detected from the weights.")
+@spec_option(
+    EvaluateSpec, "arch", "Zoo architecture (see `enhancer models`; or use --model); none: detected from the weights."
+)
+@model_options(EvaluateSpec, target_layer=False)
 @spec_option(EvaluateSpec, "field", "Image field of an enhanced dataset.")
 @spec_option(EvaluateSpec, "batch_size", "Images per batch.")
 @spec_option(EvaluateSpec, "device", "Compute device.")
@@ -110,8 +116,12 @@ def evaluate(job_file: str | None, settings: tuple[str, ...], **options: Any) ->
     from enhancer.train.loop import run_evaluate
     from enhancer.train.metrics import format_metrics
 
+    chosen = model_overrides(options)
     spec = load_spec(
-        EvaluateSpec, job_file, table="evaluate" if job_file else None, overrides=overrides(options, settings)
+        EvaluateSpec,
+        job_file,
+        table="evaluate" if job_file else None,
+        overrides={**chosen, **overrides(options, settings)},
     )
     report = run_evaluate(spec)
     click.echo(f"{report['checkpoint']} on {report['data']}")

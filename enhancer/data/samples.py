@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from enhancer.atomic import move_into_place
 from enhancer.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def fetch_samples(dest: str | os.PathLike[str], *, source: str | os.PathLike[str
             raise FetchError("the fetched samples are not the published ones: " + "; ".join(problems[:3]))
         for rel in SAMPLE_SHA256:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, dest / rel)
+            move_into_place(staging / rel, dest / rel)
         (dest / "ATTRIBUTION.md").write_text(f"# Sample chest X-rays\n\n{ATTRIBUTION}\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -24,16 +24,16 @@ import torch
 from torch import nn
 
 from enhancer import __version__
+from enhancer.atomic import atomic_path
 from enhancer.hashing import file_sha256
+from enhancer.models.external import parse_model_name
+from enhancer.models.registry import build, detect_config, library_preprocessing
 from enhancer.models.zoo import (
     DEFAULT_CLASS_NAMES,
-    RESNET_BLOCKS,
-    SEED_HEADS,
     ZOO,
     ModelConfig,
     ModelError,
     build_from_config,
-    preprocessing_for,
     resolve_config,
 )
 from enhancer.preprocessing import Preprocessing
@@ -119,49 +119,6 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _block_counts(state: dict[str, torch.Tensor], prefix: str) -> tuple[int, ...]:
-    counts = []
-    for i in range(1, 5):
-        idx = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}layer{i}\.(\d+)\.", k))}
-        counts.append(max(idx) + 1 if idx else 0)
-    return tuple(counts)
-
-
-def _linear_widths(state: dict[str, torch.Tensor], prefix: str) -> list[tuple[int, int]]:
-    """(index, out_features) of each Linear in an nn.Sequential, in order."""
-    found = [
-        (int(m.group(1)), v.shape[0])
-        for k, v in state.items()
-        if (m := re.fullmatch(rf"{re.escape(prefix)}(\d+)\.weight", k)) and v.ndim == 2
-    ]
-    return sorted(found)
-
-
-def detect_config(state: dict[str, torch.Tensor]) -> ModelConfig | None:
-    """Recognise a zoo architecture from parameter names and shapes; None when nothing matches."""
-    w = state.get
-    if "resnet.fc.weight" in state and "dense_neural_network.2.weight" in state:
-        depth = {blocks: d for d, blocks in RESNET_BLOCKS.items() if d >= 50}.get(_block_counts(state, "resnet."))
-        widths = [out for _, out in _linear_widths(state, "dense_neural_network.")]
-        head = next((h for h, (hidden, _) in SEED_HEADS.items() if tuple(widths[:-1]) == hidden), None)
-        if depth and head and widths:
-            return resolve_config(f"resnet{depth}", head=head, num_classes=widths[-1])
-    if "vgg.features.28.weight" in state and "dense_neural_network.3.weight" in state:
-        return resolve_config("vgg16", num_classes=state["dense_neural_network.3.weight"].shape[0])
-    if (fe := w("feature_extractor.0.weight")) is not None and (lin := w("dense_neural_network.2.weight")) is not None:
-        width = fe.shape[0]
-        side = (lin.shape[1] // width) ** 0.5
-        if fe.ndim == 4 and side == int(side):
-            return resolve_config("tinyvgg", width=width, input_size=int(side) * 4, num_classes=lin.shape[0])
-    if "fc.weight" in state and "conv1.weight" in state:
-        blocks = _block_counts(state, "")
-        bottleneck = "layer1.0.conv3.weight" in state
-        depth = next((d for d, b in RESNET_BLOCKS.items() if b == blocks and (d >= 50) == bottleneck), None)
-        if depth and f"tv-resnet{depth}" in ZOO:
-            return resolve_config(f"tv-resnet{depth}", num_classes=state["fc.weight"].shape[0])
-    return None
-
-
 def _closest_arch(keys: set[str]) -> tuple[str, set[str], set[str]]:
     """The zoo entry whose parameter names overlap most with ``keys``, with missing and unexpected names."""
     best: tuple[float, str, set[str]] = (-1.0, "", set())
@@ -175,10 +132,13 @@ def _closest_arch(keys: set[str]) -> tuple[str, set[str], set[str]]:
     return arch, ref - keys, keys - ref
 
 
-def _describe_keys(names: set[str], limit: int = 5) -> str:
+def _describe_keys(kind: str, names: set[str] | list[str], limit: int = 5) -> str:
+    """``3 missing keys: a, b, c`` (the first ``limit`` names, sorted), or ``no missing keys``."""
+    if not names:
+        return f"no {kind} keys"
     shown = sorted(names)[:limit]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(shown) + more if names else "none"
+    return f"{len(names)} {kind} keys: " + ", ".join(shown) + more
 
 
 def _mismatch_error(path: str, state: dict[str, torch.Tensor], arch: str | None, exc: Exception | None) -> str:
@@ -193,25 +153,62 @@ def _mismatch_error(path: str, state: dict[str, torch.Tensor], arch: str | None,
         head = f"{path}: weights match no architecture of the zoo"
     shapes = f"; {_first_line(exc)}" if exc is not None and not missing and not unexpected else ""
     return (
-        f"{head} (missing keys: {_describe_keys(missing)}; unexpected keys: {_describe_keys(unexpected)}{shapes}). "
-        f"Closest architecture: {closest}; pass --arch to choose one, see `enhancer models`"
+        f"{head} ({_describe_keys('missing', missing)}; {_describe_keys('unexpected', unexpected)}{shapes}). "
+        f"Closest architecture: {closest}; pass --model (or --arch) to choose one, see `enhancer models`"
     )
 
 
-def _config_for(state: dict[str, torch.Tensor], path: str, arch: str | None, head: str | None) -> ModelConfig:
+def key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, other shape) parameter/buffer names of ``state`` against ``model``; the last as
+    ``name checkpoint (2, 1024) vs model (3, 1024)``."""
+    ref = model.state_dict()
+    missing = sorted(set(ref) - set(state))
+    unexpected = sorted(set(state) - set(ref))
+    shapes = [
+        f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(ref[k].shape)}"
+        for k in sorted(set(ref) & set(state))
+        if tuple(state[k].shape) != tuple(ref[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def _load_external(path: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Strict load into a model from outside the zoo; every mismatch in one message."""
+    missing, unexpected, shapes = key_mismatch(model, state)
+    if missing or unexpected or shapes:
+        config: ModelConfig = model.config
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        shaped = f"; {len(shapes)} keys of another shape: {', '.join(shapes[:3])}{more}" if shapes else ""
+        keys = f"{_describe_keys('missing', missing)}; {_describe_keys('unexpected', unexpected)}{shaped}"
+        raise CheckpointError(
+            f"{path}: does not fit {config.arch} with {config.num_classes} classes ({keys}). "
+            "Check --model and --num-classes; "
+            f"`enhancer inspect {path} --model {config.arch} --layers` shows the model's layers"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _config_for(
+    state: dict[str, torch.Tensor], path: str, arch: str | None, head: str | None, num_classes: int | None = None
+) -> ModelConfig:
     """The architecture of a file without a header: detected, or as asked (keeping what detection says of the
     head and class count when it found the same architecture)."""
     detected = detect_config(state)
     if arch is None:
         if detected is None:
             raise CheckpointError(_mismatch_error(path, state, None, None))
+        if num_classes is not None and num_classes != detected.num_classes:
+            raise CheckpointError(
+                f"{path}: holds a {detected.arch} with {detected.num_classes} classes, not {num_classes}; "
+                "drop --num-classes or pick the file"
+            )
         return detected
     same = detected is not None and detected.arch == arch
     try:
         return resolve_config(
             arch,
             head=head or (detected.head if same else None),
-            num_classes=detected.num_classes if same else 2,
+            num_classes=num_classes or (detected.num_classes if same else 2),
             input_size=detected.input_size if same else 224,
             width=detected.width if same else None,
         )
@@ -219,47 +216,116 @@ def _config_for(state: dict[str, torch.Tensor], path: str, arch: str | None, hea
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    *,
-    arch: str | None = None,
-    head: str | None = None,
-) -> LoadedCheckpoint:
-    """Load a checkpoint file into a zoo model (eval mode, CPU), strictly.
+def _inferred_shape_args(arch: str, state: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
+    """(num_classes, in_chans) that the weights imply for a model from outside the zoo: the out_features of its
+    last Linear and the in_channels of its first Conv2d, read from ``state`` by name (None where not found)."""
+    try:
+        with torch.device("meta"):
+            probe = build(ModelConfig(arch=arch, num_classes=2))
+    except (ModelError, RuntimeError, NotImplementedError, TypeError):
+        return None, None
+    modules = list(probe.named_modules())
+    linear = [n for n, m in modules if isinstance(m, nn.Linear)]
+    conv = next((n for n, m in modules if isinstance(m, nn.Conv2d)), None)
+    classes = state.get(f"{linear[-1]}.weight") if linear else None
+    stem = state.get(f"{conv}.weight") if conv is not None else None
+    return (
+        int(classes.shape[0]) if classes is not None and classes.ndim == 2 else None,
+        int(stem.shape[1]) if stem is not None and stem.ndim == 4 else None,
+    )
 
-    Accepts our own format, the seed notebook's dict (``model_state_dict``, ``optimizer_state_dict``, ...,
-    ``test_loss``, ``desc``) and a bare state_dict. The architecture comes from the file (our format), from
-    ``arch``/``head`` when given, or is detected from the parameter names and shapes."""
-    path = str(path)
-    obj = read_checkpoint_file(path)
-    state, source = _state_dict_of(obj, path)
-    state = _strip_prefixes(state)
-    if source == "enhancer":
-        try:
-            config = ModelConfig.from_dict(obj["model"])
-            preprocessing = Preprocessing.from_dict(obj["preprocessing"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: damaged enhancer checkpoint header ({_first_line(exc)})") from None
-        class_names = tuple(obj.get("class_names", DEFAULT_CLASS_NAMES))
-        meta = dict(obj.get("meta", {}))
-        if arch is not None and arch != config.arch:
-            raise CheckpointError(f"{path}: holds a {config.arch} model, not {arch}; drop --arch or pick the file")
-    else:
-        config = _config_for(state, path, arch, head)
-        preprocessing = preprocessing_for(config.arch, config.input_size)
-        class_names = DEFAULT_CLASS_NAMES if config.num_classes == 2 else tuple(map(str, range(config.num_classes)))
-        meta = {k: _plain(obj[k]) for k in SEED_META_KEYS if source == "seed" and k in obj}
+
+def _external_model(
+    path: str, arch: str, state: dict[str, torch.Tensor], num_classes: int | None
+) -> tuple[ModelConfig, nn.Module]:
+    """Build ``arch`` (tv:/timm:/package.module:callable) for ``state``: the class count as given or as the weights
+    say, then load strictly."""
+    found_classes, in_chans = _inferred_shape_args(arch, state)
+    config = ModelConfig(arch=arch, num_classes=num_classes or found_classes or 2)
+    try:
+        model = build(config, in_chans=in_chans if parse_model_name(arch).kind == "timm" else None)
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    _load_external(path, model, state)
+    return config, model
+
+
+def _header_of(obj: dict[str, Any], path: str, name: str | None) -> tuple[ModelConfig, Preprocessing]:
+    try:
+        config = ModelConfig.from_dict(obj["model"])
+        preprocessing = Preprocessing.from_dict(obj["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged enhancer checkpoint header ({_first_line(exc)})") from None
+    if name is not None and name != config.arch:
+        raise CheckpointError(f"{path}: holds a {config.arch} model, not {name}; drop --model/--arch or pick the file")
+    return config, preprocessing
+
+
+def _model_name(path: str, arch: str | None, model: str | None) -> str | None:
+    """The model asked for (``--model`` or the older ``--arch``), in its canonical spelling."""
+    if arch is not None and model is not None and parse_model_name(arch).text != parse_model_name(model).text:
+        raise CheckpointError(f"{path}: --arch {arch} and --model {model} disagree; give only --model")
+    name = model or arch
+    try:
+        return parse_model_name(name).text if name is not None else None
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _build_and_load(
+    path: str, name: str | None, state: dict[str, torch.Tensor], config: ModelConfig | None, num_classes: int | None
+) -> tuple[ModelConfig, nn.Module]:
+    if config is None and name is not None and parse_model_name(name).kind != "zoo":
+        return _external_model(path, name, state, num_classes)
+    assert config is not None
+    if parse_model_name(config.arch).kind != "zoo":
+        return _external_model(path, config.arch, state, config.num_classes)
     model = build_from_config(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(_mismatch_error(path, state, config.arch, exc)) from None
-    model.eval()
+    return config, model
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    head: str | None = None,
+    model: str | None = None,
+    num_classes: int | None = None,
+) -> LoadedCheckpoint:
+    """Load a checkpoint file into a model (eval mode, CPU), strictly.
+
+    Accepts our own format, the seed notebook's dict (``model_state_dict``, ``optimizer_state_dict``, ...,
+    ``test_loss``, ``desc``) and a bare state_dict (``module.`` prefixes removed). The model is ``model`` (a zoo
+    name, ``tv:NAME``, ``timm:NAME`` or ``package.module:callable``; ``arch`` is the older zoo-only spelling), the
+    one in the file's header (our format), or the zoo architecture detected from the parameter names and shapes.
+    ``num_classes``: the class count (default: what the weights say). Key mismatches raise one CheckpointError."""
+    path = str(path)
+    name = _model_name(path, arch, model)
+    obj = read_checkpoint_file(path)
+    state, source = _state_dict_of(obj, path)
+    state = _strip_prefixes(state)
+    config: ModelConfig | None = None
+    preprocessing: Preprocessing | None = None
+    meta: dict[str, Any] = {}
+    if source == "enhancer":
+        config, preprocessing = _header_of(obj, path, name)
+        meta = dict(obj.get("meta", {}))
+    else:
+        meta = {k: _plain(obj[k]) for k in SEED_META_KEYS if source == "seed" and k in obj}
+        if name is None or parse_model_name(name).kind == "zoo":
+            config = _config_for(state, path, name, head, num_classes)
+    config, net = _build_and_load(path, name, state, config, num_classes)
+    net.eval()
+    default_names = DEFAULT_CLASS_NAMES if config.num_classes == 2 else tuple(map(str, range(config.num_classes)))
     return LoadedCheckpoint(
-        model=model,
+        model=net,
         config=config,
-        preprocessing=preprocessing,
-        class_names=class_names,
+        preprocessing=preprocessing or library_preprocessing(net),
+        class_names=tuple(obj.get("class_names", default_names)) if source == "enhancer" else default_names,
         source_format=source,
         path=path,
         sha256=file_sha256(path),
@@ -304,6 +370,5 @@ def save_checkpoint(
         payload["scheduler_state_dict"] = scheduler_state
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # torch names the records after the file less its last suffix: path.name
+        torch.save(payload, tmp)

@@ -22,7 +22,8 @@ import math
 import torch
 from torch import nn
 
-from enhancer.models.zoo import SeedResNet, SeedVGG16, TinyVGG, TorchvisionResNet, build_model, preprocessing_for
+from enhancer.models.registry import family_of
+from enhancer.models.zoo import build_model, preprocessing_for
 from enhancer.preprocessing import Preprocessing
 
 
@@ -138,14 +139,12 @@ def build_demo_model(arch: str, *, input_size: int = 64, seed: int = 0, n_calibr
 
 
 def hook_target(model: nn.Module) -> nn.Module:
-    """The submodule whose output is ``model.features(x)``: where a classic hook-based Grad-CAM attaches."""
-    if isinstance(model, SeedResNet):
-        return model.resnet.layer4
-    if isinstance(model, TorchvisionResNet):
-        return model.layer4
-    if isinstance(model, SeedVGG16 | TinyVGG):
-        return model.feature_extractor
-    raise ValueError(f"no known Grad-CAM target layer for {type(model).__name__}")
+    """The submodule whose output is ``model.features(x)`` (a zoo model; the registry's default target layer):
+    where a classic hook-based Grad-CAM attaches."""
+    family = family_of(model.config.arch)
+    if family.target_layer is None:
+        raise ValueError(f"no fixed Grad-CAM target layer for {model.config.arch}; use registry.resolve_target")
+    return model.get_submodule(family.target_layer(model))
 
 
 _NOT_MEDICAL = "its heatmaps show the pipeline working, not medical evidence"

@@ -8,7 +8,8 @@ Usage::
     logits = model.head(a)                      # (N, 2); model(x) == model.head(model.features(x))
 
 Every model exposes the same two halves, ``features`` (input -> Grad-CAM target activations) and ``head``
-(target activations -> logits), so Grad-CAM never has to guess hook points. Attribute names and ``nn.Sequential``
+(target activations -> logits), so Grad-CAM never has to guess hook points; the name of the module whose output
+``features`` returns is on the model's family in ``enhancer.models.registry``. Attribute names and ``nn.Sequential``
 indices follow the seed notebook exactly (``resnet.*``, ``conv1.*``, ``dense_neural_network.*``; ``vgg.*``,
 ``feature_extractor.*``, ``classifier.*``): its checkpoints load with ``strict=True``.
 """
@@ -109,8 +110,6 @@ class SeedResNet(nn.Module):
     ``resnet.conv1`` stays unused in the state_dict), the ImageNet ``resnet.fc`` kept, and an MLP head
     ``dense_neural_network`` on the 1000 logits."""
 
-    target_layer = "resnet.layer4"
-
     def __init__(self, depth: int, head: str, num_classes: int = 2) -> None:
         super().__init__()
         self.resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
@@ -142,8 +141,6 @@ class SeedResNet(nn.Module):
 class TorchvisionResNet(tv_resnet.ResNet):
     """A standard 3-channel torchvision ResNet with a new ``fc`` (keys ``conv1.*``, ``layer1.*``, ``fc.*``)."""
 
-    target_layer = "layer4"
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
@@ -162,8 +159,6 @@ class SeedVGG16(nn.Module):
     """The seed's VGG-16: torchvision vgg16 with a 1-channel first conv; ``feature_extractor``,
     ``max_pool`` and ``classifier`` are aliases into ``vgg`` (so the state_dict holds both names, as the seed's
     did); head ``dense_neural_network`` on the 1000 logits."""
-
-    target_layer = "vgg.features[:30]"
 
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
@@ -205,8 +200,6 @@ class SeedVGG16(nn.Module):
 
 class TinyVGG(nn.Module):
     """The seed's baseline ``CNN(input_shape=1, hidden_units=15, output_shape=2, inp_res=224)``."""
-
-    target_layer = "feature_extractor"
 
     def __init__(self, width: int = 15, input_size: int = 224, num_classes: int = 2) -> None:
         super().__init__()

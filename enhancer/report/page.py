@@ -11,7 +11,6 @@ when a page of the gallery needs that chunk, so ``index.html`` stays small whate
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from html import escape
 from importlib import resources
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from enhancer import __version__
+from enhancer.atomic import atomic_write
 from enhancer.report.collect import RANGE_METRICS, ReportData
 from enhancer.report.sections import summary_sections
 from enhancer.report.thumbs import CARD_PX, PANELS, PER_FOLDER, panels_for
@@ -141,6 +141,5 @@ def copy_static(out: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -13,6 +13,7 @@ import numpy as np
 
 from enhancer.report.collect import HIT_METRICS, ReportData
 from enhancer.report.svg import bar_chart, histogram, matrix_chart
+from enhancer.store.layout import REJECTED
 
 PROB_BINS = np.linspace(0.0, 1.0, 21)
 METRIC_BINS = np.linspace(0.0, 1.0, 21)
@@ -63,7 +64,7 @@ def rejected_html(data: ReportData) -> str:
     """The table is filled by report.js from data/rejected.js (so a long list does not weigh on index.html)."""
     body = (
         f'<p><span id="rejected-count">{data.n_rejected}</span> input file(s) were not written, each with its '
-        'reason (<a href="rejected.csv">rejected.csv</a>).</p>'
+        f'reason (<a href="{REJECTED}">{REJECTED}</a>).</p>'
         '<table id="rejected-table"><thead><tr><th>index</th><th>path</th><th>code</th><th>message</th></tr></thead>'
         '<tbody></tbody></table><button type="button" id="rejected-more" hidden>show all</button>'
     )

@@ -25,11 +25,11 @@ from enhancer.report.external import audit_html, copy_audit_images, cycle_html, 
 from enhancer.report.page import STATIC, copy_static, render_index, write_chunks, write_rejected, write_text_atomic
 from enhancer.report.select import select_samples
 from enhancer.report.thumbs import write_thumbnails
-from enhancer.store.manifest import REJECTED_NAME
+from enhancer.store.layout import REJECTED
 
 MARKER = ".enhancer-report"
 # What a report folder holds; a rerun replaces exactly these.
-GENERATED = ("index.html", REJECTED_NAME, "data", "thumbs", "audit", *STATIC)
+GENERATED = ("index.html", REJECTED, "data", "thumbs", "audit", *STATIC)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def write_report(
     selected = select_samples(data.label, data.pred, limit, seed)
     n_chunks = write_chunks(data, selected, good, out / "data")
     write_rejected(data, out / "data")
-    shutil.copyfile(dataset_dir / REJECTED_NAME, out / REJECTED_NAME)
+    shutil.copyfile(dataset_dir / REJECTED, out / REJECTED)
     n_thumbs = write_thumbnails(dataset_dir, selected, out, workers=workers, progress=progress)
     extra = cycle_html(rounds) if rounds is not None else ""
     if audit_doc is not None:

@@ -37,6 +37,7 @@ from enhancer.specs import (
     read_job_file,
     to_plain,
 )
+from enhancer.store.layout import LOGS
 
 SLURM_TABLE = "slurm"
 SLURM_ENV_PREFIX = "ENHANCER_SLURM__"
@@ -130,7 +131,7 @@ class Job:
 
     @property
     def log_dir(self) -> Path:
-        return Path(self.slurm.log_dir) if self.slurm.log_dir else self.output_dir / "logs"
+        return Path(self.slurm.log_dir) if self.slurm.log_dir else self.output_dir / LOGS
 
     def resolved_toml(self) -> str:
         """The job as run: every setting explicit, file paths absolute (the recipe log of the run)."""

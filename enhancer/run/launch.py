@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from enhancer.atomic import atomic_write
 from enhancer.specs import EnhanceSpec, dump_toml, to_plain
+from enhancer.store.layout import LOGS, SPEC, worker_log
 
-SPEC_FILE = "enhance-spec.toml"  # a name the output directory accepts next to the shards (store.layout)
 STOP_GRACE_S = 30.0
 
 
@@ -78,10 +79,9 @@ def write_spec(spec: EnhanceSpec) -> Path:
             values[name] = os.path.abspath(values[name])
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / SPEC_FILE
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(f"# Resolved by enhancer for `enhancer enhance --workers`\n{dump_toml('enhance', values)}\n")
-    os.replace(tmp, path)  # readers never see half a file
+    path = out / SPEC
+    with atomic_write(path) as f:  # readers never see half a file
+        f.write(f"# Resolved by enhancer for `enhancer enhance --workers`\n{dump_toml('enhance', values)}\n")
     return path
 
 
@@ -98,16 +98,7 @@ def run_enhance_workers(
     if gpus:  # each worker sees one GPU (CUDA_VISIBLE_DEVICES below)
         spec = dataclasses.replace(spec, device=worker_device(spec.device, 1))
     job_file = write_spec(spec)
-    log_dir = Path(spec.out) / "logs"
-    log_dir.mkdir(exist_ok=True)
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    pool = []
-    for k, shards in enumerate(plan(spec.num_shards, workers)):
-        env = dict(environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
-        env.setdefault("OMP_NUM_THREADS", threads)  # N processes sharing the cores, not N x all cores
-        pool.append(_Worker(k, shards, env, log_dir / f"worker-{k}.log"))
+    pool = _workers(spec, workers, environ)
     command = [
         python,
         "-m",
@@ -119,6 +110,38 @@ def run_enhance_workers(
         str(spec.num_shards),
         "--no-progress",
     ]
+    lines, failed = _supervise(pool, command, spec.num_shards)
+    if failed:
+        detail = "; ".join(f"shard {s} (exit {rc}, log {log})" for s, rc, log in sorted(failed))
+        reruns = " and ".join(f"--shard-id {s}" for s, _, _ in sorted(failed))
+        raise WorkerError(
+            f"{len(failed)} shard(s) failed: {detail}. Rerun them with `enhancer enhance --job "
+            f"{job_file} {reruns}` or run the same command again (complete shards are skipped)"
+        )
+    return lines
+
+
+def _workers(spec: EnhanceSpec, workers: int, environ: Mapping[str, str]) -> list[_Worker]:
+    """The worker slots: their shards, environment (one GPU each, or a share of the cores) and log file."""
+    log_dir = Path(spec.out) / LOGS
+    log_dir.mkdir(exist_ok=True)
+    gpus = visible_gpus(environ) if spec.device != "cpu" else []
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    pool = []
+    for k, shards in enumerate(plan(spec.num_shards, workers)):
+        env = dict(environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
+        env.setdefault("OMP_NUM_THREADS", threads)  # N processes sharing the cores, not N x all cores
+        pool.append(_Worker(k, shards, env, log_dir / worker_log(k)))
+    return pool
+
+
+def _supervise(
+    pool: list[_Worker], command: list[str], num_shards: int
+) -> tuple[list[str], list[tuple[int, int, Path]]]:
+    """Start each worker's next shard whenever it is free, until every shard ran; returns the summary lines of the
+    shards that succeeded and (shard, exit code, log) of those that failed. Stops every worker on an exception."""
     lines: list[str] = []
     failed: list[tuple[int, int, Path]] = []
     try:
@@ -133,7 +156,7 @@ def run_enhance_workers(
                 if w.proc is None and w.shards:
                     w.shard = w.shards.pop(0)
                     with open(w.log, "a") as log:
-                        log.write(f"== shard {w.shard} of {spec.num_shards}\n")
+                        log.write(f"== shard {w.shard} of {num_shards}\n")
                         log.flush()
                         w.proc = subprocess.Popen(
                             [*command, "--shard-id", str(w.shard)], env=w.env, stdout=log, stderr=subprocess.STDOUT
@@ -142,14 +165,7 @@ def run_enhance_workers(
     except BaseException:
         _stop([w.proc for w in pool if w.proc is not None])
         raise
-    if failed:
-        detail = "; ".join(f"shard {s} (exit {rc}, log {log})" for s, rc, log in sorted(failed))
-        reruns = " and ".join(f"--shard-id {s}" for s, _, _ in sorted(failed))
-        raise WorkerError(
-            f"{len(failed)} shard(s) failed: {detail}. Rerun them with `enhancer enhance --job "
-            f"{job_file} {reruns}` or run the same command again (complete shards are skipped)"
-        )
-    return lines
+    return lines, failed
 
 
 def _last_line(log: Path) -> str:

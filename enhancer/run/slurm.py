@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enhancer.run.launch import SPEC_FILE
+from enhancer.atomic import atomic_write
 from enhancer.specs import SpecError
+from enhancer.store.layout import SPEC, slurm_log, spec_file
 
 if TYPE_CHECKING:  # jobs.py calls into this module to submit: the types only, so that there is no import cycle
     from enhancer.run.jobs import Job, SlurmSpec
@@ -122,17 +123,16 @@ def submit_enhance(
     spec, slurm = job.spec, job.slurm
     out = Path(spec.out).resolve()
     log_dir = job.log_dir.resolve()
-    job_file = out / SPEC_FILE
+    job_file = out / SPEC
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the log folder; a missing one loses logs
-        tmp = job_file.with_suffix(".toml.tmp")
-        tmp.write_text(job.resolved_toml())
-        os.replace(tmp, job_file)
+        with atomic_write(job_file) as f:
+            f.write(job.resolved_toml())
     env = script_env(job, environ)
     env["ENHANCER_NUM_SHARDS"] = str(spec.num_shards)  # the spec's own setting; tasks of a partial resubmission
     name = f"enhance-{out.name}"
-    array_log = str(log_dir / "enhance-%A_%a.out")
+    array_log = str(log_dir / slurm_log("enhance", array=True))
     array = array_spec(spec.num_shards, shards, slurm.array_throttle)
     array_cmd = [
         "sbatch",
@@ -150,7 +150,7 @@ def submit_enhance(
         str(job_file),
     ]
     array_id = _sbatch(array_cmd, env, dry_run)
-    merge_log = str(log_dir / "merge-%j.out")
+    merge_log = str(log_dir / slurm_log("merge"))
     merge_cmd = [
         "sbatch",
         "--parsable",
@@ -182,7 +182,7 @@ def submit_torchrun(
     slurm = job.slurm
     out = job.output_dir.resolve()
     log_dir = job.log_dir.resolve()
-    job_file = out / f"{subcommand}-spec.toml"
+    job_file = out / spec_file(subcommand)
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,7 @@ def submit_torchrun(
     env = script_env(job, environ)
     env["ENHANCER_NPROC_PER_NODE"] = str(max(1, slurm.gpus_per_task))  # CPU-only: one process per node
     env["ENHANCER_SUBCOMMAND"] = subcommand
-    log = str(log_dir / f"{subcommand}-%j.out")
+    log = str(log_dir / slurm_log(subcommand))
     cmd = [
         "sbatch",
         "--parsable",

@@ -9,64 +9,44 @@ Usage::
     assert verify(out).ok
     ds = EnhancedDataset(out, fields=("enhanced", "label"))
 
-``EnhancedDataset`` and ``export_imagefolder`` import torch/PIL, so they load on first access: writing, merging
-and verifying never import torch.
+Names load their module on first access: ``EnhancedDataset`` and ``export_imagefolder`` import torch/PIL, so writing,
+merging and verifying never import torch, and reading a file name from ``layout`` imports no h5py.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from enhancer.store.manifest import Manifest, merge
-from enhancer.store.schema import (
-    FIELDS,
-    OPTIONAL_FIELDS,
-    REQUIRED_FIELDS,
-    SCHEMA_VERSION,
-    StoreError,
-    per_sample_shapes,
-    resolve_fields,
-    shard_name,
-)
-from enhancer.store.verify import VerifyReport, verify
-from enhancer.store.writer import (
-    AsyncShardWriter,
-    ShardWriteError,
-    ShardWriter,
-    is_complete,
-    shard_path,
-    shard_status,
-)
+# Every public name loads its module on first access (PEP 562): importing ``enhancer.store.layout`` for a file name
+# (the launching code does) must not pull in h5py, and EnhancedDataset must not pull torch into writing or merging.
+_HOMES = {
+    "shard_name": "layout",
+    "shard_path": "layout",
+    "Manifest": "manifest",
+    "merge": "manifest",
+    "FIELDS": "schema",
+    "OPTIONAL_FIELDS": "schema",
+    "REQUIRED_FIELDS": "schema",
+    "SCHEMA_VERSION": "schema",
+    "StoreError": "schema",
+    "per_sample_shapes": "schema",
+    "resolve_fields": "schema",
+    "VerifyReport": "verify",
+    "verify": "verify",
+    "AsyncShardWriter": "writer",
+    "ShardWriteError": "writer",
+    "ShardWriter": "writer",
+    "is_complete": "writer",
+    "shard_status": "writer",
+    "EnhancedDataset": "dataset",
+    "export_imagefolder": "dataset",
+}
 
-_LAZY = {"EnhancedDataset", "export_imagefolder"}
-
-__all__ = [
-    "FIELDS",
-    "OPTIONAL_FIELDS",
-    "REQUIRED_FIELDS",
-    "SCHEMA_VERSION",
-    "AsyncShardWriter",
-    "EnhancedDataset",
-    "Manifest",
-    "ShardWriteError",
-    "ShardWriter",
-    "StoreError",
-    "VerifyReport",
-    "export_imagefolder",
-    "is_complete",
-    "merge",
-    "per_sample_shapes",
-    "resolve_fields",
-    "shard_name",
-    "shard_path",
-    "shard_status",
-    "verify",
-]
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from enhancer.store import dataset
-
-        return getattr(dataset, name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"enhancer.store.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'enhancer.store' has no attribute {name!r}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from enhancer.store.layout import MANIFEST, REJECTED, shard_name
+
 if TYPE_CHECKING:
     from enhancer.store.manifest import Manifest
 
@@ -16,6 +18,15 @@ def render_card(m: Manifest) -> str:
     """Markdown card: what it is, counts, fields, provenance, how to load it."""
     img = next((n for n in ("enhanced", "image", "heatmap", "crop", "cam") if n in m.fields), "prob")
     names = list(m.class_names) if m.class_names else sorted(set(m.class_counts["label"]) | set(m.class_counts["pred"]))
+    lines = _summary(m, names)
+    if m.localisation:
+        lines += _localisation(m, names)
+    lines += _fields(m) + _provenance(m) + _loading(img)
+    return "\n".join(lines)
+
+
+def _summary(m: Manifest, names: list[str]) -> list[str]:
+    """Title, what the dataset holds, counts and the per-class table."""
     lines = [
         "# Grad-CAM enhanced dataset",
         "",
@@ -28,29 +39,36 @@ def render_card(m: Manifest) -> str:
         "",
         "## Counts",
         "",
-        f"- inputs: {m.n_in}; written: {m.n_written}; rejected: {m.n_rejected} (see `rejected.csv`)",
-        f"- shards: {m.num_shards} (`shard-00000-of-{m.num_shards:05d}.h5` ...), listed with sha256 in `manifest.json`",
+        f"- inputs: {m.n_in}; written: {m.n_written}; rejected: {m.n_rejected} (see `{REJECTED}`)",
+        f"- shards: {m.num_shards} (`{shard_name(0, m.num_shards)}` ...), listed with sha256 in `{MANIFEST}`",
     ]
     if m.rejected_codes:
         lines.append("- rejected by reason: " + ", ".join(f"{k}: {v}" for k, v in m.rejected_codes.items()))
     lines += ["", "| class | samples (label) | predicted |", "|---|---:|---:|"]
     for name in names:
         lines.append(f"| {name} | {m.class_counts['label'].get(name, 0)} | {m.class_counts['pred'].get(name, 0)} |")
-    if m.localisation:
-        lines += [
-            "",
-            "## Localisation",
-            "",
-            "Means over the samples where a metric is defined (hits: pointing-game hit rate); definitions in the",
-            "shards' `localisation` attribute.",
-            "",
-            "| metric | all (n) | " + " | ".join(f"{c} (n)" for c in names) + " |",
-            "|---|---:|" + "---:|" * len(names),
-        ]
-        for metric, st in m.localisation.items():
-            cells = [_mean_n(st)] + [_mean_n(st["by_class"].get(c, {"mean": None, "n": 0})) for c in names]
-            lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def _localisation(m: Manifest, names: list[str]) -> list[str]:
+    lines = [
+        "",
+        "## Localisation",
+        "",
+        "Means over the samples where a metric is defined (hits: pointing-game hit rate); definitions in the",
+        "shards' `localisation` attribute.",
+        "",
+        "| metric | all (n) | " + " | ".join(f"{c} (n)" for c in names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+    for metric, st in m.localisation.items():
+        cells = [_mean_n(st)] + [_mean_n(st["by_class"].get(c, {"mean": None, "n": 0})) for c in names]
+        lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fields(m: Manifest) -> list[str]:
+    lines = [
         "",
         "## Fields",
         "",
@@ -66,14 +84,15 @@ def render_card(m: Manifest) -> str:
     for name, info in m.fields.items():
         shape = "(N, " + ", ".join(str(s) for s in info["shape"][1:]) + ")" if len(info["shape"]) > 1 else "(N,)"
         lines.append(f"| `{name}` | {info['dtype']} | {shape} | {info.get('doc', '')} |")
-    lines += [
+    return lines + [
         "",
         "`orig_size` is (height, width); `crop_box` is (x0, y0, x1, y1) in original pixels. Shards also hold a",
         "`rejected` group (index, path, code, message) with the inputs that were not written.",
-        "",
-        "## Provenance",
-        "",
     ]
+
+
+def _provenance(m: Manifest) -> list[str]:
+    lines = ["", "## Provenance", ""]
     if m.provenance:
         for key, value in sorted(m.provenance.items()):
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -82,12 +101,17 @@ def render_card(m: Manifest) -> str:
         lines.append("- (no provenance attributes were recorded)")
     per_shard = sorted({k for s in m.shards for k in s.attrs})
     if per_shard:
-        lines.append(f"- per shard (see `manifest.json`): {', '.join(per_shard)}")
-    lines += [
+        lines.append(f"- per shard (see `{MANIFEST}`): {', '.join(per_shard)}")
+    return lines
+
+
+def _loading(img: str) -> list[str]:
+    """How to read the dataset: EnhancedDataset, plain h5py through the manifest, PNG export."""
+    return [
         "",
         "## Loading",
         "",
-        "With PyTorch (reads through `manifest.json`; safe with DataLoader workers):",
+        f"With PyTorch (reads through `{MANIFEST}`; safe with DataLoader workers):",
         "",
         "```python",
         "from enhancer.store import EnhancedDataset, verify",
@@ -100,7 +124,7 @@ def render_card(m: Manifest) -> str:
         "",
         "```python",
         "import json, h5py",
-        "m = json.load(open('manifest.json'))",
+        f"m = json.load(open('{MANIFEST}'))",
         "for s in m['shards']:",
         "    with h5py.File(s['file'], 'r') as f:",
         f"        x, y, path = f['{img}'][0], f['label'][0], f['path'][0].decode()",
@@ -110,7 +134,6 @@ def render_card(m: Manifest) -> str:
         "`png_out/<CLASS>/<stem>.png`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _mean_n(st: dict) -> str:

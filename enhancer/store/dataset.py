@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from enhancer.atomic import atomic_write
 from enhancer.store.manifest import Manifest
 from enhancer.store.schema import FIELDS, STR, StoreError
 
@@ -163,9 +164,8 @@ def export_imagefolder(out_dir: str | os.PathLike, dest: str | os.PathLike, fiel
                 arr = arr[0]
             target = dest / cls / f"{stem}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-            os.replace(tmp, target)
+            with atomic_write(target, "wb") as f:
+                Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
     finally:
         ds.close()
     log.info("exported %d %s images from %s to %s", len(ds), field, out_dir, dest)

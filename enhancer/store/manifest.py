@@ -28,7 +28,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from enhancer.atomic import atomic_write
 from enhancer.hashing import file_sha256
+from enhancer.store.layout import CARD, HDF5_SUFFIXES, MANIFEST, REJECTED, SHARD_GLOB, parse_shard_name, shard_name
 from enhancer.store.schema import (
     FIELDS,
     METRIC_FIELDS,
@@ -39,19 +41,10 @@ from enhancer.store.schema import (
     STR,
     StoreError,
     decode_attrs,
-    parse_shard_name,
-    shard_name,
 )
 from enhancer.store.writer import shard_status
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-REJECTED_NAME = "rejected.csv"
-CARD_NAME = "README.md"
-# Files merge itself writes, besides the shards; anything else with an HDF5 suffix means a foreign layout.
-_OWN_FILES = {MANIFEST_NAME, REJECTED_NAME, CARD_NAME}
-_HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".h5.tmp")
 
 
 @dataclass(frozen=True)
@@ -108,7 +101,7 @@ class Manifest:
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> Manifest:
-        path = Path(out_dir) / MANIFEST_NAME
+        path = Path(out_dir) / MANIFEST
         if not path.is_file():
             raise StoreError(f"{path} not found: {out_dir} is not a merged enhanced dataset; run merge on it first")
         d = json.loads(path.read_text("utf-8"))
@@ -131,12 +124,12 @@ def detect_num_shards(out_dir: str | os.PathLike, num_shards: int | None = None)
         parsed = parse_shard_name(p.name)
         if parsed is not None:
             totals.add(parsed[1])
-        elif p.name.lower().endswith(_HDF5_SUFFIXES):
+        elif p.name.lower().endswith(HDF5_SUFFIXES):
             foreign.append(p.name)
     if foreign:
         raise StoreError(
             f"{out_dir} holds HDF5 files that are not enhancer shards ({', '.join(foreign[:5])}); shards are named "
-            "shard-00000-of-00008.h5. Use a separate output directory per dataset."
+            f"{shard_name(0, 8)}. Use a separate output directory per dataset."
         )
     if num_shards is not None:
         others = totals - {num_shards}
@@ -147,7 +140,7 @@ def detect_num_shards(out_dir: str | os.PathLike, num_shards: int | None = None)
             )
         return num_shards
     if not totals:
-        raise StoreError(f"no shard files (shard-*-of-*.h5) in {out_dir}; run the enhance job first")
+        raise StoreError(f"no shard files ({SHARD_GLOB}) in {out_dir}; run the enhance job first")
     if len(totals) > 1:
         raise StoreError(
             f"{out_dir} mixes shards of different --num-shards {sorted(totals)}; keep one dataset per directory"
@@ -155,13 +148,9 @@ def detect_num_shards(out_dir: str | os.PathLike, num_shards: int | None = None)
     return totals.pop()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path, encoding="utf-8", newline="") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fmt_ids(ids: Iterable[int], limit: int = 20) -> str:
@@ -192,14 +181,61 @@ def _filters(f: h5py.File, names: list[str]) -> dict[str, Any]:
     return {"compression": "none", "compression_opts": None, "shuffle": False}
 
 
+@dataclass
+class _ShardContents:
+    """What merge reads from one shard: its attributes, field layout, indices, labels and rejected rows."""
+
+    path: Path
+    attrs: dict[str, Any]
+    fields: list[str]
+    field_info: dict[str, dict[str, Any]]
+    filters: dict[str, Any]
+    index: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    metrics: dict[str, np.ndarray]
+    rejected: list[list[Any]]  # [index, path, code, message]
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.attrs["n_samples"])
+
+    @property
+    def n_rejected(self) -> int:
+        return int(self.attrs["n_rejected"])
+
+
 def merge(
     out_dir: str | os.PathLike, *, num_shards: int | None = None, expected_indices: Iterable[int] | None = None
 ) -> Manifest:
     """Check every shard and write ``manifest.json``, ``rejected.csv`` and ``README.md`` into ``out_dir``."""
     out_dir = Path(out_dir)
     num_shards = detect_num_shards(out_dir, num_shards)
-    status = shard_status(out_dir, num_shards)
-    bad = [i for i, s in status.items() if s != "complete"]
+    _require_complete(out_dir, num_shards)
+    shards: list[_ShardContents] = []
+    for i in range(num_shards):
+        contents = _read_shard(out_dir / shard_name(i, num_shards), i, num_shards)
+        if shards:
+            _check_like_first(contents, shards[0])
+        shards.append(contents)
+    assert shards
+
+    written = [s.index for s in shards]
+    written_idx = np.concatenate(written) if written else np.zeros(0, np.int64)
+    rejected_rows = [row for s in shards for row in s.rejected]
+    rejected_idx = np.array([r[0] for r in rejected_rows], dtype=np.int64)
+    _check_indices(written_idx, rejected_idx, written, shards, expected_indices)
+
+    manifest = _build_manifest(num_shards, shards, written_idx, rejected_idx, rejected_rows)
+    _write_dataset_files(out_dir, manifest, rejected_rows)
+    log.info(
+        "merged %d shards in %s: %d written, %d rejected", num_shards, out_dir, manifest.n_written, manifest.n_rejected
+    )
+    return manifest
+
+
+def _require_complete(out_dir: Path, num_shards: int) -> None:
+    bad = [i for i, s in shard_status(out_dir, num_shards).items() if s != "complete"]
     if bad:
         ids = ", ".join(str(i) for i in bad)
         reruns = " and ".join(f"--shard-id {i}" for i in bad)
@@ -208,114 +244,117 @@ def merge(
             f"(--num-shards {num_shards})"
         )
 
-    per_shard: list[dict[str, Any]] = []
-    fields: list[str] | None = None
-    field_info: dict[str, dict[str, Any]] = {}
-    filters: dict[str, Any] = {}
-    labels, preds, written, rejected_rows = [], [], [], []
-    metrics: dict[str, list[np.ndarray]] = {}
-    for i in range(num_shards):
-        path = out_dir / shard_name(i, num_shards)
-        with h5py.File(path, "r", locking=False) as f:
-            attrs = decode_attrs(f.attrs)
-            if (attrs["shard_id"], attrs["num_shards"]) != (i, num_shards):
-                raise StoreError(
-                    f"{path.name} says it is shard {attrs['shard_id']} of {attrs['num_shards']}: the file was renamed "
-                    "or copied from another dataset; rerun this shard"
-                )
-            names = list(attrs["fields"])
-            info = _describe_fields(f, names)
-            if fields is None:
-                fields, field_info, filters = names, info, _filters(f, names)
-            elif names != fields or {k: v["shape"] for k, v in info.items()} != {
-                k: v["shape"] for k, v in field_info.items()
-            }:
-                raise StoreError(
-                    f"{path.name} has fields/shapes {[(k, v['shape']) for k, v in info.items()]} but shard 0 has "
-                    f"{[(k, v['shape']) for k, v in field_info.items()]}: all shards must come from one job spec; "
-                    "rerun the odd shard with the same spec"
-                )
-            idx = f["index"][:]
-            written.append(idx)
-            labels.append(f["label"][:])
-            preds.append(f["pred"][:])
-            for name in (n for n in names if n in METRIC_FIELDS):
-                metrics.setdefault(name, []).append(f[name][:])
-            g = f[REJECTED_GROUP]
-            cols = {c: g[c][:] for c in REJECTED_COLUMNS}
-            for k in range(len(cols["index"])):
-                rejected_rows.append([int(cols["index"][k])] + [_s(cols[c][k]) for c in REJECTED_COLUMNS[1:]])
-            per_shard.append(
-                {
-                    "attrs": attrs,
-                    "n_samples": int(attrs["n_samples"]),
-                    "n_rejected": int(attrs["n_rejected"]),
-                    "path": path,
-                }
+
+def _read_shard(path: Path, shard_id: int, num_shards: int) -> _ShardContents:
+    with h5py.File(path, "r", locking=False) as f:
+        attrs = decode_attrs(f.attrs)
+        if (attrs["shard_id"], attrs["num_shards"]) != (shard_id, num_shards):
+            raise StoreError(
+                f"{path.name} says it is shard {attrs['shard_id']} of {attrs['num_shards']}: the file was renamed "
+                "or copied from another dataset; rerun this shard"
             )
-    assert fields is not None
+        names = list(attrs["fields"])
+        g = f[REJECTED_GROUP]
+        cols = {c: g[c][:] for c in REJECTED_COLUMNS}
+        rejected = [
+            [int(cols["index"][k])] + [_s(cols[c][k]) for c in REJECTED_COLUMNS[1:]] for k in range(len(cols["index"]))
+        ]
+        return _ShardContents(
+            path=path,
+            attrs=attrs,
+            fields=names,
+            field_info=_describe_fields(f, names),
+            filters=_filters(f, names),
+            index=f["index"][:],
+            label=f["label"][:],
+            pred=f["pred"][:],
+            metrics={name: f[name][:] for name in names if name in METRIC_FIELDS},
+            rejected=rejected,
+        )
 
-    written_idx = np.concatenate(written) if written else np.zeros(0, np.int64)
-    rejected_idx = np.array([r[0] for r in rejected_rows], dtype=np.int64)
-    _check_indices(written_idx, rejected_idx, written, per_shard, expected_indices)
 
+def _check_like_first(shard: _ShardContents, first: _ShardContents) -> None:
+    """All shards of a dataset have the fields and per-sample shapes of shard 0."""
+    shapes = {k: v["shape"] for k, v in shard.field_info.items()}
+    if shard.fields != first.fields or shapes != {k: v["shape"] for k, v in first.field_info.items()}:
+        raise StoreError(
+            f"{shard.path.name} has fields/shapes {[(k, v['shape']) for k, v in shard.field_info.items()]} but "
+            f"shard 0 has {[(k, v['shape']) for k, v in first.field_info.items()]}: all shards must come from one job "
+            "spec; rerun the odd shard with the same spec"
+        )
+
+
+def _build_manifest(
+    num_shards: int,
+    shards: list[_ShardContents],
+    written_idx: np.ndarray,
+    rejected_idx: np.ndarray,
+    rejected_rows: list[list[Any]],
+) -> Manifest:
     # Provenance: what all shards agree on goes to the top, the rest (SLURM task ids, times) stays per shard.
-    prov_dicts = [{k: v for k, v in s["attrs"].items() if k not in RESERVED_ATTRS} for s in per_shard]
+    prov_dicts = [{k: v for k, v in s.attrs.items() if k not in RESERVED_ATTRS} for s in shards]
     common = {k: v for k, v in prov_dicts[0].items() if all(k in d and d[k] == v for d in prov_dicts[1:])}
     class_names = common.get("class_names")
     class_names = tuple(str(c) for c in class_names) if isinstance(class_names, list) else None
 
-    label_all = np.concatenate(labels) if labels else np.zeros(0, np.int16)
-    pred_all = np.concatenate(preds) if preds else np.zeros(0, np.int16)
-    class_counts = {"label": _counts(label_all, class_names), "pred": _counts(pred_all, class_names)}
-
-    shards, offset = [], 0
-    for i, s in enumerate(per_shard):
-        path = s["path"]
-        log.info("hashing %s", path.name)
-        shards.append(
-            ShardEntry(
-                shard_id=i,
-                file=path.name,
-                n_samples=s["n_samples"],
-                n_rejected=s["n_rejected"],
-                offset=offset,
-                sha256=file_sha256(path),
-                size=path.stat().st_size,
-                attrs={k: v for k, v in prov_dicts[i].items() if k not in common},
-            )
-        )
-        offset += s["n_samples"]
-
-    manifest = Manifest(
+    label_all = np.concatenate([s.label for s in shards]) if shards else np.zeros(0, np.int16)
+    pred_all = np.concatenate([s.pred for s in shards]) if shards else np.zeros(0, np.int16)
+    metrics: dict[str, list[np.ndarray]] = {}
+    for s in shards:
+        for name, values in s.metrics.items():
+            metrics.setdefault(name, []).append(values)
+    return Manifest(
         schema_version=SCHEMA_VERSION,
         num_shards=num_shards,
-        shards=tuple(shards),
-        fields=field_info,
-        filters=filters,
+        shards=_shard_entries(shards, prov_dicts, common),
+        fields=shards[0].field_info,
+        filters=shards[0].filters,
         n_in=int(len(written_idx) + len(rejected_idx)),
         n_written=len(written_idx),
         n_rejected=len(rejected_idx),
         class_names=class_names,
-        class_counts=class_counts,
+        class_counts={"label": _counts(label_all, class_names), "pred": _counts(pred_all, class_names)},
         rejected_codes=dict(sorted(Counter(r[2] for r in rejected_rows).items())),
         provenance=common,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         localisation=summarise_localisation({k: np.concatenate(v) for k, v in metrics.items()}, label_all, class_names),
     )
+
+
+def _shard_entries(
+    shards: list[_ShardContents], prov_dicts: list[dict[str, Any]], common: dict[str, Any]
+) -> tuple[ShardEntry, ...]:
+    """One entry per shard with its global offset and sha256; provenance not in ``common`` stays per shard."""
+    entries, offset = [], 0
+    for i, s in enumerate(shards):
+        log.info("hashing %s", s.path.name)
+        entries.append(
+            ShardEntry(
+                shard_id=i,
+                file=s.path.name,
+                n_samples=s.n_samples,
+                n_rejected=s.n_rejected,
+                offset=offset,
+                sha256=file_sha256(s.path),
+                size=s.path.stat().st_size,
+                attrs={k: v for k, v in prov_dicts[i].items() if k not in common},
+            )
+        )
+        offset += s.n_samples
+    return tuple(entries)
+
+
+def _write_dataset_files(out_dir: Path, manifest: Manifest, rejected_rows: list[list[Any]]) -> None:
+    """rejected.csv, the card, then the manifest: its presence means the merge finished."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(REJECTED_COLUMNS)
     w.writerows(sorted(rejected_rows))
-    _atomic_write(out_dir / REJECTED_NAME, buf.getvalue())
+    _write_text(out_dir / REJECTED, buf.getvalue())
     from enhancer.store.card import render_card  # local: the card is only needed here
 
-    _atomic_write(out_dir / CARD_NAME, render_card(manifest))
-    _atomic_write(out_dir / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
-    log.info(
-        "merged %d shards in %s: %d written, %d rejected", num_shards, out_dir, manifest.n_written, manifest.n_rejected
-    )
-    return manifest
+    _write_text(out_dir / CARD, render_card(manifest))
+    _write_text(out_dir / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
 
 
 def summarise_localisation(
@@ -356,7 +395,7 @@ def _check_indices(
     written_idx: np.ndarray,
     rejected_idx: np.ndarray,
     written_per_shard: list[np.ndarray],
-    per_shard: list[dict[str, Any]],
+    per_shard: list[_ShardContents],
     expected_indices: Iterable[int] | None,
 ) -> None:
     uniq, counts = np.unique(written_idx, return_counts=True)
@@ -374,8 +413,8 @@ def _check_indices(
     if len(both):
         raise StoreError(f"sample index both written and rejected: {_fmt_ids(both.tolist())}")
     for s, w in zip(per_shard, written_per_shard, strict=True):
-        if len(w) != s["n_samples"]:
-            raise StoreError(f"{s['path'].name}: n_samples attribute {s['n_samples']} != {len(w)} rows; rerun it")
+        if len(w) != s.n_samples:
+            raise StoreError(f"{s.path.name}: n_samples attribute {s.n_samples} != {len(w)} rows; rerun it")
     if expected_indices is not None:
         expected = np.unique(np.fromiter((int(i) for i in expected_indices), dtype=np.int64))
         seen = np.union1d(uniq, uniq_r)

@@ -1,11 +1,10 @@
-"""The enhanced dataset's on-disk schema: field table, shard file names, attribute encoding.
+"""The enhanced dataset's on-disk schema: field table, attribute encoding (file names: ``enhancer.store.layout``).
 
 Usage::
 
-    from enhancer.store.schema import FIELDS, resolve_fields, per_sample_shapes, shard_name
+    from enhancer.store.schema import FIELDS, resolve_fields, per_sample_shapes
     fields = resolve_fields(["enhanced", "heatmap"])            # required fields + the selection, canonical order
     shapes = per_sample_shapes(fields, H=224, W=224, h=7, w=7, Hc=224, Wc=224, C=3)
-    shard_name(3, 8)                                            # 'shard-00003-of-00008.h5'
 
 Layout of one shard (HDF5, default ``libver`` so HDF5 1.10/1.14 readers open it):
 
@@ -27,7 +26,6 @@ Conventions: ``orig_size`` is ``(height, width)`` of the original file in pixels
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,8 +117,6 @@ RESERVED_ATTRS = frozenset(
 REJECTED_GROUP = "rejected"
 REJECTED_COLUMNS = ("index", "path", "code", "message")
 
-_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5(\.tmp)?$")
-
 
 def resolve_fields(fields: Iterable[str] | str | None) -> tuple[str, ...]:
     """Required fields plus the selected optional ones, in table order.
@@ -177,21 +173,6 @@ def check_shape(name: str, shape: Iterable[int]) -> tuple[int, ...]:
     if not ok:
         raise StoreError(f"field {name!r}: per-sample shape {shape} does not match the schema {want}")
     return shape
-
-
-def shard_name(shard_id: int, num_shards: int) -> str:
-    """File name of shard ``shard_id`` of ``num_shards``: ``shard-00003-of-00008.h5``."""
-    if num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise StoreError(f"shard id {shard_id} out of range for {num_shards} shards (valid: 0..{num_shards - 1})")
-    return f"shard-{shard_id:05d}-of-{num_shards:05d}.h5"
-
-
-def parse_shard_name(name: str) -> tuple[int, int, bool] | None:
-    """``(shard_id, num_shards, is_tmp)`` for a shard file name, None for any other name."""
-    m = _SHARD_RE.match(name)
-    if not m:
-        return None
-    return int(m.group(1)), int(m.group(2)), m.group(3) is not None
 
 
 def encode_attrs(attrs: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:

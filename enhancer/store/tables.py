@@ -25,7 +25,8 @@ from typing import Self
 import h5py
 import numpy as np
 
-from enhancer.store.manifest import REJECTED_NAME, Manifest
+from enhancer.store.layout import REJECTED
+from enhancer.store.manifest import Manifest
 from enhancer.store.schema import FIELDS, REJECTED_COLUMNS, STR, StoreError
 
 
@@ -125,7 +126,7 @@ def read_columns(
 
 def read_rejected(out_dir: str | os.PathLike[str]) -> list[dict[str, str | int]]:
     """The rows of ``rejected.csv`` (index, path, code, message) in file order; the merge writes them sorted."""
-    path = Path(out_dir) / REJECTED_NAME
+    path = Path(out_dir) / REJECTED
     if not path.is_file():
         raise StoreError(f"{path} not found: {out_dir} is not a merged enhanced dataset; run merge on it first")
     with open(path, encoding="utf-8", newline="") as f:

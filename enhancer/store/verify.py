@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,9 @@ import h5py
 import numpy as np
 
 from enhancer.hashing import file_sha256
+from enhancer.store.layout import parse_shard_name
 from enhancer.store.manifest import Manifest, detect_num_shards
-from enhancer.store.schema import FIELDS, REJECTED_GROUP, STR, StoreError, parse_shard_name
+from enhancer.store.schema import FIELDS, REJECTED_GROUP, STR, StoreError
 from enhancer.store.writer import is_complete
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 _BLOCK = 64
 _PROB_TOL = 1e-3
 _MAX_PER_CHECK = 5  # problems listed per shard and check; more are summarised by a count
+
+_Problem = Callable[[str, str], None]  # problem(check, text): one finding of a named check
 
 
 @dataclass
@@ -116,30 +120,44 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
         found.setdefault(check, []).append(text)
 
     with h5py.File(path, "r", locking=False) as f:
-        for fname, info in m.fields.items():
-            if fname not in f:
-                problem("missing", f"{name}: field {fname!r} missing")
-                continue
-            ds = f[fname]
-            want = "str" if FIELDS[fname].dtype == STR else FIELDS[fname].dtype
-            got = "str" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
-            if got != want:
-                problem("dtype", f"{name}: field {fname!r} has dtype {got}, schema says {want}")
-            if len(ds) != n_expected:
-                problem("length", f"{name}: field {fname!r} has {len(ds)} rows, manifest says {n_expected}")
-            if list(ds.shape[1:]) != list(info["shape"][1:]):
-                problem("shape", f"{name}: field {fname!r} has shape {ds.shape}, manifest says {info['shape']}")
+        _check_datasets(f, name, n_expected, m, problem)
         if found.get("missing") or found.get("length"):
             _flush(found, problems)
             return None
-        data: dict[str, np.ndarray] = {}
-        for fname in m.fields:
-            data[fname] = _read_all(f[fname], name, fname, problem)
+        data = {fname: _read_all(f[fname], name, fname, problem) for fname in m.fields}
         g = f[REJECTED_GROUP]
         for col in g:
             _read_all(g[col], name, f"{REJECTED_GROUP}/{col}", problem)
+    _check_predictions(data, n_expected, name, m, problem)
+    _check_geometry(data, n_expected, name, problem)
+    _check_measured(data, n_expected, name, problem)
+    idx = data["index"]
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        problem("index", f"{name}: duplicate sample indices {uniq[counts > 1][:10].tolist()}")
+    _flush(found, problems)
+    return idx
 
-    n = n_expected
+
+def _check_datasets(f: h5py.File, name: str, n_expected: int, m: Manifest, problem: _Problem) -> None:
+    """Every manifest field is present with the schema's dtype, the manifest's row count and per-sample shape."""
+    for fname, info in m.fields.items():
+        if fname not in f:
+            problem("missing", f"{name}: field {fname!r} missing")
+            continue
+        ds = f[fname]
+        want = "str" if FIELDS[fname].dtype == STR else FIELDS[fname].dtype
+        got = "str" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
+        if got != want:
+            problem("dtype", f"{name}: field {fname!r} has dtype {got}, schema says {want}")
+        if len(ds) != n_expected:
+            problem("length", f"{name}: field {fname!r} has {len(ds)} rows, manifest says {n_expected}")
+        if list(ds.shape[1:]) != list(info["shape"][1:]):
+            problem("shape", f"{name}: field {fname!r} has shape {ds.shape}, manifest says {info['shape']}")
+
+
+def _check_predictions(data: dict[str, np.ndarray], n: int, name: str, m: Manifest, problem: _Problem) -> None:
+    """prob rows sum to 1, pred is their argmax, label and pred are class ids."""
     rows = np.arange(n)
     prob = data["prob"]
     sums = prob.sum(axis=1) if n else np.zeros(0)
@@ -153,6 +171,11 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
     for key in ("label", "pred"):
         for r in rows[(data[key] < 0) | (data[key] >= n_classes)]:
             problem(key + "-range", f"{name} row {r}: {key} {data[key][r]} outside 0..{n_classes - 1}")
+
+
+def _check_geometry(data: dict[str, np.ndarray], n: int, name: str, problem: _Problem) -> None:
+    """orig_size is positive; crop_box lies inside the original image."""
+    rows = np.arange(n)
     size = data["orig_size"]
     for r in rows[(size <= 0).any(axis=1)] if n else []:
         problem("orig_size", f"{name} row {r}: orig_size {size[r].tolist()} not positive")
@@ -168,6 +191,11 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
                 f"{name} row {r}: crop_box {b[r].tolist()} not inside orig_size (h, w) "
                 f"{size[r].tolist()} with x0 < x1, y0 < y1",
             )
+
+
+def _check_measured(data: dict[str, np.ndarray], n: int, name: str, problem: _Problem) -> None:
+    """cam is finite; localisation metrics are NaN or in [0, 1]; hits are -1, 0 or 1; the lung mask is 0/1."""
+    rows = np.arange(n)
     if "cam" in data and n:
         for r in rows[~np.isfinite(data["cam"].reshape(n, -1)).all(axis=1)]:
             problem("cam", f"{name} row {r}: cam contains NaN or inf")
@@ -183,15 +211,9 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
     if "lung_mask" in data and n:
         for r in rows[(data["lung_mask"].reshape(n, -1) > 1).any(axis=1)]:
             problem("lung_mask", f"{name} row {r}: lung_mask has values other than 0 and 1")
-    idx = data["index"]
-    uniq, counts = np.unique(idx, return_counts=True)
-    if (counts > 1).any():
-        problem("index", f"{name}: duplicate sample indices {uniq[counts > 1][:10].tolist()}")
-    _flush(found, problems)
-    return idx
 
 
-def _read_all(ds: h5py.Dataset, name: str, fname: str, problem) -> np.ndarray:
+def _read_all(ds: h5py.Dataset, name: str, fname: str, problem: _Problem) -> np.ndarray:
     """Read every row (so every chunk is decompressed); rows that fail are named and left as zeros."""
     out = np.zeros(ds.shape, dtype=object if h5py.check_string_dtype(ds.dtype) else ds.dtype)
     for start in range(0, len(ds), _BLOCK):

@@ -34,6 +34,8 @@ from typing import Any, Literal, Self
 import h5py
 import numpy as np
 
+from enhancer.atomic import move_into_place
+from enhancer.store.layout import shard_path, tmp_path_for
 from enhancer.store.schema import (
     FIELDS,
     REJECTED_COLUMNS,
@@ -44,7 +46,6 @@ from enhancer.store.schema import (
     check_shape,
     encode_attrs,
     resolve_fields,
-    shard_name,
 )
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,6 @@ class ShardWriteError(StoreError, OSError):
 
     def __str__(self) -> str:
         return self.message
-
-
-def shard_path(out_dir: str | os.PathLike, shard_id: int, num_shards: int) -> Path:
-    """Final path of a shard: ``out_dir/shard-00003-of-00008.h5``."""
-    return Path(out_dir) / shard_name(shard_id, num_shards)
-
-
-def tmp_path_for(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -116,14 +108,6 @@ def shard_status(
         else:
             status[i] = "missing"
     return status
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardWriter:
@@ -333,9 +317,7 @@ class ShardWriter:
                 f.flush()
                 f.close()
                 self._file = None
-                _fsync_path(self.tmp_path)
-                os.replace(self.tmp_path, self.path)
-                _fsync_path(self.out_dir, directory=True)
+                move_into_place(self.tmp_path, self.path, sync_dir=True)  # fsync, rename, fsync the directory
         except BaseException:
             self.abort("finish failed")
             raise

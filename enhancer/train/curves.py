@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from enhancer.atomic import atomic_write
+
 COLOURS = {"train": (31, 119, 180), "val": (255, 127, 14)}
 PANEL = (460, 320)
 MARGIN = (56, 28, 16, 40)  # left, top, right, bottom
@@ -94,7 +96,6 @@ def draw_curves(
         {"train": [r.get("train_acc") for r in history], "val": [r.get("val_acc") for r in history]},
         best,
     )
-    tmp = f"{path}.tmp"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        image.save(f, format="PNG")
     return str(path)

@@ -170,7 +170,9 @@ class Source:
 
 
 def is_enhanced_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / "manifest.json").is_file()
+    from enhancer.store.layout import is_merged
+
+    return is_merged(path)
 
 
 def open_source(path: str | os.PathLike[str], *, split: str | None = "train", field: str = "enhanced") -> Source:

@@ -25,7 +25,6 @@ weights as 2 epochs. Only rank 0 writes.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -43,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from enhancer.data.loader import resolve_device
-from enhancer.models.checkpoints import load_checkpoint, save_checkpoint
+from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from enhancer.models.zoo import (
     ZOO,
     ModelError,
@@ -53,11 +52,11 @@ from enhancer.models.zoo import (
     preprocessing_for,
     set_trainable,
 )
-from enhancer.preprocessing import Preprocessing
+from enhancer.preprocessing import Preprocessing, override
 from enhancer.provenance import provenance
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec
+from enhancer.train import rundir
 from enhancer.train.augment import eval_transform, train_transform
-from enhancer.train.curves import draw_curves
 from enhancer.train.data import ItemBatch, Source, Unreadable, collate_skipping, open_source, stratified_split
 from enhancer.train.distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from enhancer.train.metrics import classification_metrics, format_metrics
@@ -105,7 +104,7 @@ class FitResult:
         return (
             f"{self.run_dir}: {how} after {self.epochs_run} epoch(s); best epoch {self.best_epoch} "
             f"(val loss {_num(best.get('val_loss'))}, val acc {_num(best.get('val_acc'))}) -> "
-            f"{Path(self.run_dir) / 'best.pt'}; {len({u.path for u in self.unreadable})} unreadable image(s)"
+            f"{Path(self.run_dir) / rundir.BEST}; {len({u.path for u in self.unreadable})} unreadable image(s)"
         )
 
 
@@ -283,27 +282,9 @@ def _resume_decision(spec: TrainSpec, last: Path) -> bool:
         raise SpecError(f"resume = true but {last} does not exist; drop --resume to start a new run there")
     if spec.resume is False and last.exists():
         raise SpecError(
-            f"{last.parent} already holds a run (last.pt); choose another --out, or resume it (drop --no-resume)"
+            f"{last.parent} already holds a run ({rundir.LAST}); choose another --out, or resume it (drop --no-resume)"
         )
     return last.exists()
-
-
-def _write_epoch_files(run: Path, history: list[dict[str, Any]], unreadable: list[Unreadable], best: int) -> None:
-    scalars = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in history]
-    with open(run / "metrics.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(scalars[0]))
-        writer.writeheader()
-        writer.writerows(scalars)
-    os.replace(run / "metrics.csv.tmp", run / "metrics.csv")
-    with open(run / "metrics.jsonl.tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    os.replace(run / "metrics.jsonl.tmp", run / "metrics.jsonl")
-    with open(run / "unreadable.csv.tmp", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch", "index", "path", "reason"])
-        writer.writerows([u[0], u[1].index, u[1].path, u[1].reason] for u in unreadable)
-    os.replace(run / "unreadable.csv.tmp", run / "unreadable.csv")
-    draw_curves(history, run / "curves.png", best_epoch=best or None)
 
 
 def fit(
@@ -322,19 +303,84 @@ def fit(
             shutdown(ctx)  # _fit's DDP model is gone by now: the order that avoids gloo's abort at exit
 
 
+@dataclass
+class _Run:
+    """One training run in progress on this rank: the model and its optimizer, the data, what the epochs recorded."""
+
+    spec: TrainSpec
+    ctx: DistContext
+    dir: Path
+    source: Source
+    model: nn.Module
+    preprocessing: Preprocessing
+    init_desc: str
+    train_ds: Dataset
+    val_ds: Dataset
+    n_train: int
+    n_val: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stopper: EarlyStopping
+    amp: bool
+    channels_last: bool
+    start: int = 0  # epochs already done (resumed runs)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[tuple[int, Unreadable]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.preprocessing.size)
+
+
 def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]], None] | None) -> FitResult:
+    r = _start_run(spec, ctx)
+    base = spec.unfreeze or ZOO[r.model.config.arch].default_trainable
+    if ctx.is_main:
+        r.dir.mkdir(parents=True, exist_ok=True)
+        log.info("training on %s: %d train / %d validation samples", r.source.describe(), r.n_train, r.n_val)
+    groups: tuple[str, ...] | None = None
+    net = r.model
+    for epoch in range(r.start, spec.epochs):
+        if r.stopper.stopped:
+            break
+        started = time.perf_counter()
+        wanted = trainable_groups(base, spec.unfreeze_schedule, spec.unfreeze_every, epoch)
+        if wanted != groups:
+            net = r.model  # drop the old DDP wrapper first: it holds the old set of trainable parameters
+            _prepare(r.model, wanted)
+            net, groups = _wrap(r.model, ctx), wanted
+        lr = r.optimizer.param_groups[0]["lr"]
+        stats, metrics, val_failed = _train_and_validate(r, net, epoch)
+        failed = stats["failed"] + val_failed
+        r.unreadable += [(epoch + 1, u) for u in failed]
+        improved = r.stopper.update(metrics["loss"], epoch + 1)
+        record = _epoch_record(r, epoch, lr, stats, metrics, len(failed), groups, improved, started)
+        r.history.append(record)
+        if improved:
+            r.best_state = {k: v.detach().to("cpu", copy=True) for k, v in r.model.state_dict().items()}
+        if ctx.is_main:
+            _report_unreadable(epoch, failed, r.dir)
+            _save_epoch(r, metrics, improved, groups)
+            if on_epoch is not None:
+                on_epoch({**record, "unreadable": [u.path for u in failed]})
+    del net  # the DDP wrapper must be gone before the process group is destroyed
+    return _finish(r)
+
+
+def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
+    """The run's model, data and optimizer: fresh, or restored from ``last.pt`` when resuming."""
     run = Path(spec.out)
-    last, best_path = run / "last.pt", run / "best.pt"
+    last = run / rundir.LAST
     resuming = _resume_decision(spec, last)
     if spec.batch_size % ctx.world_size:
         raise SpecError(f"batch_size {spec.batch_size} (global) must divide evenly over {ctx.world_size} ranks")
     source = open_source(spec.data, split="train", field=spec.field)
     torch.manual_seed(spec.seed)  # a fresh random init is reproducible too
-    state: dict[str, Any] = {}
+    ck = None
     if resuming:
         ck = load_checkpoint(last)
         model, preprocessing, init_desc = ck.model, ck.preprocessing, ck.meta.get("init", "")
-        state = ck.meta["train_state"]
         _warn_changed(ck.meta.get("spec", {}), spec)
     else:
         model, preprocessing, init_desc = initial_model(spec)
@@ -348,172 +394,195 @@ def _fit(spec: TrainSpec, ctx: DistContext, on_epoch: Callable[[dict[str, Any]],
     )
     train_ds = source.dataset(transform, train_idx, size=size)
     val_ds = source.dataset(eval_transform(preprocessing), val_idx[ctx.rank :: ctx.world_size], size=size)
-
-    device = ctx.device
-    cuda = device.startswith("cuda")
+    cuda = ctx.device.startswith("cuda")
     amp, channels_last = spec.amp and cuda, spec.amp and cuda
-    model = model.to(device)
+    model = model.to(ctx.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Every parameter is in the optimizer from the start: frozen ones get no gradient and are skipped by it, so
     # unfreezing later needs no new optimizer and the state stays aligned on resume.
     optimizer = torch.optim.RAdam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.t_max)
-    stopper = EarlyStopping(spec.patience, spec.min_delta)
-    history: list[dict[str, Any]] = []
-    unreadable: list[tuple[int, Unreadable]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    if resuming:
-        optimizer.load_state_dict(ck.raw["optimizer_state_dict"])
-        scheduler.load_state_dict(ck.raw["scheduler_state_dict"])
-        stopper = EarlyStopping(**state["early_stopping"])
-        stopper.patience, stopper.min_delta = spec.patience, spec.min_delta
-        history = list(ck.meta.get("history", []))
-        unreadable = [(e, Unreadable(**u)) for e, u in state.get("unreadable", [])]
-        if best_path.exists():
-            best_state = load_checkpoint(best_path).model.state_dict()
-        log.info("resuming %s after epoch %d", run, state["epoch"])
-        del ck
-    start = int(state.get("epoch", 0))
-    base = spec.unfreeze or ZOO[model.config.arch].default_trainable
-    if ctx.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        log.info("training on %s: %d train / %d validation samples", source.describe(), len(train_idx), len(val_idx))
-    groups: tuple[str, ...] | None = None
-    net = model
-    epoch = start
-    for epoch in range(start, spec.epochs):
-        if stopper.stopped:
-            break
-        started = time.perf_counter()
-        wanted = trainable_groups(base, spec.unfreeze_schedule, spec.unfreeze_every, epoch)
-        if wanted != groups:
-            net = model  # drop the old DDP wrapper first: it holds the old set of trainable parameters
-            _prepare(model, wanted)
-            net, groups = _wrap(model, ctx), wanted
-        # Seeded per (seed, epoch, rank): dropout and augmentation do not depend on what ran before, which makes
-        # a resumed run equal to an uninterrupted one.
-        torch.manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
-        sampler = DistributedSampler(
-            train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False
+    r = _Run(
+        spec=spec,
+        ctx=ctx,
+        dir=run,
+        source=source,
+        model=model,
+        preprocessing=preprocessing,
+        init_desc=init_desc,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        stopper=EarlyStopping(spec.patience, spec.min_delta),
+        amp=amp,
+        channels_last=channels_last,
+    )
+    if ck is not None:
+        _restore(r, ck)
+    return r
+
+
+def _restore(r: _Run, ck: LoadedCheckpoint) -> None:
+    """Optimizer, scheduler, early stopping, history and best weights of the run ``ck`` (its ``last.pt``) saved."""
+    state = ck.meta["train_state"]
+    r.optimizer.load_state_dict(ck.raw["optimizer_state_dict"])
+    r.scheduler.load_state_dict(ck.raw["scheduler_state_dict"])
+    r.stopper = EarlyStopping(**state["early_stopping"])
+    r.stopper.patience, r.stopper.min_delta = r.spec.patience, r.spec.min_delta
+    r.history = list(ck.meta.get("history", []))
+    r.unreadable = [(e, Unreadable(**u)) for e, u in state.get("unreadable", [])]
+    best_path = r.dir / rundir.BEST
+    if best_path.exists():
+        r.best_state = load_checkpoint(best_path).model.state_dict()
+    log.info("resuming %s after epoch %d", r.dir, state["epoch"])
+    r.start = int(state.get("epoch", 0))
+
+
+def _train_and_validate(r: _Run, net: nn.Module, epoch: int) -> tuple[dict[str, Any], dict[str, Any], list[Unreadable]]:
+    """One epoch of training (``net``: the model, DDP-wrapped when distributed) and the validation pass after it."""
+    spec, ctx = r.spec, r.ctx
+    # Seeded per (seed, epoch, rank): dropout and augmentation do not depend on what ran before, which makes
+    # a resumed run equal to an uninterrupted one.
+    torch.manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
+    sampler = DistributedSampler(
+        r.train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False
+    )
+    sampler.set_epoch(epoch)
+    train_loader = _loader(
+        r.train_ds,
+        batch_size=spec.batch_size // ctx.world_size,
+        sampler=sampler,
+        num_workers=spec.num_workers,
+        seed=spec.seed + epoch,
+        device=ctx.device,
+    )
+    stats = train_one_epoch(
+        net,
+        train_loader,
+        r.optimizer,
+        device=ctx.device,
+        ctx=ctx,
+        amp=r.amp,
+        channels_last=r.channels_last,
+        input_shape=(r.preprocessing.in_chans, *r.size),
+    )
+    val_loader = _loader(
+        r.val_ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, device=ctx.device
+    )
+    metrics, val_failed = evaluate(
+        r.model,
+        val_loader,
+        device=ctx.device,
+        ctx=ctx,
+        class_names=r.source.class_names,
+        amp=r.amp,
+        channels_last=r.channels_last,
+    )
+    r.scheduler.step()
+    return stats, metrics, val_failed
+
+
+def _epoch_record(
+    r: _Run,
+    epoch: int,
+    lr: float,
+    stats: dict[str, Any],
+    metrics: dict[str, Any],
+    n_unreadable: int,
+    groups: tuple[str, ...],
+    improved: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The epoch's row of the history (metrics.csv / metrics.jsonl, the checkpoints' meta)."""
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": stats["loss"],
+        "train_acc": stats["accuracy"],
+        "val_loss": metrics["loss"],
+        "val_acc": metrics["accuracy"],
+        "val_sensitivity": metrics["sensitivity"],
+        "val_specificity": metrics["specificity"],
+        "val_auroc": metrics["auroc"],
+        "n_train": stats["n"],
+        "n_val": metrics["n"],
+        "n_unreadable": n_unreadable,
+        "trainable": "+".join(groups),
+        "trainable_params": count_parameters(r.model)[1],
+        "seconds": round(time.perf_counter() - started, 3),
+        "best": improved,
+        "val_confusion_matrix": metrics["confusion_matrix"],
+    }
+
+
+def _report_unreadable(epoch: int, failed: list[Unreadable], run: Path) -> None:
+    if failed:
+        shown = ", ".join(u.path for u in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        log.warning(
+            "epoch %d: %d unreadable image(s) skipped: %s (all listed in %s)",
+            epoch + 1,
+            len(failed),
+            shown,
+            run / rundir.UNREADABLE,
         )
-        sampler.set_epoch(epoch)
-        train_loader = _loader(
-            train_ds,
-            batch_size=spec.batch_size // ctx.world_size,
-            sampler=sampler,
-            num_workers=spec.num_workers,
-            seed=spec.seed + epoch,
-            device=device,
-        )
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(
-            net,
-            train_loader,
-            optimizer,
-            device=device,
-            ctx=ctx,
-            amp=amp,
-            channels_last=channels_last,
-            input_shape=(preprocessing.in_chans, *size),
-        )
-        val_loader = _loader(
-            val_ds, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, device=device
-        )
-        metrics, val_failed = evaluate(
-            model,
-            val_loader,
-            device=device,
-            ctx=ctx,
-            class_names=source.class_names,
-            amp=amp,
-            channels_last=channels_last,
-        )
-        scheduler.step()
-        failed = stats["failed"] + val_failed
-        unreadable += [(epoch + 1, u) for u in failed]
-        improved = stopper.update(metrics["loss"], epoch + 1)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": stats["loss"],
-            "train_acc": stats["accuracy"],
-            "val_loss": metrics["loss"],
-            "val_acc": metrics["accuracy"],
-            "val_sensitivity": metrics["sensitivity"],
-            "val_specificity": metrics["specificity"],
-            "val_auroc": metrics["auroc"],
-            "n_train": stats["n"],
-            "n_val": metrics["n"],
-            "n_unreadable": len(failed),
-            "trainable": "+".join(groups),
-            "trainable_params": count_parameters(model)[1],
-            "seconds": round(time.perf_counter() - started, 3),
-            "best": improved,
-            "val_confusion_matrix": metrics["confusion_matrix"],
-        }
-        history.append(record)
-        if improved:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if failed and ctx.is_main:
-            shown = ", ".join(u.path for u in failed[:5]) + (" ..." if len(failed) > 5 else "")
-            log.warning(
-                "epoch %d: %d unreadable image(s) skipped: %s (all listed in %s)",
-                epoch + 1,
-                len(failed),
-                shown,
-                run / "unreadable.csv",
-            )
-        if ctx.is_main:
-            meta = _meta(spec, history, metrics, init_desc, source, len(train_idx), len(val_idx))
-            if improved:
-                save_checkpoint(
-                    best_path, model, preprocessing=preprocessing, class_names=source.class_names, meta=meta
-                )
-            train_state = {
-                "epoch": epoch + 1,
-                "early_stopping": dataclasses.asdict(stopper),
-                "trainable": list(groups),
-                "unreadable": [(e, dataclasses.asdict(u)) for e, u in unreadable],
-            }
-            save_checkpoint(
-                last,
-                model,
-                preprocessing=preprocessing,
-                class_names=source.class_names,
-                meta={**meta, "train_state": train_state},
-                optimizer_state=optimizer.state_dict(),
-                scheduler_state=scheduler.state_dict(),
-            )
-            _write_epoch_files(run, history, unreadable, stopper.best_epoch)
-            if on_epoch is not None:
-                on_epoch({**record, "unreadable": [u.path for u in failed]})
-    del net  # the DDP wrapper must be gone before the process group is destroyed
-    if best_state is not None:
-        model.load_state_dict(best_state)  # restore the best weights (early stopping or not)
+
+
+def _save_epoch(r: _Run, metrics: dict[str, Any], improved: bool, groups: tuple[str, ...]) -> None:
+    """Rank 0 after each epoch: best.pt when it improved, last.pt (everything to resume), the epoch files."""
+    meta = _meta(r.spec, r.history, metrics, r.init_desc, r.source, r.n_train, r.n_val)
+    class_names = r.source.class_names
+    if improved:
+        save_checkpoint(r.dir / rundir.BEST, r.model, preprocessing=r.preprocessing, class_names=class_names, meta=meta)
+    train_state = {
+        "epoch": r.history[-1]["epoch"],
+        "early_stopping": dataclasses.asdict(r.stopper),
+        "trainable": list(groups),
+        "unreadable": [(e, dataclasses.asdict(u)) for e, u in r.unreadable],
+    }
+    save_checkpoint(
+        r.dir / rundir.LAST,
+        r.model,
+        preprocessing=r.preprocessing,
+        class_names=class_names,
+        meta={**meta, "train_state": train_state},
+        optimizer_state=r.optimizer.state_dict(),
+        scheduler_state=r.scheduler.state_dict(),
+    )
+    rundir.write_epoch_files(r.dir, r.history, r.unreadable, r.stopper.best_epoch)
+
+
+def _finish(r: _Run) -> FitResult:
+    """The best weights back in the model (early stopping or not), on the CPU; rank 0 writes summary.json."""
+    model = r.model
+    if r.best_state is not None:
+        model.load_state_dict(r.best_state)
     model = model.to("cpu").eval()
     result = FitResult(
-        str(run),
-        len(history),
-        stopper.best_epoch,
-        stopper.stopped,
-        history,
+        str(r.dir),
+        len(r.history),
+        r.stopper.best_epoch,
+        r.stopper.stopped,
+        r.history,
         model,
-        [u for _, u in unreadable],
-        ctx.is_main,
+        [u for _, u in r.unreadable],
+        r.ctx.is_main,
     )
-    if ctx.is_main:
+    if r.ctx.is_main:
         summary = {
-            "run_dir": str(run),
+            "run_dir": str(r.dir),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
-            "best": history[result.best_epoch - 1] if result.best_epoch else None,
-            "n_unreadable": len(unreadable),
-            "spec": spec.to_dict(),
+            "best": r.history[result.best_epoch - 1] if result.best_epoch else None,
+            "n_unreadable": len(r.unreadable),
+            "spec": r.spec.to_dict(),
             **provenance(),
         }
-        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rundir.write_summary(r.dir, summary)
         log.info("%s", result.line())
     return result
 
@@ -556,7 +625,13 @@ def _warn_changed(saved: dict[str, Any], spec: TrainSpec) -> None:
 
 def run_evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     """Evaluate a checkpoint (any format the loader accepts) on a dataset; write ``spec.json`` when set."""
-    ck = load_checkpoint(spec.checkpoint, arch=spec.arch)
+    ck = load_checkpoint(spec.checkpoint, arch=spec.arch, model=spec.model, num_classes=spec.num_classes)
+    i = spec.input
+    try:
+        preprocessing = override(ck.preprocessing, size=i.size, mean=i.mean, std=i.std, channels=i.channels)
+    except ValueError as exc:
+        raise SpecError(f"input: {exc}") from None
+    ck = dataclasses.replace(ck, preprocessing=preprocessing)
     source = open_source(spec.data, split="test", field=spec.field)
     _check_classes(ck.model, source)
     if tuple(source.class_names) != tuple(ck.class_names):
