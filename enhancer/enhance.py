@@ -29,10 +29,11 @@ from torch import nn
 from tqdm import tqdm
 
 from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
-from enhancer.data.host_copy import PendingHostCopy, copy_to_host
+from enhancer.data.host_copy import PendingHostCopy, copy_to_host, device_mark
 from enhancer.data.loader import resolve_device
 from enhancer.data.prefetch import Prefetcher, pinned
 from enhancer.explain import cam, localisation
+from enhancer.explain.compiled import CompiledTrunk
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.hashing import file_sha256
 from enhancer.models.checkpoints import LoadedCheckpoint
@@ -73,19 +74,40 @@ class EnhanceSummary:
     loader: str
     device: str
     writer_blocked_s: float = 0.0
+    startup_s: float = 0.0  # from the start to the first batch queued: model, scan, validation, loader
+    loop_s: float = 0.0  # from the first batch queued to the last one handed to the writer
+    device_busy_s: float = 0.0  # CUDA time of the batches (events around each); 0 on the CPU
 
     @property
     def images_per_s(self) -> float:
         return self.n_written / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def device_busy_fraction(self) -> float | None:
+        """Share of the loop the GPU spent on batches (None off CUDA): near 1 when the host keeps up."""
+        return self.device_busy_s / self.loop_s if self.device.startswith("cuda") and self.loop_s > 0 else None
+
     def line(self) -> str:
         if self.skipped:
             return f"{self.shard}: already complete ({self.n_written} written, {self.n_rejected} rejected), skipped"
+        busy = self.device_busy_fraction
         return (
             f"{self.shard}: {self.n_written} written, {self.n_rejected} rejected of {self.n_in} in "
-            f"{self.seconds:.1f} s ({self.images_per_s:.1f} images/s, {self.loader} on {self.device}; "
+            f"{self.seconds:.1f} s ({self.images_per_s:.1f} images/s, {self.loader} on {self.device}"
+            f"{'' if busy is None else f', GPU busy {busy:.0%}'}; start-up {self.startup_s:.1f} s; "
             f"waited {self.writer_blocked_s:.1f} s for the writer)"
         )
+
+
+@dataclass
+class LoopStats:
+    """What ``write_batches`` measured: batches, their device time (CUDA events), when the first was queued and
+    when the last was handed to the writer (``time.perf_counter``)."""
+
+    batches: int = 0
+    device_s: float = 0.0
+    first_at: float | None = None
+    ended_at: float | None = None
 
 
 def to_unit_grey(image: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
@@ -208,9 +230,10 @@ def process_batch(
     """One batch: every stored field computed on the device, then its copies out started. Nothing here waits for
     the device (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or blocking copy), so the host queues this batch's
     work and returns while the device is still busy with it."""
+    started = device_mark(batch.image.device)
     outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"), target=target)
     # Device-side encoding of the image planes (the writer's device codecs) belongs here, before the copy out.
-    return copy_to_host(outputs, {"path": extra["path"]})
+    return copy_to_host(outputs, {"path": extra["path"]}, started=started)
 
 
 def write_batches(
@@ -218,23 +241,30 @@ def write_batches(
     compute: Callable[[Batch, Mapping[str, Any]], PendingHostCopy],
     writer: AsyncShardWriter,
     on_batch: Callable[[int], None] | None = None,
-) -> int:
+) -> LoopStats:
     """Compute every batch and hand its host arrays to the writer one batch late: batch k's copies out are waited
-    for only once batch k+1's work is queued, so the device always has work while the host waits. Returns the
-    number of batches."""
+    for only once batch k+1's work is queued, so the device always has work while the host waits."""
+    stats = LoopStats()
     pending: PendingHostCopy | None = None
-    n = 0
     for batch, extra in batches:
         copy = compute(batch, extra)
+        if stats.first_at is None:
+            stats.first_at = time.perf_counter()
         if pending is not None:
-            writer.put(pending.wait())
+            _hand_over(pending, writer, stats)
         pending = copy
-        n += 1
+        stats.batches += 1
         if on_batch is not None:
             on_batch(len(batch))
     if pending is not None:
-        writer.put(pending.wait())
-    return n
+        _hand_over(pending, writer, stats)
+    stats.ended_at = time.perf_counter()
+    return stats
+
+
+def _hand_over(pending: PendingHostCopy, writer: AsyncShardWriter, stats: LoopStats) -> None:
+    writer.put(pending.wait())
+    stats.device_s += pending.device_seconds
 
 
 def storable_path(path: str) -> str:
@@ -266,9 +296,13 @@ def load_model(spec: EnhanceSpec) -> tuple[LoadedCheckpoint, TargetLayer]:
 
 
 def output_settings(spec: EnhanceSpec, ck: LoadedCheckpoint, device: str) -> OutputSettings:
+    """The per-batch settings for ``device``: the trunk in channels_last where that is faster
+    (``cam.prefers_channels_last``), bf16 autocast with ``amp`` on CUDA."""
     cam_settings = spec.cam
+    if cam.prefers_channels_last(device):
+        cam_settings = dataclasses.replace(cam_settings, channels_last=True)
     if spec.amp and device.startswith("cuda"):
-        cam_settings = dataclasses.replace(cam_settings, amp="bf16", channels_last=True)
+        cam_settings = dataclasses.replace(cam_settings, amp="bf16")
     return OutputSettings(
         fields=measured_fields(spec),
         cam=cam_settings,
@@ -385,18 +419,21 @@ def run_enhance(
     if is_complete(final):
         return _already_complete(final, len(mine), device)
     ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
-    model = _on_device(ck.model, lungs, settings, device)
+    batch_size = spec.batch_size or default_batch_size(device)
+    model, target = _on_device(
+        ck.model, target, lungs, settings, device, compile_batch=batch_size if spec.compile else None
+    )
     loader = make_loader(
         ok,
         ck.preprocessing,
-        batch_size=spec.batch_size,
+        batch_size=batch_size,
         loader=spec.loader,
         device=device,
         num_threads=spec.num_threads,
         source_size=spec.source_size,
     )
     writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine))
-    n_decode_rejected = _stream(
+    n_decode_rejected, stats = _stream(
         loader,
         model,
         target,
@@ -410,19 +447,37 @@ def run_enhance(
         desc=final.name,
         started=started,
     )
-    summary = EnhanceSummary(
-        str(final),
-        False,
-        len(mine),
-        writer.n_samples,
-        len(rejected) + n_decode_rejected,
-        time.perf_counter() - started,
-        loader.name,
-        device,
-        writer.blocked_s,
-    )
+    summary = _summary(final, len(mine), writer, len(rejected) + n_decode_rejected, loader.name, device, started, stats)
     log.info("%s", summary.line())
     return summary
+
+
+def _summary(
+    final: Path,
+    n_in: int,
+    writer: AsyncShardWriter,
+    n_rejected: int,
+    loader: str,
+    device: str,
+    started: float,
+    stats: LoopStats,
+) -> EnhanceSummary:
+    ended = time.perf_counter()
+    first = stats.first_at if stats.first_at is not None else ended
+    return EnhanceSummary(
+        str(final),
+        False,
+        n_in,
+        writer.n_samples,
+        n_rejected,
+        ended - started,
+        loader,
+        device,
+        writer.blocked_s,
+        startup_s=first - started,
+        loop_s=(stats.ended_at or ended) - first,
+        device_busy_s=stats.device_s,
+    )
 
 
 def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
@@ -432,12 +487,32 @@ def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
     return EnhanceSummary(str(final), True, n_in, n_written, n_rejected, 0.0, "-", device)
 
 
-def _on_device(model: nn.Module, lungs: LungModel | None, settings: OutputSettings, device: str) -> nn.Module:
-    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask."""
+def default_batch_size(device: str) -> int:
+    """Images per batch when the spec leaves it open. CPU: 16 (a few batches even on small inputs, so that loading,
+    compute and writing overlap; smaller batches also run faster per image there, see benchmarks/RESULTS.md). CUDA:
+    256, enough work per launch to keep one GPU busy (the ResNet-101 trunk in bf16 fits a 40 GB GPU)."""
+    return 256 if device.startswith("cuda") else 16
+
+
+def _on_device(
+    model: nn.Module,
+    target: TargetLayer,
+    lungs: LungModel | None,
+    settings: OutputSettings,
+    device: str,
+    *,
+    compile_batch: int | None = None,
+) -> tuple[nn.Module, TargetLayer]:
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask; with
+    ``compile_batch`` the target's trunk compiled for batches of that size (``CompiledTrunk``)."""
     model = model.to(device).eval()
     if lungs is not None:
         lungs.to(device)
-    return model.to(memory_format=torch.channels_last) if settings.cam.channels_last else model
+    if settings.cam.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_batch:
+        target = dataclasses.replace(target, split=CompiledTrunk(target.split, batch_size=compile_batch))
+    return model, target
 
 
 def _shard_writer(
@@ -484,17 +559,17 @@ def _stream(
     progress: bool,
     desc: str,
     started: float,
-) -> int:
+) -> tuple[int, LoopStats]:
     """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
-    many the loader rejected (files that failed to decode). Batch k+1 loads (``Prefetcher``) and batch k-1 is
-    written while batch k computes."""
+    many the loader rejected (files that failed to decode) and the loop's figures. Batch k+1 loads (``Prefetcher``)
+    and batch k-1 is written while batch k computes."""
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
     prefetcher = Prefetcher(loader, depth=2, prepare=batch_preparer(paths, sources, boxes))
     bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     with writer, prefetcher, bar:
         writer.add_rejected(_rows(rejected))
-        write_batches(
+        stats = write_batches(
             prefetcher,
             lambda batch, extra: process_batch(model, batch, extra, settings, lungs=lungs, target=target),
             writer,
@@ -502,7 +577,7 @@ def _stream(
         )
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
-    return len(decode_rejected)
+    return len(decode_rejected), stats
 
 
 def _progress(bar: tqdm, started: float) -> Callable[[int], None]:

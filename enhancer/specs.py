@@ -72,11 +72,12 @@ class EnhanceSpec:
     input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     shard_id: int = 0
     num_shards: int = 1
-    batch_size: int = 64
+    batch_size: int | None = None  # None: by device (enhance.default_batch_size: 16 on the CPU, 256 on CUDA)
     device: str = "auto"  # auto | cpu | cuda
     loader: str = "auto"  # auto | dali | torch
     num_threads: int = 2  # DALI CPU threads / torch DataLoader workers
-    amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
+    amp: bool = False  # bf16 autocast for the trunk on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the trunk: faster batches after a compile at start (cached on disk)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
     compression: str = "gzip"  # gzip | lzf | none
     validate: str = "header"  # header | full: how deeply files are checked before decoding
@@ -101,7 +102,7 @@ class EnhanceSpec:
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
         for name in ("batch_size", "source_size", "queue_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")

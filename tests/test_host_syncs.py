@@ -92,13 +92,13 @@ def test_per_batch_path_has_no_host_sync(
     )
     sizes: list[int] = []
     with writer, Prefetcher(loader, prepare=batch_preparer(paths, sources, boxes)) as batches, CountOps() as ops:
-        n_batches = write_batches(
+        stats = write_batches(
             batches,
             lambda b, extra: process_batch(model, b, extra, settings, lungs=lungs, target=target_layer),
             writer,
             sizes.append,
         )
-    assert (n_batches, sizes) == (4, [5, 5, 5, 1])
+    assert (stats.batches, sizes) == (4, [5, 5, 5, 1]) and stats.device_s == 0.0  # no CUDA events on the CPU
     assert ops.calls["aten::convolution"] >= 4 * 4  # the mode saw the model run: tinyvgg's 4 convolutions per batch
     assert {"lung_mask", "box_iou", "crop", "enhanced"} <= set(settings.fields)
     assert ops.syncs == {}, f"host synchronisations in the per-batch path: {ops.syncs}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -30,11 +31,22 @@ from enhancer.specs import EnhanceSpec
 @model_options(EnhanceSpec)
 @spec_option(EnhanceSpec, "shard_id", "Which shard to write.")
 @spec_option(EnhanceSpec, "num_shards", "Total number of shards (e.g. SLURM array size).")
-@spec_option(EnhanceSpec, "batch_size", "Images per batch.")
+@spec_option(
+    EnhanceSpec,
+    "batch_size",
+    "Images per batch; none: 16 on the CPU (small batches let loading, compute and writing overlap and stay in "
+    "cache), 256 on CUDA.",
+)
 @spec_option(EnhanceSpec, "device", "Compute device.")
 @spec_option(EnhanceSpec, "loader", "Image loader; auto: DALI when installed and no file is DICOM, else torch.")
 @spec_option(EnhanceSpec, "num_threads", "Loader CPU threads / workers.")
-@spec_option(EnhanceSpec, "amp", "bf16 autocast + channels_last on CUDA.")
+@spec_option(EnhanceSpec, "amp", "bf16 autocast on CUDA (channels_last is used wherever it is faster).")
+@spec_option(
+    EnhanceSpec,
+    "compile",
+    "torch.compile the model's trunk: faster batches after a compile at start (minutes on a CPU the first time; "
+    "cached on disk for later runs).",
+)
 @spec_option(
     EnhanceSpec,
     "fields",
@@ -82,6 +94,7 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
     ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
     interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
     """
+    from enhancer.data.samples import cache_dir
     from enhancer.enhance import run_enhance
     from enhancer.specs import load_spec
 
@@ -92,6 +105,8 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
         table="enhance" if job_file else None,
         overrides={**chosen, **overrides(options, settings)},
     )
+    if spec.compile:  # torch's compiled-kernel cache in the user cache (kept), not /tmp; workers inherit it
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torch-compile"))
     if workers > 1:
         import dataclasses
 

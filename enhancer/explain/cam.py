@@ -46,6 +46,7 @@ __all__ = [
     "enhance",
     "grad_cam",
     "largest_region",
+    "prefers_channels_last",
     "upsample",
 ]
 
@@ -158,7 +159,7 @@ def grad_cam(
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
     on_cuda = x.device.type == "cuda"
-    if settings.channels_last and on_cuda:
+    if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     amp = (
         torch.autocast("cuda", dtype=AMP[settings.amp])
@@ -186,6 +187,20 @@ def grad_cam(
     cam, raw_max, empty = _normalize(raw, settings.normalize)
     logits = logits.detach()
     return CamResult(raw, raw_max, cam, empty, logits.float(), logits.softmax(1).float(), target, pred)
+
+
+# CPUs whose convolutions (oneDNN) run faster on channels_last inputs. Measured, ResNet-101 inference at 224, batch
+# 16, 2 cores: 1.36x on an AVX512-VNNI machine (10.4 -> 14.1 images/s), 1.17x on an AVX2 one (4.0 -> 4.7); TinyVGG
+# 1.5x. Other CPUs (e.g. ARM) keep NCHW until measured there.
+CHANNELS_LAST_CPUS = ("AVX2", "AVX512")
+
+
+def prefers_channels_last(device: str | torch.device) -> bool:
+    """The rule the enhance job follows for the trunk's memory format: channels_last on CUDA (cuDNN's NHWC kernels,
+    tensor cores) and on x86 CPUs with AVX2 or AVX-512 (see ``CHANNELS_LAST_CPUS``), NCHW elsewhere."""
+    if torch.device(device).type == "cuda":
+        return True
+    return torch.backends.cpu.get_cpu_capability() in CHANNELS_LAST_CPUS
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
