@@ -101,24 +101,22 @@ def _whole_process(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]
     """Seconds of the command lines on ``whole_n`` files, from launch to exit (imports, start-up, everything)."""
     data, model = tmp / f"data-{args.whole_n}", tmp / "model.pt"
     here = Path(__file__).resolve().parent
-    commands = {
-        "enhance": [sys.executable, "-m", "enhancer.cli", "enhance", "--data", str(data), "--checkpoint", str(model)]
-        + ["--device", args.device, "--no-progress", "--out"],
-        "classic": [sys.executable, str(here / "classic_pipeline.py"), str(data), str(model), "--grads", "all"]
-        + ["--device", args.device],
-        "classic-frozen": [sys.executable, str(here / "classic_pipeline.py"), str(data), str(model)]
-        + ["--grads", "as-loaded", "--device", args.device],
+    enhance = [sys.executable, "-m", "enhancer.cli", "enhance", "--data", str(data), "--checkpoint", str(model)]
+    classic = [sys.executable, str(here / "classic_pipeline.py"), str(data), str(model)]
+    commands = {  # OUT: the output, filled in per run
+        "enhance": [*enhance, "--device", args.device, "--no-progress", "--out", "OUT"],
+        "classic": [*classic, "OUT", "--grads", "all", "--device", args.device],
+        "classic-frozen": [*classic, "OUT", "--grads", "as-loaded", "--device", args.device],
     }
     seconds: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.repeats):
         for name, command in commands.items():
-            out = tmp / f"whole-{name}"
+            out = tmp / (f"whole-{name}" if name == "enhance" else f"whole-{name}.h5")
             shutil.rmtree(out, ignore_errors=True)
-            target = str(out) if name == "enhance" else str(out.with_suffix(".h5"))
+            out.unlink(missing_ok=True)
             start = time.perf_counter()
-            subprocess.run([*command, target], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([str(out) if a == "OUT" else a for a in command], check=True, stdout=subprocess.DEVNULL)
             seconds[name].append(time.perf_counter() - start)
-            out.with_suffix(".h5").unlink(missing_ok=True)
             print(f"  {name:<16} {args.whole_n} files: {seconds[name][-1]:6.1f} s (load {os.getloadavg()[0]:.1f})")
     return seconds
 

@@ -14,7 +14,7 @@ GOAL_VS_EAGER = 1.0  # (a) / (c)
 GOAL_WHOLE_PROCESS = 3.0  # the enhance command / the classic script, 64 files, start-up included
 GOAL_MEMORY_GROWTH = 1.10  # (a)'s peak RSS at 4N / at N
 GOAL_PRED_AGREEMENT = 0.99
-GOAL_HEATMAP_MEAN_LEVELS = 1.0
+GOAL_HEATMAP_P999_LEVELS = 4.0  # maps are sparse: their mean difference says little, the tail does
 
 
 def _verdict(ok: bool) -> str:
@@ -99,12 +99,12 @@ def _output_checks(checks: dict[str, Any], goals: dict[str, Any]) -> None:
         box = f"{r['crop_box_median_px']:.0f}" if "crop_box_median_px" in r else "-"
         print(f"| {CONTENDERS[c]} | {r['n']} | {r['pred_agreement']:.1%} | {heat} | {box} |")
         ok &= r["pred_agreement"] >= GOAL_PRED_AGREEMENT
-        ok &= r.get("heatmap_mean_levels", 0.0) <= GOAL_HEATMAP_MEAN_LEVELS
+        ok &= r.get("heatmap_p999_levels", 0.0) <= GOAL_HEATMAP_P999_LEVELS
     goals["outputs_match_classic"] = {"passed": ok}
     print(
         f"\nevery timed contender's outputs match the classic pipeline's (predictions >= "
-        f"{GOAL_PRED_AGREEMENT:.0%} equal, heatmaps <= {GOAL_HEATMAP_MEAN_LEVELS} grey level apart on "
-        f"average): {_verdict(ok)}"
+        f"{GOAL_PRED_AGREEMENT:.0%} equal, 99.9% of heatmap pixels within {GOAL_HEATMAP_P999_LEVELS:g} grey levels): "
+        f"{_verdict(ok)}"
     )
 
 

@@ -74,8 +74,8 @@ class EnhanceSummary:
     loader: str
     device: str
     writer_blocked_s: float = 0.0
-    startup_s: float = 0.0  # from the start to the first batch queued: model, scan, validation, loader
-    loop_s: float = 0.0  # from the first batch queued to the last one handed to the writer
+    startup_s: float = 0.0  # from the start to the first batch loaded: model, scan, validation, loader
+    loop_s: float = 0.0  # from the first batch loaded to the last one handed to the writer
     device_busy_s: float = 0.0  # CUDA time of the batches (events around each); 0 on the CPU
 
     @property
@@ -101,8 +101,8 @@ class EnhanceSummary:
 
 @dataclass
 class LoopStats:
-    """What ``write_batches`` measured: batches, their device time (CUDA events), when the first was queued and
-    when the last was handed to the writer (``time.perf_counter``)."""
+    """What ``write_batches`` measured: batches, their device time (CUDA events), when the first arrived and when
+    the last was handed to the writer (``time.perf_counter``)."""
 
     batches: int = 0
     device_s: float = 0.0
@@ -241,15 +241,20 @@ def write_batches(
     compute: Callable[[Batch, Mapping[str, Any]], PendingHostCopy],
     writer: AsyncShardWriter,
     on_batch: Callable[[int], None] | None = None,
+    *,
+    started: float | None = None,
 ) -> LoopStats:
     """Compute every batch and hand its host arrays to the writer one batch late: batch k's copies out are waited
-    for only once batch k+1's work is queued, so the device always has work while the host waits."""
+    for only once batch k+1's work is queued, so the device always has work while the host waits. ``started``: the
+    job's start (``time.perf_counter``), to log the start-up time when the first batch arrives."""
     stats = LoopStats()
     pending: PendingHostCopy | None = None
     for batch, extra in batches:
-        copy = compute(batch, extra)
         if stats.first_at is None:
             stats.first_at = time.perf_counter()
+            if started is not None:
+                log.info("first batch loaded %.2f s after the start (model, scan, loader)", stats.first_at - started)
+        copy = compute(batch, extra)
         if pending is not None:
             _hand_over(pending, writer, stats)
         pending = copy
@@ -573,28 +578,12 @@ def _stream(
             prefetcher,
             lambda batch, extra: process_batch(model, batch, extra, settings, lungs=lungs, target=target),
             writer,
-            _progress(bar, started),
+            bar.update,
+            started=started,
         )
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))
     return len(decode_rejected), stats
-
-
-def _progress(bar: tqdm, started: float) -> Callable[[int], None]:
-    """Advance the progress bar; log the start-up time (to the first batch computed) once."""
-    first = True
-
-    def update(n: int) -> None:
-        nonlocal first
-        if first:
-            log.info(
-                "first batch queued %.2f s after the start (start-up: model, scan, loader)",
-                time.perf_counter() - started,
-            )
-            first = False
-        bar.update(n)
-
-    return update
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:
