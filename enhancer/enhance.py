@@ -9,8 +9,10 @@ Usage::
     run_enhance(EnhanceSpec(..., lung_model="UNet_LungSegmentation.pt", boxes="stage_2_train_labels.csv"))
 
 One call writes one shard (``spec.shard_id`` of ``spec.num_shards``); ``enhancer merge`` joins them. Everything per
-batch stays on the model's device; only finished arrays cross to the host, and the HDF5 writing runs in a
-background thread behind a bounded queue. A complete shard is skipped on a rerun; an interrupted one is rewritten.
+batch stays on the model's device; only finished arrays cross to the host. The stages overlap: batch k+1 loads on a
+thread (``enhancer.data.prefetch``) and batch k-1's results are copied out and written (``enhancer.data.host_copy``,
+the shard writer's thread) while batch k computes, with no host synchronisation in the per-batch path
+(``process_batch``, ``write_batches``). A complete shard is skipped on a rerun; an interrupted one is rewritten.
 """
 
 from __future__ import annotations
