@@ -12,9 +12,10 @@ Usage::
 Layout of ``out``: ``round-0/eval.json`` (the starting checkpoint on the test set), and per round ``round-K/enhanced``
 (the enhanced dataset made with round K-1's model), ``round-K/train`` (the fine-tuning run; its ``best.pt`` is the
 model of round K), ``round-K/eval.json``, ``round-K/localisation`` (with a lung model or boxes in ``[cycle.enhance]``:
-the test set's localisation metrics for the round's model, next to its accuracy in the summary); then ``summary.md``
-and ``summary.json``. A rerun skips the finished steps: complete shards and merged datasets are kept and the training
-run resumes from ``last.pt``.
+the test set's localisation metrics for the round's model, next to its accuracy in the summary), ``round-K/audit``
+(a quick ``enhancer audit`` of the maps round K trained on, ``audit_samples`` samples: its verdicts go into the
+summary); then ``summary.md`` and ``summary.json``. A rerun skips the finished steps: complete shards, merged
+datasets and audits are kept and the training run resumes from ``last.pt``.
 The cycle runs in one process (the training step does not start DDP here; use ``enhancer train`` for that).
 """
 
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enhancer.audit.run import run_audit
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.provenance import provenance
-from enhancer.specs import CycleSpec, EvaluateSpec
+from enhancer.specs import AuditSpec, CycleSpec, EvaluateSpec
 from enhancer.store.layout import MANIFEST, is_merged
 from enhancer.train import rundir
 from enhancer.train.loop import fit, run_evaluate
@@ -92,6 +94,25 @@ def _localise(spec: CycleSpec, test_data: str, out: Path, checkpoint: str) -> di
     return {k: summary[k]["mean"] for k in LOCALISATION if k in summary}
 
 
+def _audit(spec: CycleSpec, enhanced: Path, data: str, checkpoint: str, out: Path) -> dict[str, Any]:
+    """Verdicts of a quick audit of the maps in ``enhanced`` (made with ``checkpoint``); {} with audit_samples 0."""
+    if not spec.audit_samples:
+        return {}
+    if not (out / "audit.json").is_file():  # a rerun keeps the finished audit
+        device = spec.train.device if spec.enhance.device == "auto" else spec.enhance.device
+        aspec = AuditSpec(
+            dataset=str(enhanced),
+            checkpoint=checkpoint,
+            out=str(out),
+            data=data,
+            n_samples=spec.audit_samples,
+            device=device,
+        )
+        run_audit(aspec, progress=False)
+    document = json.loads((out / "audit.json").read_text())
+    return {"audit": document["verdict"], "audit_verdicts": document["verdicts"]}
+
+
 def _evaluate(spec: CycleSpec, data: str, checkpoint: str, json_path: Path, field: str = "enhanced") -> dict[str, Any]:
     espec = EvaluateSpec(
         data=data,
@@ -127,7 +148,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
     has_enh = any("enhanced_test_accuracy" in r for r in rows)
     loc = [c for c in LOCALISATION if any(c in r for r in rows)]
-    cols = [*COLUMNS[:-1], *(["enhanced_test_accuracy"] if has_enh else []), *loc, COLUMNS[-1]]
+    audit = ["audit"] if any("audit" in r for r in rows) else []
+    cols = [*COLUMNS[:-1], *(["enhanced_test_accuracy"] if has_enh else []), *loc, *audit, COLUMNS[-1]]
     head = [
         "round",
         "test loss",
@@ -138,6 +160,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "best epoch",
         *(["acc % (enhanced test)"] if has_enh else []),
         *(LOCALISATION[c] for c in loc),
+        *(["maps audit"] if audit else []),
         "checkpoint",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -166,7 +189,9 @@ def run_cycle(spec: CycleSpec, *, on_line: Callable[[str], None] | None = None) 
         rd = out / f"round-{k}"
         enhanced = _enhance(spec, train_data, rd / "enhanced", checkpoint)
         say(f"round {k}: enhanced {train_data} with {checkpoint} -> {enhanced}")
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = _audit(spec, enhanced, train_data, checkpoint, rd / "audit")
+        if extra:
+            say(f"round {k}: audit of its maps: {extra['audit']} ({rd / 'audit' / 'audit.md'})")
         if spec.enhance_test:
             test_enh = _enhance(spec, test_data, rd / "test-enhanced", checkpoint)
         tspec = dataclasses.replace(spec.train, data=str(enhanced), out=str(rd / "train"), init=checkpoint)
@@ -183,8 +208,20 @@ def run_cycle(spec: CycleSpec, *, on_line: Callable[[str], None] | None = None) 
     table = markdown_table(rows)
     document = {"rounds": rows, "spec": spec.to_dict(), **provenance()}
     (out / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
-    (out / "summary.md").write_text(f"# Cycle summary: {out}\n\nTest set: {test_data}\n\n{table}\n")
+    (out / "summary.md").write_text(f"# Cycle summary: {out}\n\nTest set: {test_data}\n\n{table}\n{audit_lines(rows)}")
     return CycleSummary(str(out), rows, table)
+
+
+def audit_lines(rows: list[dict[str, Any]]) -> str:
+    """The per-check verdicts of each round's maps audit (the maps the round trained on), as a markdown list."""
+    lines = [
+        f"- round {r['round']}: "
+        + ", ".join(f"{k} {v}" for k, v in r["audit_verdicts"].items())
+        + f" (round-{r['round']}/audit/audit.md)"
+        for r in rows
+        if "audit_verdicts" in r
+    ]
+    return "\n## Maps audit (the maps each round trained on)\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _pct(v: float | None) -> str:

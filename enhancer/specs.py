@@ -190,6 +190,52 @@ class EvaluateSpec:
         return to_plain(self)
 
 
+AUDIT_CHECKS = ("randomisation", "faithfulness", "repeatability", "localisation")
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """Settings of ``enhancer audit``: sanity, faithfulness and localisation checks of an enhanced dataset's maps."""
+
+    dataset: str = REQUIRED  # merged enhanced dataset (its manifest names the Grad-CAM settings)
+    checkpoint: str = REQUIRED  # the model that made the dataset's maps
+    out: str = REQUIRED  # audit.json, audit.md and the PNG figures
+    data: str | None = None  # the original ImageFolder, needed when the dataset stores no image field
+    masks: str | None = None  # folder of lesion masks, one <stem>.png per image (nonzero = lesion)
+    boxes: str | None = None  # lesion boxes: RSNA CSV (patientId,x,y,width,height,Target) or path,x0,y0,x1,y1
+    second_checkpoint: str | None = None  # another seed or round of the model: repeatability of the maps
+    # audited samples, a seeded random subset (0: all); not "samples": ENHANCER_SAMPLES names the sample X-rays' folder
+    n_samples: int = 64
+    seed: int = 0  # subset, randomisation, random maps, tie orders and bootstrap
+    resamples: int = 1000  # bootstrap resamples of every 95% interval
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int = 10  # deletion / insertion: fractions 0, 1/steps, ..., 1 of the pixels
+    baseline: str = "blur"  # what deleted pixels show: blur | mean
+    score: str = "prob"  # faithfulness score of the explained class: prob | logit
+    checks: tuple[str, ...] = AUDIT_CHECKS  # repeatability needs second_checkpoint, localisation masks or boxes
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "device": DEVICES,
+        "baseline": ("blur", "mean"),
+        "score": ("prob", "logit"),
+    }
+
+    def __post_init__(self) -> None:
+        if self.masks and self.boxes:
+            raise SpecError("give either masks (a folder of PNG masks) or boxes (a box CSV), not both")
+        for name in ("resamples", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_samples < 0 or self.n_samples == 1:
+            raise SpecError(f"n_samples must be 0 (all) or >= 2 (random pairs need two maps), got {self.n_samples}")
+        _check_choices(self)
+        for check in self.checks:
+            _check_choice("checks", check, AUDIT_CHECKS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
 @dataclass(frozen=True)
 class CycleSpec:
     """Settings of ``enhancer cycle``: K rounds of enhance -> train on the enhanced data -> evaluate.
@@ -201,12 +247,15 @@ class CycleSpec:
     out: str = REQUIRED  # round-1/, round-2/, ... and summary.md / summary.json
     rounds: int = 1
     enhance_test: bool = False  # also evaluate on the test set enhanced by the round's starting model (train.field)
+    audit_samples: int = 16  # a quick `enhancer audit` of each round's enhanced data on this many samples (0: none)
     enhance: EnhanceSpec = dataclasses.field(default_factory=EnhanceSpec)
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise SpecError(f"rounds must be >= 1, got {self.rounds}")
+        if self.audit_samples < 0 or self.audit_samples == 1:
+            raise SpecError(f"audit_samples must be 0 (no audit) or >= 2, got {self.audit_samples}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -18,7 +18,7 @@ from enhancer import __version__
 from enhancer.cli import main
 from enhancer.cli.app import overrides
 from enhancer.models.zoo import build_model
-from enhancer.specs import REQUIRED, CycleSpec, EnhanceSpec, EvaluateSpec, TrainSpec, parse_value
+from enhancer.specs import REQUIRED, AuditSpec, CycleSpec, EnhanceSpec, EvaluateSpec, TrainSpec, parse_value
 from tests.seed_reference import NotebookResNet, save_seed_checkpoint
 
 
@@ -37,7 +37,13 @@ def test_help_does_not_import_torch():
     )
 
 
-SPEC_COMMANDS = {"enhance": EnhanceSpec, "train": TrainSpec, "evaluate": EvaluateSpec, "cycle": CycleSpec}
+SPEC_COMMANDS = {
+    "enhance": EnhanceSpec,
+    "train": TrainSpec,
+    "evaluate": EvaluateSpec,
+    "cycle": CycleSpec,
+    "audit": AuditSpec,
+}
 NOT_SPEC_FIELDS = {"job_file", "settings", "progress", "workers", "help"}  # options of the command itself
 INPUT_OPTIONS = {"input_size", "mean", "std", "channels"}  # cli/model_options.py: fields of the nested [input] table
 
@@ -61,9 +67,10 @@ def test_help_shows_the_spec_defaults(command):
     nested = INPUT_OPTIONS - set(fields)
     options = [p for p in cmd.params if isinstance(p, click.Option) and p.name not in NOT_SPEC_FIELDS | nested]
     assert {p.name for p in options} <= set(fields), "every other option is a spec field"
-    assert len(options) >= {"enhance": 17, "train": 22, "evaluate": 8, "cycle": 5}[command]
+    assert len(options) >= {"enhance": 17, "train": 22, "evaluate": 8, "cycle": 5, "audit": 11}[command]
     ctx = click.Context(cmd, info_name=command)
-    unset = cmd.make_context(command, []).params
+    arguments = ["."] if command == "audit" else []  # audit's DATASET is an argument (an existing folder)
+    unset = cmd.make_context(command, arguments).params
     for option in options:
         default = fields[option.name].default
         help_text = option.get_help_record(ctx)[1]

@@ -62,6 +62,8 @@ def test_one_round_on_the_real_samples(tmp_path, split_samples):
         "enhance.loader=torch",
         "--set",
         "enhance.num_threads=0",
+        "--set",
+        "audit_samples=3",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -77,6 +79,11 @@ def test_one_round_on_the_real_samples(tmp_path, split_samples):
     md = (out / "summary.md").read_text()
     assert "| round |" in md and md.count("\n| ") >= 3 and "| 1 |" in md
     assert "| round | test loss | acc %" in result.output
+    # the quick audit of the maps round 1 trained on: its verdicts in the summary
+    audit = json.loads((out / "round-1" / "audit" / "audit.json").read_text())
+    assert audit["samples"] == 3 and audit["dataset"] == str(out / "round-1" / "enhanced")
+    assert rows[1]["audit"] == audit["verdict"] in ("pass", "fail") and rows[1]["audit_verdicts"] == audit["verdicts"]
+    assert "maps audit" in md and f"- round 1: randomisation {audit['verdicts']['randomisation']}" in md
 
     # A rerun finds every step done: the enhanced data is kept, the training run is already complete.
     again = CliRunner().invoke(main, args)

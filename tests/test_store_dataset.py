@@ -75,7 +75,7 @@ def test_export_imagefolder(dataset_dir: Path, tmp_path: Path) -> None:
 
 def test_store_imports_no_torch_and_no_model_code() -> None:
     code = (
-        "import sys, enhancer.store, enhancer.store.manifest, enhancer.store.verify; "
+        "import sys, enhancer.store, enhancer.store.manifest, enhancer.store.verification; "
         "bad = [m for m in ('torch', 'enhancer.models.zoo', 'enhancer.explain.cam') if m in sys.modules]; "
         "from enhancer.store import dataset; "
         "bad += [m for m in ('enhancer.models.zoo', 'enhancer.explain.cam') if m in sys.modules]; print(bad)"

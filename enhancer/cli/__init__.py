@@ -5,6 +5,7 @@ Heavy imports (torch, DALI) happen inside the commands so that ``enhancer --help
 """
 
 from enhancer.cli import (  # noqa: F401 (registers the commands)
+    audit_commands,
     dataset_commands,
     enhance_commands,
     model_commands,

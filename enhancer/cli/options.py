@@ -52,16 +52,17 @@ def _field_type(spec_cls: type, name: str) -> Any:
     return hint
 
 
-def spec_option(spec_cls: type, name: str, help: str) -> Callable[[F], F]:
+def spec_option(spec_cls: type, name: str, help: str, *, flag: str | None = None) -> Callable[[F], F]:
     """A click option for field ``name`` of ``spec_cls``: ``--name-with-dashes`` (a ``--x/--no-x`` switch for a
     boolean), ``click.Choice`` where the spec lists choices in ``CHOICES``, the field's type otherwise (tuples are
-    given comma-separated), and ``help`` followed by ``[default: ...]`` from the dataclass."""
+    given comma-separated), and ``help`` followed by ``[default: ...]`` from the dataclass. ``flag`` names the
+    option when it differs from the field's name (``--samples`` for ``n_samples``)."""
     field = next((f for f in dataclasses.fields(spec_cls) if f.name == name), None)
     if field is None:
         raise ValueError(f"{spec_cls.__name__} has no field {name!r}")
     if field.default is dataclasses.MISSING:
         raise ValueError(f"{spec_cls.__name__}.{name} has no plain default to show (a nested table?)")
-    flag = "--" + name.replace("_", "-")
+    flag = flag or "--" + name.replace("_", "-")
     kind = _field_type(spec_cls, name)
     shown = shown_default(field.default)
     text = f"{help}  [default: {shown}]" if shown is not None else help

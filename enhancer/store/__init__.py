@@ -32,8 +32,8 @@ _HOMES = {
     "StoreError": "schema",
     "per_sample_shapes": "schema",
     "resolve_fields": "schema",
-    "VerifyReport": "verify",
-    "verify": "verify",
+    "VerifyReport": "verification",
+    "verify": "verification",
     "AsyncShardWriter": "writer",
     "ShardWriteError": "writer",
     "ShardWriter": "writer",
@@ -48,5 +48,7 @@ __all__ = sorted(_HOMES)
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        return getattr(importlib.import_module(f"enhancer.store.{_HOMES[name]}"), name)
+        value = getattr(importlib.import_module(f"enhancer.store.{_HOMES[name]}"), name)
+        globals()[name] = value  # found once; no public name is also a module's name, so nothing rebinds it
+        return value
     raise AttributeError(f"module 'enhancer.store' has no attribute {name!r}")

@@ -1,0 +1,313 @@
+"""The audit job: read a seeded subset of an enhanced dataset, run every check on the device, write the results.
+
+Usage::
+
+    from enhancer.audit.run import run_audit
+    result = run_audit(AuditSpec(dataset="enhanced/", checkpoint="best.pt", out="audit/", n_samples=64))
+    result.verdict, result.document["randomisation"]["verdict"]
+
+    # the checks on tensors, without a dataset (phantoms, another map function):
+    document, figures = audit_batch(model, x, target, maps, labels, class_names, map_fn=my_map_fn)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from enhancer.audit import checks, figures, report
+from enhancer.audit.inputs import AuditInputs, read_inputs
+from enhancer.audit.localisation import mask_index, read_region_masks
+from enhancer.audit.maps import MapFn, gradcam_map_fn
+from enhancer.data.loader import resolve_device
+from enhancer.explain.localisation import boxes_mask, read_boxes
+from enhancer.models.checkpoints import load_checkpoint
+from enhancer.provenance import provenance
+from enhancer.specs import AuditSpec
+from enhancer.store import Manifest
+
+log = logging.getLogger(__name__)
+
+
+class AuditError(ValueError):
+    """The audit cannot run as asked; the message names the input and the fix."""
+
+
+@dataclass
+class Figures:
+    """What the PNGs need, kept from the checks."""
+
+    strips: checks.Strips | None = None
+    localisation: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample values
+    regions: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    out: str
+    document: dict[str, Any]
+    markdown: str
+
+    @property
+    def verdict(self) -> str:
+        return self.document["verdict"]
+
+
+def overall(verdicts: dict[str, str]) -> str:
+    """pass when every check that ran passed."""
+    ran = [v for v in verdicts.values() if v != checks.NOT_RUN]
+    return checks.PASS if ran and all(v == checks.PASS for v in ran) else checks.FAIL
+
+
+CHECK_ORDER = ("randomisation", "faithfulness", "repeatability", "localisation")
+
+
+@dataclass
+class _BatchAudit:
+    """The inputs of one batch's checks and what they produce (``doc``: audit.json sections, ``seconds``, ``figs``)."""
+
+    model: nn.Module
+    x: torch.Tensor
+    target: torch.Tensor
+    maps: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    map_fn: MapFn
+    feature_size: tuple[int, int]
+    regions: torch.Tensor | None
+    region_source: dict[str, Any] | None
+    second_model: nn.Module | None
+    faithfulness_settings: checks.FaithfulnessSettings | None
+    seed: int
+    resamples: int
+    batch_size: int
+    progress: bool
+    doc: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    figs: Figures = field(default_factory=Figures)
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        return {"seed": self.seed, "resamples": self.resamples, "batch_size": self.batch_size}
+
+    def wanted(self, run: tuple[str, ...]) -> dict[str, bool]:
+        """Repeatability needs a second model (and randomisation for its baseline); localisation needs regions."""
+        repeat = "repeatability" in run and self.second_model is not None
+        return {
+            "randomisation": "randomisation" in run or repeat,
+            "faithfulness": "faithfulness" in run,
+            "repeatability": repeat,
+            "localisation": "localisation" in run and self.regions is not None,
+        }
+
+    def timed(self, name: str) -> None:
+        t = time.perf_counter()
+        # randomisation and faithfulness count their own steps; the two quick checks get a one-step bar
+        quiet = not self.progress or name in ("randomisation", "faithfulness")
+        with tqdm(total=1, desc=name, unit="check", disable=quiet) as bar:
+            getattr(self, name)()
+            bar.update()
+        self.seconds[name] = time.perf_counter() - t
+
+    def randomisation(self) -> None:
+        self.doc["randomisation"], self.figs.strips = checks.randomisation_check(
+            self.model, self.x, self.target, self.maps, self.map_fn, progress=self.progress, **self.kw
+        )
+
+    def faithfulness(self) -> None:
+        found = checks.faithfulness_check(
+            self.model,
+            self.x,
+            self.target,
+            self.maps,
+            self.feature_size,
+            settings=self.faithfulness_settings,
+            progress=self.progress,
+            **self.kw,
+        )
+        self.doc.update(found)
+
+    def repeatability(self) -> None:
+        hi = self.doc["randomisation"]["baseline_ssim_hi"]
+        self.doc["repeatability"] = checks.repeatability_check(
+            self.second_model, self.x, self.target, self.maps, self.map_fn, baseline_ssim_hi=hi, **self.kw
+        )
+
+    def localisation(self) -> None:
+        self.doc["localisation"], self.figs.localisation = checks.localisation_check(
+            self.maps,
+            self.regions.to(self.maps.device),
+            self.labels,
+            self.class_names,
+            source=self.region_source or {},
+            seed=self.seed,
+            resamples=self.resamples,
+        )
+        self.figs.regions = self.regions
+
+
+def audit_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    *,
+    map_fn: MapFn,
+    feature_size: tuple[int, int],
+    regions: torch.Tensor | None = None,
+    region_source: dict[str, Any] | None = None,
+    second_model: nn.Module | None = None,
+    run: tuple[str, ...] = CHECK_ORDER,
+    faithfulness: checks.FaithfulnessSettings | None = None,
+    seed: int = 0,
+    resamples: int = 1000,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[dict[str, Any], Figures]:
+    """Every requested check on one batch: the ``audit.json`` sections, ``verdicts``, ``verdict`` and ``seconds``.
+    Repeatability needs ``second_model`` (and runs randomisation for its baseline), localisation ``regions``."""
+    job = _BatchAudit(
+        model,
+        x,
+        target,
+        maps,
+        labels,
+        class_names,
+        map_fn,
+        feature_size,
+        regions,
+        region_source,
+        second_model,
+        faithfulness,
+        seed,
+        resamples,
+        batch_size,
+        progress,
+    )
+    started = time.perf_counter()
+    wanted = job.wanted(run)
+    for name in CHECK_ORDER:
+        if wanted[name]:
+            job.timed(name)
+    job.seconds["total"] = time.perf_counter() - started
+    verdicts = {k: job.doc[k]["verdict"] for k in report.CHECKS if k in job.doc}
+    job.doc.update(verdict=overall(verdicts), verdicts=verdicts, seconds=job.seconds)
+    return job.doc, job.figs
+
+
+def _regions(spec: AuditSpec, inputs: AuditInputs) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """Lesion regions (N, H, W) bool at the input's resolution from --masks or --boxes, and their description."""
+    size = tuple(inputs.x.shape[-2:])
+    try:
+        if spec.masks:
+            index = mask_index(spec.masks)
+            regions = read_region_masks(spec.masks, inputs.paths, size, index=index)
+            return regions, {"source": "masks", "path": os.path.abspath(spec.masks), "files": len(index)}
+        if spec.boxes:
+            table = read_boxes(spec.boxes)
+            gt = boxes_mask(table.batch(inputs.paths), inputs.orig_size.cpu(), size)
+            return gt, {"source": "boxes", "path": table.source, "images": len(table)}
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
+    return None, None
+
+
+def _check_checkpoint(manifest: Manifest, sha256: str, spec: AuditSpec) -> None:
+    made_with = manifest.provenance.get("checkpoint_sha256")
+    if made_with and made_with != sha256:
+        raise AuditError(
+            f"{spec.checkpoint} (sha256 {sha256[:12]}) is not the checkpoint that made the maps of {spec.dataset} "
+            f"({manifest.provenance.get('checkpoint', '?')}, sha256 {made_with[:12]}); pass that one as --checkpoint"
+        )
+
+
+def _write(doc: dict[str, Any], figs: Figures, inputs: AuditInputs, out: Path) -> AuditResult:
+    written = []
+    if figs.strips is not None:
+        written += figures.draw_strips(figs.strips, out)
+    if "deletion" in doc:
+        written.append(figures.draw_curves(doc, out / "deletion-insertion.png"))
+    if figs.localisation and figs.regions is not None:
+        worst = figures.draw_worst(
+            inputs.x,
+            inputs.maps,
+            figs.regions,
+            figs.localisation["iou"],
+            out / "worst-localised.png",
+            names=inputs.paths,
+        )
+        written += [worst] if worst is not None else []
+    doc["figures"] = [p.name for p in written]
+    report.write_json(doc, out / "audit.json")
+    text = report.markdown(doc)
+    (out / "audit.md").write_text(text, encoding="utf-8")
+    return AuditResult(str(out), doc, text)
+
+
+def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = True) -> AuditResult:
+    """Audit the maps of ``spec.dataset``: ``audit.json``, ``audit.md`` and PNGs in ``spec.out``. ``map_fn``
+    recomputes maps (default: Grad-CAM with the dataset's settings)."""
+    device = resolve_device(spec.device)
+    ck = load_checkpoint(spec.checkpoint)
+    manifest = Manifest.load(spec.dataset)
+    _check_checkpoint(manifest, ck.sha256, spec)
+    inputs = read_inputs(
+        spec.dataset, ck.preprocessing, samples=spec.n_samples, seed=spec.seed, data_root=spec.data, device=device
+    )
+    model = ck.model.to(device).eval()
+    second = load_checkpoint(spec.second_checkpoint).model.to(device).eval() if spec.second_checkpoint else None
+    regions, source = _regions(spec, inputs)
+    if map_fn is None:
+        map_fn = gradcam_map_fn(inputs.cam)
+    feature_size = inputs.feature_size
+    if feature_size is None:
+        with torch.no_grad():
+            feature_size = tuple(model.features(inputs.x[:1]).shape[-2:])
+    settings = checks.FaithfulnessSettings(steps=spec.steps, baseline=spec.baseline, score=spec.score)
+    doc, figs = audit_batch(
+        model,
+        inputs.x,
+        inputs.target,
+        inputs.maps,
+        inputs.labels,
+        inputs.class_names,
+        map_fn=map_fn,
+        feature_size=feature_size,
+        regions=regions,
+        region_source=source,
+        second_model=second,
+        run=spec.checks,
+        faithfulness=settings,
+        seed=spec.seed,
+        resamples=spec.resamples,
+        batch_size=spec.batch_size,
+        progress=progress,
+    )
+    head = {
+        "dataset": os.path.abspath(spec.dataset),
+        "checkpoint": os.path.abspath(spec.checkpoint),
+        "checkpoint_sha256": ck.sha256,
+        "second_checkpoint": os.path.abspath(spec.second_checkpoint) if spec.second_checkpoint else None,
+        "samples": len(inputs.indices),
+        "indices": inputs.indices,
+        "seed": spec.seed,
+        "resamples": spec.resamples,
+        "device": device,
+        "maps": getattr(map_fn, "__name__", type(map_fn).__name__),
+        "gradcam": inputs.cam.to_dict(),
+        "spec": spec.to_dict(),
+        **provenance(),
+    }
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write({**head, **doc}, figs, inputs, out)
