@@ -12,12 +12,16 @@ One call writes one shard (``spec.shard_id`` of ``spec.num_shards``); ``enhancer
 batch stays on the model's device; only finished arrays cross to the host. The stages overlap: batch k+1 loads on a
 thread (``enhancer.data.prefetch``) and batch k-1's results are copied out and written (``enhancer.data.host_copy``,
 the shard writer's thread) while batch k computes, with no host synchronisation in the per-batch path
-(``process_batch``, ``write_batches``). A complete shard is skipped on a rerun; an interrupted one is rewritten.
+(``process_batch``, ``write_batches``). JPEG-coded fields (``--codec image=jpeg95``) are encoded on the GPU when the
+job runs there, so only their bytes cross to the host. The shard is written under its claim
+(``enhancer.store.claims``); a stop signal lets the batch in flight finish, then discards the shard
+(``enhancer.stopping``). A complete shard is skipped on a rerun; an interrupted one is rewritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -32,7 +36,7 @@ from tqdm import tqdm
 
 from enhancer.data import Batch, Loader, Rejection, Sample, make_loader, scan, shard, validate
 from enhancer.data.host_copy import PendingHostCopy, copy_to_host, device_mark
-from enhancer.data.loader import resolve_device
+from enhancer.data.loader import resolve_device, resolve_loader
 from enhancer.data.prefetch import Prefetcher, pinned
 from enhancer.explain import cam, localisation
 from enhancer.explain.compiled import CompiledTrunk
@@ -45,7 +49,12 @@ from enhancer.models.registry import TargetLayer
 from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
 from enhancer.specs import EnhanceSpec, SpecError
+from enhancer.stopping import batch_boundaries
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
+from enhancer.store.claims import ShardClaim
+from enhancer.store.codecs import Codec, EncodedPlanes, resolve_codecs
+from enhancer.store.device_jpeg import DeviceJpegs, encode_jpeg_fields
+from enhancer.store.encoding import default_write_threads
 from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import BOX_FIELDS, LUNG_FIELDS
 
@@ -228,14 +237,34 @@ def process_batch(
     *,
     lungs: LungModel | None = None,
     target: TargetLayer | None = None,
+    codecs: Mapping[str, Codec] | None = None,
 ) -> PendingHostCopy:
     """One batch: every stored field computed on the device, then its copies out started. Nothing here waits for
     the device (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or blocking copy), so the host queues this batch's
-    work and returns while the device is still busy with it."""
+    work and returns while the device is still busy with it. ``codecs``: the writer's (``AsyncShardWriter.codecs``);
+    JPEG-coded fields on CUDA are encoded there (``copy_out``)."""
     started = device_mark(batch.image.device)
     outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"), target=target)
-    # Device-side encoding of the image planes (the writer's device codecs) belongs here, before the copy out.
-    return copy_to_host(outputs, {"path": extra["path"]}, started=started)
+    return copy_out(encode_jpeg_fields(outputs, codecs or {}), extra["path"], started=started)
+
+
+def copy_out(
+    outputs: Mapping[str, torch.Tensor | DeviceJpegs], paths: list[str], *, started: torch.cuda.Event | None = None
+) -> PendingHostCopy:
+    """Start the copies out of one batch's fields (``copy_to_host``). A field already encoded on the device
+    (``DeviceJpegs``: nvJPEG on CUDA, ``encode_jpeg_fields``) crosses as its JPEG bytes, one flat copy, and comes
+    back as the ``EncodedPlanes`` the writer stores as they are (``_host_arrays``)."""
+    jpegs = {name: v for name, v in outputs.items() if isinstance(v, DeviceJpegs)}
+    tensors = {name: v.flat if isinstance(v, DeviceJpegs) else v for name, v in outputs.items()}
+    return copy_to_host(tensors, {"path": paths}, started=started, finish=functools.partial(_host_arrays, jpegs=jpegs))
+
+
+def _host_arrays(arrays: dict[str, Any], *, jpegs: Mapping[str, DeviceJpegs]) -> dict[str, Any]:
+    """One batch's host arrays for the writer: the bytes of each device-encoded JPEG field split into its samples'
+    files (views of the one copy, no re-encoding); every other array passes through."""
+    for name, encoded in jpegs.items():
+        arrays[name] = EncodedPlanes.from_flat(arrays[name], encoded.lengths, encoded.codec, encoded.shape)
+    return arrays
 
 
 def write_batches(
@@ -245,10 +274,13 @@ def write_batches(
     on_batch: Callable[[int], None] | None = None,
     *,
     started: float | None = None,
+    stop_point: Callable[[], None] | None = None,
 ) -> LoopStats:
     """Compute every batch and hand its host arrays to the writer one batch late: batch k's copies out are waited
     for only once batch k+1's work is queued, so the device always has work while the host waits. ``started``: the
-    job's start (``time.perf_counter``), to log the start-up time when the first batch arrives."""
+    job's start (``time.perf_counter``), to log the start-up time when the first batch arrives. ``stop_point``
+    (``enhancer.stopping.batch_boundaries``) is called after each batch: a held stop signal is raised there, once
+    the batch in flight is computed and queued, and the shard being written is discarded."""
     stats = LoopStats()
     pending: PendingHostCopy | None = None
     for batch, extra in batches:
@@ -263,6 +295,8 @@ def write_batches(
         stats.batches += 1
         if on_batch is not None:
             on_batch(len(batch))
+        if stop_point is not None:
+            stop_point()
     if pending is not None:
         _hand_over(pending, writer, stats)
     stats.ended_at = time.perf_counter()
@@ -374,6 +408,7 @@ def dataset_attrs(
         "checkpoint_sha256": ck.sha256,
         "model": {k: v for k, v in model_attrs(ck, target).items() if k in ("name", "num_classes", "target_layer")},
         "fields": list(settings.fields),
+        "codecs": {k: c.name for k, c in resolve_codecs(settings.fields, spec.codec, spec.compression).items()},
         "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
@@ -404,13 +439,32 @@ def dataset_attrs(
 
 
 def run_enhance(
-    spec: EnhanceSpec, *, progress: bool = True, extra_attrs: dict[str, Any] | None = None
+    spec: EnhanceSpec,
+    *,
+    progress: bool = True,
+    extra_attrs: dict[str, Any] | None = None,
+    claim: ShardClaim | None = None,
 ) -> EnhanceSummary:
     """Write shard ``spec.shard_id`` of the enhanced dataset of ``spec.data`` into ``spec.out``.
 
-    ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here)."""
-    started = time.perf_counter()
+    ``extra_attrs`` are stored with the provenance (the command line passes the SLURM job ids here, under
+    ``"slurm"``; they are recorded with the shard's claim too). ``claim``: the shard's claim when the caller holds it
+    already (the command line takes it before importing torch, so that a second job on the shard is refused at
+    once); without one it is taken here (``enhancer.store.claims``), and a job holding it makes this one fail."""
+    extra_attrs = extra_attrs or {}
+    if claim is not None:
+        return _run_claimed(spec, claim, progress=progress, extra_attrs=extra_attrs)
     final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    with ShardClaim(final, job=extra_attrs.get("slurm"), force=spec.force_claim) as held:
+        return _run_claimed(spec, held, progress=progress, extra_attrs=extra_attrs)
+
+
+def _run_claimed(
+    spec: EnhanceSpec, claim: ShardClaim, *, progress: bool, extra_attrs: dict[str, Any]
+) -> EnhanceSummary:
+    """``run_enhance`` under the shard's claim."""
+    started = time.perf_counter()
+    final = claim.shard
     ck, target = load_model(spec)
     check_explainable(target, ck.config.arch)
     found = scan(spec.data)
@@ -425,7 +479,7 @@ def run_enhance(
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
     if is_complete(final):
         return _already_complete(final, len(mine), device)
-    ok, rejected = validate(mine, level=spec.validate, workers=max(1, spec.num_threads))
+    ok, rejected = _validate(spec, mine, device)
     batch_size = spec.batch_size or default_batch_size(device)
     model, target = _on_device(
         ck.model, target, lungs, settings, device, compile_batch=batch_size if spec.compile else None
@@ -438,8 +492,10 @@ def run_enhance(
         device=device,
         num_threads=spec.num_threads,
         source_size=spec.source_size,
+        max_pixels=spec.max_pixels,
+        timeout_s=spec.decode_timeout_s or None,
     )
-    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine))
+    writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine), claim=claim)
     n_decode_rejected, stats = _stream(
         loader,
         model,
@@ -457,6 +513,28 @@ def run_enhance(
     summary = _summary(final, len(mine), writer, len(rejected) + n_decode_rejected, loader.name, device, started, stats)
     log.info("%s", summary.line())
     return summary
+
+
+def validation_level(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> str:
+    """``spec.validate``, with ``auto`` resolved: ``full`` (every file decoded by PIL first) when DALI or nvJPEG will
+    decode, because both can crash the whole process on a corrupt file that PIL refuses cleanly (DALI 2.4: a JPEG
+    with a zeroed Huffman table in a batch of 32 or more; found by tests/fuzz); ``header`` when PIL decodes anyway,
+    in the torch loader on the CPU, which rejects such files one by one."""
+    if spec.validate != "auto":
+        return spec.validate
+    pil_decodes = resolve_loader(spec.loader, samples) == "torch" and not device.startswith("cuda")
+    return "header" if pil_decodes else "full"
+
+
+def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tuple[list[Sample], list[Rejection]]:
+    level = validation_level(spec, samples, device)
+    return validate(
+        samples,
+        level=level,
+        workers=max(1, spec.num_threads),
+        max_pixels=spec.max_pixels,
+        timeout_s=spec.decode_timeout_s or None,
+    )
 
 
 def _summary(
@@ -530,6 +608,7 @@ def _shard_writer(
     attrs: dict[str, Any],
     *,
     expected: int,
+    claim: ShardClaim,
 ) -> AsyncShardWriter:
     """The background writer of this job's shard, its per-sample shapes taken from the target layer and the settings."""
     h, w = target.shape[-2:]
@@ -545,10 +624,13 @@ def _shard_writer(
         copy=False,
         shapes=shapes,
         fields=settings.fields,
+        codecs=spec.codec,
         compression=spec.compression,
+        write_threads=spec.write_threads or default_write_threads(spec.num_threads),
         attrs=attrs,
         expected=expected,
         overwrite=True,
+        claim=claim,
     )
 
 
@@ -569,19 +651,24 @@ def _stream(
 ) -> tuple[int, LoopStats]:
     """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
     many the loader rejected (files that failed to decode) and the loop's figures. Batch k+1 loads (``Prefetcher``)
-    and batch k-1 is written while batch k computes."""
+    and batch k-1 is written while batch k computes. A stop signal lets the batch in flight finish, then discards
+    the shard (``enhancer.stopping``)."""
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
     prefetcher = Prefetcher(loader, depth=2, prepare=batch_preparer(paths, sources, boxes))
     bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
-    with writer, prefetcher, bar:
+    codecs = writer.codecs
+    with writer, prefetcher, bar, batch_boundaries() as stop_point:
         writer.add_rejected(_rows(rejected))
         stats = write_batches(
             prefetcher,
-            lambda batch, extra: process_batch(model, batch, extra, settings, lungs=lungs, target=target),
+            lambda batch, extra: process_batch(
+                model, batch, extra, settings, lungs=lungs, target=target, codecs=codecs
+            ),
             writer,
             bar.update,
             started=started,
+            stop_point=stop_point,
         )
         decode_rejected = list(loader.rejected)
         writer.add_rejected(_rows(decode_rejected))

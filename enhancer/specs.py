@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,8 +29,16 @@ ENV_PREFIX = "ENHANCER_"
 REQUIRED = "<required>"  # marker default of required string fields, so that any table can omit them until merged
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
 LOADERS = ("auto", "dali", "torch")
-COMPRESSIONS = ("gzip", "lzf", "none")
-VALIDATE_LEVELS = ("header", "full")
+COMPRESSIONS = ("auto", "gzip", "lzf", "none")  # codec of the fields without their own; auto: measured defaults
+# Fields that take a codec, and those that may be stored as JPEG: the store's own lists (enhancer.store.codecs),
+# repeated here because specs must not import the store; tests/test_store_codecs.py keeps them equal.
+CODEC_FIELDS = (
+    *("index", "label", "pred", "prob", "orig_size", "image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
+    *("lung_mask", "lung_energy", "lung_hit", "box_energy", "box_hit", "box_iou"),
+)
+JPEG_FIELDS = ("image", "crop", "enhanced")
+_CODEC_NAME = re.compile(r"^(none|lzf|gzip[1-9]?|jpeg(100|[1-9][0-9]?)?)$")
+VALIDATE_LEVELS = ("auto", "header", "full")
 IMAGE_FIELDS = ("enhanced", "crop", "image")  # the image fields of an enhanced dataset a model can train on
 
 
@@ -79,8 +88,16 @@ class EnhanceSpec:
     amp: bool = False  # bf16 autocast for the trunk on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the trunk: faster batches after a compile at start (cached on disk)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
-    compression: str = "gzip"  # gzip | lzf | none
-    validate: str = "header"  # header | full: how deeply files are checked before decoding
+    codec: dict[str, str] = field(default_factory=dict)  # [enhance.codec] field = "none" | "gzip1".."gzip9" | "jpeg95"
+    compression: str = "auto"  # codec of the fields not in `codec`: auto (measured defaults) | gzip | lzf | none
+    write_threads: int | None = None  # threads compressing shard chunks; None: the cores left after num_threads
+    # auto | header | full: how deeply files are checked before the loader decodes them. auto: full (a PIL decode)
+    # when DALI or nvJPEG decode (they crash the process on some corrupt files), header when PIL decodes anyway
+    validate: str = "auto"
+    # larger images are rejected (too_large) from their header, never allocated; = data.validate.DEFAULT_MAX_PIXELS
+    max_pixels: int = 10_000 * 10_000
+    decode_timeout_s: float = 60.0  # a file whose decoding takes longer is rejected (timeout); 0: no limit
+    force_claim: bool = False  # take over a shard's claim that another process seems to hold (store.claims)
     source_size: int = 512  # resolution of the crop source (crops are cut from it, not from the model input)
     queue_size: int = 4  # batches waiting for the writer thread
     lung_model: str | None = None  # lung-segmentation U-Net (VGG11 encoder) state_dict: lung_mask + lung metrics
@@ -101,13 +118,19 @@ class EnhanceSpec:
             raise SpecError("lung_mask_in_enhanced needs lung_model (--lung-model FILE, the lung U-Net's weights)")
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
-        for name in ("batch_size", "source_size", "queue_size"):
+        for name in ("batch_size", "source_size", "queue_size", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_timeout_s < 0:
+            raise SpecError(f"decode_timeout_s must be >= 0 (0: no limit), got {self.decode_timeout_s}")
         if self.num_threads < 0:
             raise SpecError(f"num_threads must be >= 0, got {self.num_threads}")
         if self.num_classes is not None and self.num_classes < 1:
             raise SpecError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.write_threads is not None and self.write_threads < 1:
+            raise SpecError(f"write_threads must be >= 1 (or left out: the cores left), got {self.write_threads}")
+        for name, codec in self.codec.items():
+            check_codec(name, codec)
         _check_choices(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +284,17 @@ class CycleSpec:
         return to_plain(self)
 
 
+def check_codec(field_name: str, codec: str) -> None:
+    """A ``codec`` entry: a field that has a codec, and a codec that field accepts."""
+    if field_name not in CODEC_FIELDS:
+        raise SpecError(f"codec.{field_name}: no such field; fields with a codec: {', '.join(CODEC_FIELDS)}")
+    jpeg = field_name in JPEG_FIELDS
+    if not isinstance(codec, str) or not _CODEC_NAME.match(codec) or (codec.startswith("jpeg") and not jpeg):
+        choices = "none, gzip, gzip1..gzip9, lzf" + (", jpeg, jpeg1..jpeg100" if jpeg else "")
+        only = "" if jpeg else f" (jpeg only for {', '.join(JPEG_FIELDS)})"
+        raise SpecError(f"codec.{field_name} = {codec!r} is not valid; choose one of {choices}{only}")
+
+
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise SpecError(f"{name} = {value!r} is not valid; choose one of {', '.join(valid)}")
@@ -304,6 +338,10 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             except SpecError as exc:
                 errors.append(str(exc))
         raise SpecError(errors[0] if len(errors) == 1 else f"{key} ({source}): {value!r} fits none of {hint}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{key} ({source}) must be a table of name = value pairs, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise SpecError(f"{key} ({source}) must be a table of settings, got {value!r}")
@@ -442,17 +480,18 @@ def dump_toml(table: str, values: Mapping[str, Any]) -> str:
     """A minimal TOML writer for resolved specs (strings, numbers, booleans, lists, nested tables)."""
     scalars = {k: v for k, v in values.items() if not isinstance(v, Mapping) and v is not None}
     tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
-    lines = [f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    lines = [f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
     for name, sub in tables.items():
         lines += ["", dump_toml(f"{table}.{name}", sub)]
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One value as TOML writes it (and as ``--set key=VALUE`` parses it back): ``"text"``, ``32``, ``[224, 224]``."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return repr(v)

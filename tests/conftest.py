@@ -2,6 +2,7 @@
 
 The rule: under ``CI=true`` a skipped test fails (CI must run everything it can), except tests marked ``gpu``, which
 skip wherever there is no CUDA device. Locally a skip says how to get what is missing (``tests/tools/missing.py``).
+Long variants (marked ``extended``) are deselected unless ``--runslow`` is given.
 """
 
 from __future__ import annotations
@@ -16,7 +17,21 @@ pytest_plugins = ["pytester"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runslow",
+        action="store_true",
+        help="also run the long variants (marked extended, e.g. the large fuzz); without it they are deselected",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Deselected, not skipped: under CI=true a skip fails, and the long variants are a choice, not a missing tool.
+    if not config.getoption("--runslow"):
+        extended = [item for item in items if item.get_closest_marker("extended")]
+        if extended:
+            config.hook.pytest_deselected(items=extended)
+            items[:] = [item for item in items if not item.get_closest_marker("extended")]
     import torch
 
     if torch.cuda.is_available():

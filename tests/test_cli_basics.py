@@ -44,7 +44,14 @@ SPEC_COMMANDS = {
     "cycle": CycleSpec,
     "audit": AuditSpec,
 }
-NOT_SPEC_FIELDS = {"job_file", "settings", "progress", "workers", "help"}  # options of the command itself
+NOT_SPEC_FIELDS = {
+    "job_file",
+    "settings",
+    "progress",
+    "workers",
+    "help",
+    "codecs",
+}  # the command's own (codecs: --codec FIELD=CODEC -> [codec])
 INPUT_OPTIONS = {"input_size", "mean", "std", "channels"}  # cli/model_options.py: fields of the nested [input] table
 
 

@@ -37,6 +37,7 @@ FILE_NAMES: dict[str, dict[str, str]] = {
         "shard file names": r"shard-[\d*{]",
         ".h5": r"\.h5\b",
         ".tmp": r"\.tmp\b",
+        ".lock": r"\.lock\b",
         "logs/": r"(^|/)logs(/|$)",
         "worker-K.log": r"worker-.*\.log",
         "SLURM log patterns": r"-%[Aj]",

@@ -153,3 +153,48 @@ def test_too_large_depends_on_the_limit(messy: tuple[Path, dict[str, str | None]
 def test_validate_rejects_unknown_level() -> None:
     with pytest.raises(ValueError, match="header, full"):
         validate([], level="deep")
+
+
+def _jpeg_variants(arr: np.ndarray) -> dict[str, bytes]:
+    rgb = np.stack([arr, np.roll(arr, 3, axis=1), np.roll(arr, 5, axis=0)], axis=-1)
+    out = {}
+    for name, im, kw in (
+        ("grey", Image.fromarray(arr), {}),
+        ("progressive", Image.fromarray(arr), {"progressive": True}),
+        ("optimised colour", Image.fromarray(rgb), {"optimize": True, "subsampling": 2}),
+        ("progressive colour", Image.fromarray(rgb), {"progressive": True, "optimize": True}),
+        ("cmyk", Image.fromarray(rgb).convert("CMYK"), {}),
+        ("restart markers", Image.fromarray(arr), {"restart_marker_blocks": 2}),
+    ):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90, **kw)
+        out[name] = buf.getvalue()
+    return out
+
+
+def test_well_formed_jpegs_pass_the_strict_structure_check(kermany_dir: Path) -> None:
+    from enhancer.data.jpeg_structure import jpeg_structure_problem
+
+    for path in sorted(kermany_dir.rglob("*.jpeg")):
+        assert jpeg_structure_problem(path.read_bytes()) is None, path.name
+    for name, data in _jpeg_variants(_grey(64, 80, 9)).items():
+        assert jpeg_structure_problem(data) is None, name
+
+
+def test_full_validation_refuses_the_jpegs_libjpeg_repairs_and_dali_crashes_on(tmp_path: Path) -> None:
+    # Both found by tests/fuzz: DALI 2.4 crashed the process (SIGSEGV) on them in batches of 32 or more.
+    good = _jpeg(_grey(64, 80, 3))
+    dht = good.find(b"\xff\xc4\x00\xb5\x10")  # the AC Huffman table
+    flipped = bytearray(good)
+    flipped[dht] = 0x7F  # one bit: the marker is gone, its table becomes junk that libjpeg skips
+    zeroed = bytearray(good)
+    zeroed[dht + 31 : dht + 31 + 534] = bytes(534)  # symbols zeroed: a table listing one symbol many times
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "flipped.jpeg").write_bytes(bytes(flipped))
+    (tmp_path / "c" / "zeroed.jpeg").write_bytes(bytes(zeroed))
+    samples = scan(tmp_path).samples
+    assert validate(samples, level="header")[1] == []  # the header and the end marker look fine
+    rejected = {os.path.basename(r.path): (r.code, r.message) for r in validate(samples, level="full")[1]}
+    junk = f"corrupt JPEG structure: junk bytes between marker segments at offset {dht}"
+    assert rejected["flipped.jpeg"] == ("decode_error", junk)
+    assert rejected["zeroed.jpeg"][0] == "decode_error"

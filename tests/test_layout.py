@@ -83,7 +83,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-LEAVES = {"enhancer", "specs", "settings", "preprocessing", "hashing", "provenance", "atomic"}  # usable from all
+LEAVES = {
+    "enhancer",
+    "specs",
+    "settings",
+    "preprocessing",
+    "hashing",
+    "provenance",
+    "atomic",
+    "stopping",
+}  # usable from all
 WORKING = {"data", "models", "explain", "store"}
 MAY_IMPORT = {  # docs/architecture.md, "Packages"
     "cli": {"run", "enhance", "cycle", "train", "report", "audit"} | WORKING | LEAVES,

@@ -32,7 +32,10 @@ def test_merge_three_shards(tmp_path: Path) -> None:
     assert on_disk["class_names"] == CLASS_NAMES
     assert list(on_disk["fields"]) == list(FIELDS_ALL)
     assert on_disk["fields"]["enhanced"]["shape"] == [None, 1, 8, 8] and on_disk["fields"]["label"]["dtype"] == "int16"
-    assert on_disk["filters"] == {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    assert on_disk["filters"] == {
+        name: "gzip1" if name == "heatmap" else "none" for name in FIELDS_ALL if name != "path"
+    }
+    assert on_disk["fields"]["heatmap"]["codec"] == "gzip1" and on_disk["fields"]["path"]["codec"] == "none"
     written = [i for i in range(10) if i not in (3, 7)]
     assert sum(on_disk["class_counts"]["label"].values()) == 8
     assert on_disk["class_counts"]["label"] == {

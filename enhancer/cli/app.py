@@ -1,11 +1,13 @@
 """The ``enhancer`` click group and what every command shares: errors with exit code 2, ``--set`` overrides, SLURM
-ids for provenance, clean stops on SIGTERM/SIGUSR1. The commands live in the ``*_commands`` modules beside this one.
+ids for provenance, clean stops on SIGTERM/SIGUSR1/SIGINT. The commands live in the ``*_commands`` modules beside
+this one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -23,25 +25,43 @@ class EnhancerError(click.ClickException):
     exit_code = 2
 
 
+# The library's input errors (their messages carry the file and the fix), as (module, class).
+USER_ERRORS = (
+    ("enhancer.data.errors", "DataError"),
+    ("enhancer.data.samples", "FetchError"),
+    ("enhancer.models.checkpoints", "CheckpointError"),
+    ("enhancer.models.zoo", "ModelError"),
+    ("enhancer.specs", "SpecError"),
+    ("enhancer.store.schema", "StoreError"),
+    ("enhancer.train.distributed", "DistributedError"),
+)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of ``USER_ERRORS``. Looked up among the modules already loaded (an exception of a
+    module never imported cannot occur), so that reporting an error never imports torch."""
+    for module, name in USER_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
 def reports_errors(func: F) -> F:
     """Turn the library's input errors (which carry the file and the fix in their message) into exit code 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from enhancer.data import DataError
-        from enhancer.data.samples import FetchError
-        from enhancer.models.checkpoints import CheckpointError
-        from enhancer.models.zoo import ModelError
-        from enhancer.specs import SpecError
-        from enhancer.store import StoreError
-        from enhancer.train.distributed import DistributedError
-
         try:
             return func(*args, **kwargs)
-        except (CheckpointError, ModelError, SpecError, StoreError, FetchError, DataError, DistributedError) as exc:
-            raise EnhancerError(str(exc)) from None
-        except OSError as exc:  # a full disk, a permission: name the file, no traceback
-            raise EnhancerError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if is_user_error(exc):
+                raise EnhancerError(str(exc)) from None
+            if isinstance(exc, OSError):  # a full disk, a permission: name the file, no traceback
+                raise EnhancerError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,13 +102,16 @@ def slurm_ids() -> dict[str, Any]:
 
 
 def stoppable(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``func`` with SIGTERM/SIGUSR1 (SLURM's cancel, requeue and time-limit warning) turned into a clean stop:
-    the shard being written is discarded, never completed; exit code 128 + the signal."""
+    """Run ``func`` with SIGTERM/SIGUSR1 (SLURM's cancel, requeue and time-limit warning; a plain ``kill``) and SIGINT
+    (Ctrl-C) turned into a clean stop: the enhance loop finishes the batch in flight, then the shard being written is
+    discarded, never completed; exit code 128 + the signal. A second signal stops at once."""
+    import signal
+
     from enhancer.run.jobs import Preempted, stop_on_signals
     from enhancer.run.launch import WorkerError
 
     try:
-        with stop_on_signals():
+        with stop_on_signals((signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)):
             return func(*args, **kwargs)
     except Preempted as exc:
         click.echo(

@@ -28,9 +28,15 @@ def merge(out_dir: str) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--repair-list",
+    is_flag=True,
+    help="Print the ids of the shards to rerun on stdout, one per line, and on stderr the commands that rewrite them.",
+)
 @reports_errors
-def verify(out_dir: str) -> None:
-    """Deep check of an enhanced dataset: shard hashes against the manifest, every chunk readable, invariants.
+def verify(out_dir: str, repair_list: bool) -> None:
+    """Deep check of an enhanced dataset: shard hashes against the manifest, every chunk readable, every sample's
+    checksum (a damaged byte is named by shard, sample and field), invariants.
 
     Exit code 0 when everything holds, 1 with the list of problems otherwise.
     """
@@ -39,9 +45,24 @@ def verify(out_dir: str) -> None:
     report = verify_dataset(out_dir)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
+    if repair_list:
+        _print_repairs(out_dir, sorted(report.rerun))
     if not report.ok:
         raise SystemExit(1)
-    click.echo(f"{out_dir}: ok ({report.n_samples} samples checked)")
+    click.echo(f"{out_dir}: ok ({report.n_samples} samples checked)", err=repair_list)
+
+
+def _print_repairs(out_dir: str, shard_ids: list[int]) -> None:
+    """The shard ids to rerun (stdout) and the commands that do it (stderr)."""
+    from enhancer.cli.repair import repair_commands
+    from enhancer.store import Manifest
+
+    for i in shard_ids:
+        click.echo(str(i))
+    if shard_ids:
+        click.echo(f"{len(shard_ids)} shard(s) to rerun; to rewrite them and merge again:", err=True)
+        for line in repair_commands(out_dir, Manifest.load(out_dir), shard_ids):
+            click.echo(f"  {line}", err=True)
 
 
 @main.command()

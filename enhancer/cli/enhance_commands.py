@@ -52,8 +52,43 @@ from enhancer.specs import EnhanceSpec
     "fields",
     "Optional fields to store, comma-separated, or 'all'; index, label, pred, prob, path, orig_size are always stored.",
 )
-@spec_option(EnhanceSpec, "compression", "HDF5 compression.")
-@spec_option(EnhanceSpec, "validate", "File check before decoding.")
+@click.option(
+    "--codec",
+    "codecs",
+    multiple=True,
+    metavar="FIELD=CODEC",
+    help="How a field is stored, repeatable: none, gzip1..gzip9 (any HDF5 reader), lzf (h5py only), or jpeg / "
+    "jpeg1..jpeg100 for image, crop, enhanced (JPEG bytes); e.g. --codec image=jpeg95.  "
+    "[default: heatmap=gzip1, lung_mask=gzip1, the rest none]",
+)
+@spec_option(
+    EnhanceSpec,
+    "compression",
+    "Codec of every field without a --codec; auto: the measured per-field defaults (README, Storage codecs).",
+)
+@spec_option(
+    EnhanceSpec,
+    "write_threads",
+    "Threads compressing the shard's chunks; none: the CPU cores left after --num-threads (at least 1).",
+)
+@spec_option(
+    EnhanceSpec,
+    "validate",
+    "File check before decoding; auto: full (a PIL decode of every file) when DALI or nvJPEG decode, which crash on "
+    "some corrupt files, header when PIL decodes anyway.",
+)
+@spec_option(
+    EnhanceSpec,
+    "max_pixels",
+    "Reject images with more pixels, from their header, before any is allocated (decompression bombs).",
+)
+@spec_option(EnhanceSpec, "decode_timeout_s", "Reject a file whose decoding takes longer (seconds; 0: no limit).")
+@spec_option(
+    EnhanceSpec,
+    "force_claim",
+    "Take over the shard's claim even though another process seems to hold it (a crashed host whose lock the file "
+    "server keeps); never while that job may still run.",
+)
 @spec_option(
     EnhanceSpec,
     "lung_model",
@@ -87,15 +122,21 @@ from enhancer.specs import EnhanceSpec
     "CPU); worker k writes shards k, k+N, ... of --num-shards (default N). Logs in OUT/logs/.",
 )
 @reports_errors
-def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, workers: int, **options: Any) -> None:
+def enhance(
+    job_file: str | None,
+    settings: tuple[str, ...],
+    codecs: tuple[str, ...],
+    progress: bool,
+    workers: int,
+    **options: Any,
+) -> None:
     """Write Grad-CAM heatmaps, crops and enhanced images of every image into an HDF5 shard.
 
     Settings come from (highest first) the command line, ENHANCER_* environment variables (ENHANCER_BATCH_SIZE,
     ENHANCER_CAM__SCORE, ...), the job file, then the defaults. A complete shard is skipped when run again; an
-    interrupted one (also by SIGTERM or SIGUSR1: a clean stop) is rewritten. After all shards: `enhancer merge OUT`.
+    interrupted one (also by SIGTERM, SIGINT or SIGUSR1: a clean stop after the current batch) is rewritten. A second
+    job on the same shard exits with code 2, naming the one writing it. After all shards: `enhancer merge OUT`.
     """
-    from enhancer.data.samples import cache_dir
-    from enhancer.enhance import run_enhance
     from enhancer.specs import load_spec
 
     chosen = model_overrides(options)
@@ -103,9 +144,11 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
         EnhanceSpec,
         job_file,
         table="enhance" if job_file else None,
-        overrides={**chosen, **overrides(options, settings)},
+        overrides={**chosen, **overrides(options, settings), **codec_overrides(codecs)},
     )
     if spec.compile:  # torch's compiled-kernel cache in the user cache (kept), not /tmp; workers inherit it
+        from enhancer.data.samples import cache_dir
+
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torch-compile"))
     if workers > 1:
         import dataclasses
@@ -118,8 +161,28 @@ def enhance(job_file: str | None, settings: tuple[str, ...], progress: bool, wor
         for line in stoppable(run_enhance_workers, spec, workers):
             click.echo(line)
         return
-    summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=slurm_ids())
+    from enhancer.store.claims import ShardClaim
+    from enhancer.store.layout import shard_path
+
+    ids = slurm_ids()
+    final = shard_path(spec.out, spec.shard_id, spec.num_shards)
+    # Claimed before torch is imported: a second job on this shard is refused within a second, naming the first.
+    with ShardClaim(final, job=ids.get("slurm"), force=spec.force_claim) as claim:
+        from enhancer.enhance import run_enhance
+
+        summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())
+
+
+def codec_overrides(items: tuple[str, ...]) -> dict[str, str]:
+    """``--codec image=jpeg95`` -> ``{"codec.image": "jpeg95"}`` (the spec checks field and codec)."""
+    found = {}
+    for item in items:
+        name, sep, codec = item.partition("=")
+        if not sep or not name.strip() or not codec.strip():
+            raise click.BadParameter(f"{item!r} is not FIELD=CODEC (e.g. image=jpeg95)", param_hint="--codec")
+        found[f"codec.{name.strip()}"] = codec.strip()
+    return found
 
 
 @main.command("run")

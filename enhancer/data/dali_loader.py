@@ -15,6 +15,8 @@ DALI facts this relies on (DALI 2.4): the decoder must be asked for GRAY explici
 greyscale JPEGs); 16-bit PNG / TIFF are scaled to 8 bit as ``round(v / 257)``; PNG decoding stays on the CPU even
 with ``device="mixed"``; a corrupt file fails its whole batch (no skip option) but the error is reported for that
 iteration and the pipeline goes on, so the loader re-decodes just that batch in halves until the bad file is alone.
+Some corrupt JPEGs crash the process instead (SIGSEGV; e.g. a zeroed Huffman table in a batch of 32 or more, found
+by tests/fuzz): the enhance job lets only files that PIL has decoded reach DALI (``validate = "auto"``).
 Paths that are not valid UTF-8 cannot cross into DALI: they are read through symlinks with safe names.
 
 On a GPU, DALI decodes with nvJPEG and resizes on the device (parity with the seed's PIL preprocessing: ~0.1/255

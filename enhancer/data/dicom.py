@@ -96,9 +96,9 @@ def check_dicom_header(path: str, *, max_pixels: int) -> tuple[str, str] | None:
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        problem = _header_problem(ds, max_pixels)  # inside: pydicom parses an element when it is first read
     except Exception as exc:
         return "not_image", f"not a readable DICOM file ({str(exc).strip()[:300] or type(exc).__name__})"
-    problem = _header_problem(ds, max_pixels)
     return (problem.code, str(problem)) if problem else None
 
 
@@ -155,7 +155,9 @@ def load_dicom_grey(path: str, *, max_pixels: int | None = None) -> Image.Image:
     """Decode the DICOM file at ``path`` to an 8-bit grey PIL image; raises ``DicomError`` (with a rejection code)
     or the reading error."""
     pydicom = _pydicom()
-    ds = pydicom.dcmread(path)
+    # Elements over 64 KB (the pixel data) are read only when used: a header declaring a huge image is refused
+    # before its pixels are read.
+    ds = pydicom.dcmread(path, defer_size=65536)
     problem = _header_problem(ds, max_pixels or 10_000 * 10_000)
     if problem:
         raise problem

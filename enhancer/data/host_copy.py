@@ -6,7 +6,7 @@ Usage::
     ...                                    # queue the batch's work
     pending = copy_to_host(outputs, started=started)   # starts the copies; returns at once
     ...                                    # queue the next batch's work
-    arrays = pending.wait()                # numpy arrays, valid once the batch's event has passed
+    arrays = pending.wait()                # numpy arrays, valid once the batch's event has passed (then ``finish``)
     pending.device_seconds                 # device time from ``started`` to the end of the copies (0.0 off CUDA)
 
 On CUDA every tensor is copied with ``non_blocking=True`` into a pinned host buffer (PyTorch's caching host allocator
@@ -17,7 +17,7 @@ tensors are the results already: ``wait`` returns their numpy views and there is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,11 +38,16 @@ class PendingHostCopy:
     """Host arrays whose copies may still be running; ``wait`` returns them once they are done."""
 
     def __init__(
-        self, arrays: dict[str, Any], event: torch.cuda.Event | None, started: torch.cuda.Event | None = None
+        self,
+        arrays: dict[str, Any],
+        event: torch.cuda.Event | None,
+        started: torch.cuda.Event | None = None,
+        finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self._arrays = arrays
         self._event = event
         self._started = started
+        self._finish = finish
         self.device_seconds = 0.0  # set by ``wait``: the batch's device time, its compute and its copies out
 
     def ready(self) -> bool:
@@ -55,6 +60,8 @@ class PendingHostCopy:
             if self._started is not None:
                 self.device_seconds = self._started.elapsed_time(self._event) / 1000
             self._event = self._started = None
+        if self._finish is not None:
+            self._arrays, self._finish = self._finish(self._arrays), None
         return self._arrays
 
 
@@ -63,9 +70,11 @@ def copy_to_host(
     extra: Mapping[str, Any] | None = None,
     *,
     started: torch.cuda.Event | None = None,
+    finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> PendingHostCopy:
     """Start copying ``tensors`` (any devices) to numpy arrays; ``extra`` values (e.g. file names) pass through.
-    ``started``: a ``device_mark`` from before the batch's work, to time it on the device."""
+    ``started``: a ``device_mark`` from before the batch's work, to time it on the device. ``finish(arrays)``, when
+    given, makes what ``wait`` returns from the finished arrays (e.g. splitting one flat byte copy into samples)."""
     arrays: dict[str, Any] = {}
     streams: dict[torch.device, torch.cuda.Stream] = {}
     for name, t in tensors.items():
@@ -84,4 +93,4 @@ def copy_to_host(
         (stream,) = streams.values()
         event = torch.cuda.Event(enable_timing=started is not None)
         event.record(stream)
-    return PendingHostCopy({**arrays, **(extra or {})}, event, started)
+    return PendingHostCopy({**arrays, **(extra or {})}, event, started, finish)

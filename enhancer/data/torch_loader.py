@@ -12,12 +12,17 @@ GPU (``torch-gpu``, the path for GPU machines without DALI): workers only read t
 the files nvJPEG cannot take: non-JPEG, CMYK); the main process decodes the JPEGs of a batch in one
 ``torchvision.io.decode_jpeg(device="cuda")`` call and resizes on the GPU (bilinear, antialiased). A file that fails
 to decode is recorded in ``loader.rejected`` and its batch-mates go on. DICOM files (``.dcm``) are decoded on the CPU
-with pydicom in both modes (``enhancer.data.dicom``); this is the only loader that reads them.
+with pydicom in both modes (``enhancer.data.dicom``); this is the only loader that reads them. PIL decodes under
+``max_pixels`` and ``timeout_s`` (``enhancer.data.decode``): a file over either is rejected, the rest go on.
+
+The workers ignore SIGINT and SIGTERM: Ctrl-C and SLURM signal the whole process group, and the main process
+decides how to stop (it finishes its batch, then shuts the workers down), so a worker never dies under it.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from enhancer.data.batch import Batch, Loader, normalise, resize_grey
-from enhancer.data.decode import classify_decode_error, load_grey, to_grey
+from enhancer.data.decode import classify_decode_error, load_grey, open_image, to_grey
 from enhancer.data.dicom import is_dicom_path
 from enhancer.data.scan import Sample
 from enhancer.data.validate import Rejection
@@ -41,8 +46,8 @@ _NVJPEG_MODES = frozenset({"L", "RGB"})  # JPEG colour spaces nvJPEG decodes rel
 class _CpuDataset(Dataset):
     """Item = dict with ``model``/``source`` uint8 HxW arrays, or ``error`` = (code, message)."""
 
-    def __init__(self, samples: Sequence[Sample], size: tuple[int, int], source_size: int) -> None:
-        self.samples, self.size, self.source_size = list(samples), size, source_size
+    def __init__(self, samples: Sequence[Sample], size: tuple[int, int], source_size: int, limits: dict) -> None:
+        self.samples, self.size, self.source_size, self.limits = list(samples), size, source_size, limits
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,7 +55,7 @@ class _CpuDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         try:
-            grey = load_grey(s.path)
+            grey = load_grey(s.path, **self.limits)
             height, width = self.size
             model = np.array(grey.resize((width, height), Image.BILINEAR))
             source = np.array(grey.resize((self.source_size, self.source_size), Image.BILINEAR))
@@ -62,8 +67,8 @@ class _CpuDataset(Dataset):
 class _GpuDataset(Dataset):
     """Item = dict with ``jpeg`` (encoded bytes) or ``grey`` (CPU-decoded HxW uint8), or ``error``."""
 
-    def __init__(self, samples: Sequence[Sample]) -> None:
-        self.samples = list(samples)
+    def __init__(self, samples: Sequence[Sample], limits: dict) -> None:
+        self.samples, self.limits = list(samples), limits
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -72,9 +77,9 @@ class _GpuDataset(Dataset):
         s = self.samples[i]
         try:
             if is_dicom_path(s.path):
-                grey = load_grey(s.path)
+                grey = load_grey(s.path, **self.limits)
                 return {"i": i, "grey": torch.from_numpy(np.asarray(grey).copy()), "orig": (grey.height, grey.width)}
-            with Image.open(s.path) as im:
+            with open_image(s.path, **self.limits) as im:
                 if im.format == "JPEG" and im.mode in _NVJPEG_MODES:
                     with open(s.path, "rb") as fh:
                         data = np.frombuffer(fh.read(), dtype=np.uint8).copy()
@@ -87,6 +92,12 @@ class _GpuDataset(Dataset):
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker start: leave SIGINT / SIGTERM to the main process (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TorchLoader(Loader):
@@ -102,12 +113,15 @@ class TorchLoader(Loader):
         num_threads: int = 2,
         source_size: int = 512,
         dtype: torch.dtype = torch.float32,
+        max_pixels: int | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         super().__init__(
             samples, preprocessing, batch_size=batch_size, device=device, source_size=source_size, dtype=dtype
         )
         self.name = "torch-gpu" if self.device.type == "cuda" else "torch-cpu"
         self.num_workers = max(0, num_threads)
+        self.limits = {"max_pixels": max_pixels, "timeout_s": timeout_s}
 
     def _data_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
@@ -118,6 +132,7 @@ class TorchLoader(Loader):
             num_workers=self.num_workers,
             collate_fn=_collate,
             prefetch_factor=2 if self.num_workers else None,
+            worker_init_fn=_ignore_stop_signals if self.num_workers else None,
         )
 
     def _reject(self, sample: Sample, code: str, message: str) -> None:
@@ -167,7 +182,7 @@ class TorchLoader(Loader):
             except Exception as exc:
                 gpu_error = exc
             try:
-                grey = np.array(load_grey(s.path))
+                grey = np.array(load_grey(s.path, **self.limits))
                 out.append(torch.from_numpy(grey).to(self.device).unsqueeze(0))
             except Exception as exc:
                 log.debug("%s: GPU decode of %s failed too: %s", self.name, s.path, gpu_error)
@@ -204,9 +219,9 @@ class TorchLoader(Loader):
         self.n_loaded = 0
         gpu = self.device.type == "cuda"
         if gpu:
-            dataset: Dataset = _GpuDataset(self.samples)
+            dataset: Dataset = _GpuDataset(self.samples, self.limits)
         else:
-            dataset = _CpuDataset(self.samples, tuple(self.preprocessing.size), self.source_size)
+            dataset = _CpuDataset(self.samples, tuple(self.preprocessing.size), self.source_size, self.limits)
         for items in self._data_loader(dataset):
             rows = self._gpu_rows(items) if gpu else self._cpu_rows(items)
             if rows:

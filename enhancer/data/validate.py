@@ -13,7 +13,10 @@ Levels:
   a regular file), ``empty`` (zero bytes), ``not_image`` (no image signature), ``unsupported`` (an image format or
   pixel mode the decoders do not handle, e.g. GIF or 32-bit float TIFF), ``too_large`` (more than ``max_pixels``
   pixels: decompression-bomb guard), ``truncated`` (a JPEG without its end marker or a PNG without ``IEND``).
-- ``full`` additionally decodes every file with PIL: ``truncated`` / ``decode_error``.
+- ``full`` additionally decodes every file with PIL: ``truncated`` / ``decode_error``, or ``timeout`` when one
+  file takes longer than ``timeout_s`` (``enhancer.data.decode``: the decode stops at its next read); a JPEG must
+  also have a strictly valid structure (``enhancer.data.jpeg_structure``), since what libjpeg repairs with a
+  warning can crash DALI.
 
 RGB, RGBA, CMYK, palette and 16-bit inputs are accepted: the loaders convert them to 8-bit grey. DICOM files
 (``.dcm``) are checked from their header with pydicom (``full``: decoded too); a DICOM file without the suffix is
@@ -39,10 +42,12 @@ from enhancer.data.decode import (
     SIXTEEN_BIT_MODES,
     SUPPORTED_FORMATS,
     classify_decode_error,
+    open_image,
     to_grey,
 )
 from enhancer.data.dicom import check_dicom_header, has_dicom_magic, is_dicom_path, load_dicom_grey
 from enhancer.data.errors import DataError
+from enhancer.data.jpeg_structure import jpeg_structure_problem
 from enhancer.data.scan import Sample
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,7 @@ REJECTION_CODES = (
     "too_large",
     "truncated",
     "decode_error",
+    "timeout",
 )
 DEFAULT_MAX_PIXELS = 10_000 * 10_000  # X-rays are at most ~4k x 4k; PIL itself refuses > ~179 M pixels
 _TAIL_BYTES = 4096  # how far from the end an end marker may sit (some writers pad or append metadata)
@@ -82,8 +88,11 @@ def _tail(path: str, size: int) -> bytes:
         return fh.read()
 
 
-def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS) -> Rejection | None:
-    """Validate one sample; ``None`` when it is accepted."""
+def check_sample(
+    sample: Sample, *, level: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS, timeout_s: float | None = None
+) -> Rejection | None:
+    """Validate one sample; ``None`` when it is accepted. ``timeout_s`` bounds the time it may take (None: no
+    limit)."""
     path = sample.path
     try:
         st = os.stat(path)
@@ -98,7 +107,7 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
     if is_dicom_path(path):
         return _check_dicom(sample, level, max_pixels)
     try:
-        with Image.open(path) as im:
+        with open_image(path, timeout_s=timeout_s) as im:
             fmt, mode, (width, height) = im.format, im.mode, im.size
             if fmt not in SUPPORTED_FORMATS:
                 return Rejection.of(
@@ -118,7 +127,7 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
             if fmt == "PNG" and b"IEND" not in tail:
                 return Rejection.of(sample, "truncated", "PNG IEND chunk missing (file cut short)")
             if level == "full":
-                to_grey(im)
+                return _decode_fully(sample, im)
     except UnidentifiedImageError:
         if has_dicom_magic(path):
             return Rejection.of(sample, "unsupported", "a DICOM file without the .dcm suffix; rename it to *.dcm")
@@ -126,6 +135,18 @@ def check_sample(sample: Sample, *, level: str = "header", max_pixels: int = DEF
     except Exception as exc:
         code, message = classify_decode_error(exc, path)
         return Rejection.of(sample, code, message)
+    return None
+
+
+def _decode_fully(sample: Sample, im: Image.Image) -> Rejection | None:
+    """``full``: decode with PIL, and hold a JPEG to a strict structure (``enhancer.data.jpeg_structure``: what
+    libjpeg repairs with a warning can crash DALI)."""
+    to_grey(im)
+    if im.format == "JPEG":
+        with open(sample.path, "rb") as fh:
+            problem = jpeg_structure_problem(fh.read())
+        if problem:
+            return Rejection.of(sample, "decode_error", f"corrupt JPEG structure: {problem}")
     return None
 
 
@@ -148,8 +169,10 @@ def validate(
     level: str = "header",
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float | None = None,
 ) -> tuple[list[Sample], list[Rejection]]:
-    """Check every sample in parallel threads; returns ``(accepted, rejected)``, both in input order.
+    """Check every sample in parallel threads; returns ``(accepted, rejected)``, both in input order. ``timeout_s``:
+    the time one file may take (None: no limit).
 
     ``len(accepted) + len(rejected) == len(samples)`` always holds.
     """
@@ -160,7 +183,10 @@ def validate(
     samples = list(samples)
 
     def one(s: Sample) -> Rejection | None:
-        return check_sample(s, level=level, max_pixels=max_pixels)
+        try:
+            return check_sample(s, level=level, max_pixels=max_pixels, timeout_s=timeout_s)
+        except Exception as exc:  # a failure no rule foresaw (a parser's own bug): the file is rejected, not the job
+            return Rejection.of(s, *classify_decode_error(exc, s.path))
 
     if workers == 1 or len(samples) < 2:
         results = [one(s) for s in samples]

@@ -37,6 +37,8 @@ from enhancer.specs import (
     read_job_file,
     to_plain,
 )
+from enhancer.stopping import Preempted as Preempted  # re-exported: where the command line catches it
+from enhancer.stopping import request_stop
 from enhancer.store.layout import LOGS
 
 SLURM_TABLE = "slurm"
@@ -196,26 +198,19 @@ def run_job(job: Job, context: RunContext | None = None) -> list[str]:
 # -- stopping cleanly -------------------------------------------------------------------------------------------
 
 
-class Preempted(BaseException):
-    """The process was asked to stop (SIGTERM from a cancel/requeue, SIGUSR1 before the time limit).
-
-    A ``BaseException`` like ``KeyboardInterrupt``: the loaders isolate bad files with ``except Exception``, and a
-    stop request caught there would be retried or, worse, recorded as rejected images."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
 @contextmanager
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[None]:
-    """Turn the given signals into a ``Preempted`` exception in the main thread while the block runs.
+    """Turn the given signals into a ``Preempted`` exception in the main thread while the block runs: at the end of
+    the batch in flight inside ``enhancer.stopping.batch_boundaries`` (the enhance loop), at once elsewhere or at a
+    second signal.
 
     The exception unwinds through the shard writer, which then discards its ``.tmp`` instead of completing it, so a
     stopped shard is simply missing and its rerun (or the requeued SLURM task) writes it again. Installed by the
     command line, never on import."""
 
     def _raise(signum: int, _frame: Any) -> None:
+        if request_stop(signum):
+            return  # held: the enhance loop raises it once its current batch is done
         # Ignore further signals while unwinding (SLURM may send TERM after USR1), then stop.
         for s in signums:
             signal.signal(s, signal.SIG_IGN)

@@ -21,7 +21,7 @@ def render_card(m: Manifest) -> str:
     lines = _summary(m, names)
     if m.localisation:
         lines += _localisation(m, names)
-    lines += _fields(m) + _provenance(m) + _loading(img)
+    lines += _fields(m) + _provenance(m) + _loading(m, img)
     return "\n".join(lines)
 
 
@@ -72,18 +72,17 @@ def _fields(m: Manifest) -> list[str]:
         "",
         "## Fields",
         "",
-        (
-            "First axis = sample; one HDF5 chunk per sample; filters: "
-            f"{m.filters.get('compression')} (level {m.filters.get('compression_opts')}, "
-            f"shuffle {m.filters.get('shuffle')})."
-        ),
+        "First axis = sample; one HDF5 chunk per sample. Codecs: `none` raw and `gzipN` (HDF5's deflate filter, level",
+        "N) read as arrays in any HDF5 reader; `jpegQ` fields hold one JPEG file (quality Q) per sample in a",
+        "variable-length uint8 dataset (any HDF5 reader returns the bytes, any JPEG decoder the pixels; the dataset's",
+        "`sample_shape` attribute gives the decoded shape); `lzf` needs h5py.",
         "",
-        "| field | dtype | shape | meaning |",
-        "|---|---|---|---|",
+        "| field | dtype | shape | codec | meaning |",
+        "|---|---|---|---|---|",
     ]
     for name, info in m.fields.items():
         shape = "(N, " + ", ".join(str(s) for s in info["shape"][1:]) + ")" if len(info["shape"]) > 1 else "(N,)"
-        lines.append(f"| `{name}` | {info['dtype']} | {shape} | {info.get('doc', '')} |")
+        lines.append(f"| `{name}` | {info['dtype']} | {shape} | {info.get('codec', '')} | {info.get('doc', '')} |")
     return lines + [
         "",
         "`orig_size` is (height, width); `crop_box` is (x0, y0, x1, y1) in original pixels. Shards also hold a",
@@ -105,7 +104,7 @@ def _provenance(m: Manifest) -> list[str]:
     return lines
 
 
-def _loading(img: str) -> list[str]:
+def _loading(m: Manifest, img: str) -> list[str]:
     """How to read the dataset: EnhancedDataset, plain h5py through the manifest, PNG export."""
     return [
         "",
@@ -129,10 +128,21 @@ def _loading(img: str) -> list[str]:
         "    with h5py.File(s['file'], 'r') as f:",
         f"        x, y, path = f['{img}'][0], f['label'][0], f['path'][0].decode()",
         "```",
+        *_jpeg_note(m, img),
         "",
         "As image files: `enhancer.store.export_imagefolder('.', 'png_out', field='enhanced')` writes",
         "`png_out/<CLASS>/<stem>.png`.",
         "",
+    ]
+
+
+def _jpeg_note(m: Manifest, img: str) -> list[str]:
+    if not str(m.fields.get(img, {}).get("codec", "")).startswith("jpeg"):
+        return []
+    return [
+        "",
+        f"`{img}` is stored as JPEG: `f['{img}'][0]` is the file's bytes; decode them, e.g.",
+        f"`PIL.Image.open(io.BytesIO(f['{img}'][0].tobytes()))`.",
     ]
 
 

@@ -10,7 +10,9 @@ Usage::
 
 Samples are located through ``manifest.json`` offsets (never HDF5 virtual datasets, which read a missing source as
 fill values). HDF5 files are opened lazily in the process that reads them and never pickled, so DataLoader workers
-each get their own handles.
+each get their own handles. Every sample read is checked against the crc32 stored when it was written
+(``enhancer.store.checksums``; ``verify_checksums=False`` skips it): a damaged sample raises ``StoreError`` naming
+the shard, the sample and the field, as does one that cannot be read at all.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ import torch
 from PIL import Image
 
 from enhancer.atomic import atomic_write
+from enhancer.store import checksums
 from enhancer.store.manifest import Manifest
+from enhancer.store.reading import FieldReader
 from enhancer.store.schema import FIELDS, STR, StoreError
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         out_dir: str | os.PathLike,
         fields: Iterable[str] = ("enhanced", "label"),
         transform: Callable[[dict[str, Any]], Any] | None = None,
+        verify_checksums: bool = True,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.manifest = Manifest.load(self.out_dir)
@@ -58,8 +64,11 @@ class EnhancedDataset(torch.utils.data.Dataset):
                 f"field(s) {bad} not in {self.out_dir}; this dataset has: {', '.join(self.manifest.fields)}"
             )
         self.transform = transform
+        self.verify_checksums = verify_checksums
         self._offsets = self.manifest.offsets
         self._files: dict[int, h5py.File] = {}
+        self._crcs: dict[tuple[int, str], np.ndarray | None] = {}  # stored checksum columns, per process
+        self._readers: dict[tuple[int, str], FieldReader] = {}
         self._pid: int | None = None
         self.labels = self._read_labels()
 
@@ -84,14 +93,13 @@ class EnhancedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         pos, row = self.locate(int(index))
-        f = self._file(pos)
         sample: dict[str, Any] = {}
         for name in self.fields:
-            value = f[name][row]
+            value = self._value(pos, row, name)
             if FIELDS[name].dtype == STR:
                 sample[name] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             else:
-                sample[name] = torch.from_numpy(np.asarray(value).copy())
+                sample[name] = torch.from_numpy(np.array(value))
         return self.transform(sample) if self.transform is not None else sample
 
     def close(self) -> None:
@@ -99,12 +107,12 @@ class EnhancedDataset(torch.utils.data.Dataset):
         if self._pid == os.getpid():
             for f in self._files.values():
                 f.close()
-        self._files = {}
+        self._files, self._readers, self._crcs = {}, {}, {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Open h5py handles cannot be pickled (spawn workers) and must not be shared across processes.
         state = self.__dict__.copy()
-        state["_files"] = {}
+        state["_files"], state["_readers"], state["_crcs"] = {}, {}, {}
         state["_pid"] = None
         return state
 
@@ -117,7 +125,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         pid = os.getpid()
         if self._pid != pid:
             # Forked from a process that had files open: its handles belong to the parent, start afresh.
-            self._files = {}
+            self._files, self._readers, self._crcs = {}, {}, {}
             self._pid = pid
         f = self._files.get(pos)
         if f is None:
@@ -130,6 +138,40 @@ class EnhancedDataset(torch.utils.data.Dataset):
                 raise StoreError(f"cannot open {path} ({e}); run verify({str(self.out_dir)!r}) to check it") from e
             self._files[pos] = f
         return f
+
+    def _value(self, pos: int, row: int, name: str) -> Any:
+        """Row ``row`` of field ``name`` in shard ``pos``, checked against its stored checksum."""
+        reader = self._reader(pos, name)
+        try:
+            raw = reader.ds[row]  # as stored: what the checksum covers (a JPEG field's JPEG bytes)
+        except Exception as e:  # a chunk that fails its filter (a damaged compressed sample)
+            raise self._damaged(pos, row, name, f"unreadable ({e})") from e
+        if self.verify_checksums:
+            key = (pos, name)
+            if key not in self._crcs:
+                self._crcs[key] = checksums.stored(reader.ds.file, name)
+            crcs = self._crcs[key]
+            if crcs is not None and zlib.crc32(checksums.sample_bytes(raw)) != crcs[row]:
+                raise self._damaged(pos, row, name, "checksum mismatch, the stored bytes changed after writing")
+        try:
+            return reader.decode(raw)  # JPEG planes are decoded here, transparently
+        except Exception as e:
+            raise self._damaged(pos, row, name, f"undecodable ({e})") from e
+
+    def _damaged(self, pos: int, row: int, name: str, what: str) -> StoreError:
+        shard = self.manifest.shards[pos]
+        return StoreError(
+            f"{self.out_dir / shard.file} sample {row} (dataset item {int(self._offsets[pos]) + row}), field {name!r}: "
+            f"{what}; `enhancer verify {self.out_dir} --repair-list` lists the shards to rerun (here shard "
+            f"{shard.shard_id})"
+        )
+
+    def _reader(self, pos: int, name: str) -> FieldReader:
+        f = self._file(pos)  # first: it resets the readers in a forked worker
+        reader = self._readers.get((pos, name))
+        if reader is None:
+            reader = self._readers[(pos, name)] = FieldReader(f[name])
+        return reader
 
     def _read_labels(self) -> np.ndarray:
         parts = []

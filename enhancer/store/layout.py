@@ -11,7 +11,8 @@ Usage::
 
 An output directory ``OUT``::
 
-    shard-00000-of-00004.h5 ...  the shards; ``shard-....h5.tmp`` while one is being written (store.writer)
+    shard-00000-of-00004.h5 ...  the shards; ``shard-....h5.tmp`` while one is being written (store.writer),
+                                 ``shard-....h5.lock``: the claim of the job writing it (store.claims)
     manifest.json                shards with offsets and sha256, fields, counts, provenance (store.manifest)
     rejected.csv                 the inputs that were not written, with the reason (store.manifest)
     README.md                    the dataset card (store.card)
@@ -36,6 +37,7 @@ from enhancer.store.schema import StoreError, decode_attrs
 
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"  # a shard being written: renamed to its final name once complete
+LOCK_SUFFIX = ".lock"  # the claim of the job writing a shard (store.claims): removed when it is done
 SHARD_GLOB = f"shard-*-of-*{SHARD_SUFFIX}"
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
@@ -92,6 +94,19 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(path.name + TMP_SUFFIX)
 
 
+def lock_path_for(path: Path) -> Path:
+    """The claim file of shard ``path`` while a job writes it: ``shard-00003-of-00008.h5.lock``."""
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def is_lock_name(name: str) -> bool:
+    """Whether ``name`` is the claim file of a shard (``shard-....h5.lock``)."""
+    if not name.endswith(LOCK_SUFFIX):
+        return False
+    parsed = parse_shard_name(name[: -len(LOCK_SUFFIX)])
+    return parsed is not None and not parsed[2]
+
+
 def is_merged(out_dir: str | os.PathLike) -> bool:
     """True when ``out_dir`` is a merged enhanced dataset (merge writes the manifest last)."""
     return (Path(out_dir) / MANIFEST).is_file()
@@ -118,6 +133,7 @@ def check_output_dir(out_dir: str | os.PathLike[str], identity: dict[str, Any]) 
         p.name
         for p in out_dir.iterdir()
         if parse_shard_name(p.name) is None
+        and not is_lock_name(p.name)
         and p.name not in DATASET_FILES
         and not p.name.startswith(".")
         and not p.name.endswith("." + REJECTED)

@@ -30,7 +30,18 @@ import numpy as np
 
 from enhancer.atomic import atomic_write
 from enhancer.hashing import file_sha256
-from enhancer.store.layout import CARD, HDF5_SUFFIXES, MANIFEST, REJECTED, SHARD_GLOB, parse_shard_name, shard_name
+from enhancer.store.claims import read_claim
+from enhancer.store.layout import (
+    CARD,
+    HDF5_SUFFIXES,
+    MANIFEST,
+    REJECTED,
+    SHARD_GLOB,
+    parse_shard_name,
+    shard_name,
+    shard_path,
+)
+from enhancer.store.reading import field_codec, sample_dtype, sample_shape
 from enhancer.store.schema import (
     FIELDS,
     METRIC_FIELDS,
@@ -160,25 +171,24 @@ def _fmt_ids(ids: Iterable[int], limit: int = 20) -> str:
 
 
 def _describe_fields(f: h5py.File, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per field: decoded dtype and shape, how it is stored (codec, HDF5 chunks) and its meaning."""
     out = {}
     for name in names:
         ds = f[name]
-        dtype = "str (utf-8, variable length)" if FIELDS[name].dtype == STR else str(ds.dtype)
-        out[name] = {"dtype": dtype, "shape": [None, *ds.shape[1:]], "chunks": list(ds.chunks), "doc": FIELDS[name].doc}
+        is_str = FIELDS[name].dtype == STR
+        out[name] = {
+            "dtype": "str (utf-8, variable length)" if is_str else sample_dtype(ds),
+            "shape": [None, *sample_shape(ds)],
+            "codec": "none" if is_str else field_codec(ds),
+            "chunks": list(ds.chunks),
+            "doc": FIELDS[name].doc,
+        }
     return out
 
 
-def _filters(f: h5py.File, names: list[str]) -> dict[str, Any]:
-    # Numeric fields all share the writer's filters; describe them from the first one.
-    for name in names:
-        if FIELDS[name].dtype != STR:
-            ds = f[name]
-            return {
-                "compression": ds.compression or "none",
-                "compression_opts": ds.compression_opts,
-                "shuffle": bool(ds.shuffle),
-            }
-    return {"compression": "none", "compression_opts": None, "shuffle": False}
+def _filters(info: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``{field: codec}`` for every field with a codec (what ``verify`` and the dataset card report)."""
+    return {name: d["codec"] for name, d in info.items() if FIELDS[name].dtype != STR}
 
 
 @dataclass
@@ -239,9 +249,15 @@ def _require_complete(out_dir: Path, num_shards: int) -> None:
     if bad:
         ids = ", ".join(str(i) for i in bad)
         reruns = " and ".join(f"--shard-id {i}" for i in bad)
+        claims = [(i, read_claim(shard_path(out_dir, i, num_shards))) for i in bad]
+        busy = "".join(
+            f"; shard {i} is claimed by {holder.describe()}: a job may still be writing it"
+            for i, holder in claims
+            if holder
+        )
         raise StoreError(
             f"shards {ids} of {num_shards} are missing or incomplete in {out_dir}: rerun them with {reruns} "
-            f"(--num-shards {num_shards})"
+            f"(--num-shards {num_shards}){busy}"
         )
 
 
@@ -254,6 +270,7 @@ def _read_shard(path: Path, shard_id: int, num_shards: int) -> _ShardContents:
                 "or copied from another dataset; rerun this shard"
             )
         names = list(attrs["fields"])
+        info = _describe_fields(f, names)
         g = f[REJECTED_GROUP]
         cols = {c: g[c][:] for c in REJECTED_COLUMNS}
         rejected = [
@@ -263,8 +280,8 @@ def _read_shard(path: Path, shard_id: int, num_shards: int) -> _ShardContents:
             path=path,
             attrs=attrs,
             fields=names,
-            field_info=_describe_fields(f, names),
-            filters=_filters(f, names),
+            field_info=info,
+            filters=_filters(info),
             index=f["index"][:],
             label=f["label"][:],
             pred=f["pred"][:],

@@ -10,6 +10,8 @@ Layout of one shard (HDF5, default ``libver`` so HDF5 1.10/1.14 readers open it)
 
 - one dataset per field at the root, first axis = sample, ``chunks=(1, ...)`` (one chunk per sample),
   ``maxshape=(None, ...)``;
+- group ``checksums`` with one uint32 dataset per field: the crc32 of every sample's stored bytes
+  (``enhancer.store.checksums``), so that a changed byte is located to its sample and field;
 - group ``rejected`` with 1-D datasets ``index`` (int64), ``path``, ``code``, ``message`` (utf-8 strings): the
   inputs of this shard that were not written, with the reason. Keeping them inside the shard makes them part of
   the same atomic rename as the samples, so a complete shard always carries its rejections;

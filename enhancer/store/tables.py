@@ -27,6 +27,7 @@ import numpy as np
 
 from enhancer.store.layout import REJECTED
 from enhancer.store.manifest import Manifest
+from enhancer.store.reading import read_rows
 from enhancer.store.schema import FIELDS, REJECTED_COLUMNS, STR, StoreError
 
 
@@ -92,28 +93,24 @@ class ColumnReader:
             self._files[pos] = f
         return f
 
-    def _dataset(self, name: str, pos: int) -> h5py.Dataset:
+    def _read(self, name: str, pos: int, selection: slice | list[int]) -> np.ndarray:
         ds = self._file(pos)[name]
-        return ds.asstr() if FIELDS[name].dtype == STR else ds
+        if FIELDS[name].dtype == STR:
+            return np.asarray(ds.asstr()[selection], dtype=object)
+        return np.asarray(read_rows(ds, selection))  # JPEG planes decoded
 
     def _rows(self, name: str, pos: int, rows: np.ndarray) -> np.ndarray:
         # One sorted fancy selection per shard: h5py reads the chunks in file order.
-        return _as_array(self._dataset(name, pos)[rows.tolist()], name)
+        return self._read(name, pos, rows.tolist())
 
     def _whole(self, name: str) -> np.ndarray:
-        parts = [_as_array(self._dataset(name, pos)[:], name) for pos in range(len(self.manifest.shards))]
+        parts = [self._read(name, pos, slice(None)) for pos in range(len(self.manifest.shards))]
         return np.concatenate(parts) if parts else self._empty(name)
 
     def _empty(self, name: str) -> np.ndarray:
         shape = self.manifest.fields[name]["shape"][1:]
         dtype = object if FIELDS[name].dtype == STR else np.dtype(FIELDS[name].dtype)
         return np.zeros((0, *shape), dtype=dtype)
-
-
-def _as_array(values: object, name: str) -> np.ndarray:
-    if FIELDS[name].dtype == STR:
-        return np.asarray(values, dtype=object)
-    return np.asarray(values)
 
 
 def read_columns(

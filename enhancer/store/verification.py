@@ -7,8 +7,10 @@ Usage::
     if not report.ok:
         print("\\n".join(report.problems))
 
-Reads every sample of every field once (in blocks; a block that fails is re-read row by row to name the sample),
-so it costs one full read of the dataset plus one sha256 pass.
+Reads every sample of every field once (in blocks; a block that fails is re-read row by row to name the sample)
+and compares each sample's crc32 with the one stored when it was written (``enhancer.store.checksums``), so a
+changed byte is named by shard, sample and field; it costs one full read of the dataset plus one sha256 pass.
+``report.rerun`` holds the shard ids whose files are damaged, missing or incomplete: rerun them and merge again.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
 from enhancer.hashing import file_sha256
+from enhancer.store import checksums
 from enhancer.store.layout import parse_shard_name
 from enhancer.store.manifest import Manifest, detect_num_shards
+from enhancer.store.reading import FieldReader, sample_dtype, sample_shape
 from enhancer.store.schema import FIELDS, REJECTED_GROUP, STR, StoreError
 from enhancer.store.writer import is_complete
 
@@ -46,6 +51,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     n_shards: int = 0
     n_samples: int = 0
+    rerun: set[int] = field(default_factory=set)  # ids of the shards to write again
 
     @property
     def ok(self) -> bool:
@@ -76,8 +82,10 @@ def verify(out_dir: str | os.PathLike) -> VerifyReport:
     seen: list[np.ndarray] = []
     for s in m.shards:
         path = out_dir / s.file
+        n_problems = len(report.problems)
         if not path.is_file():
             report.problems.append(f"{s.file} is listed in the manifest but missing; rerun shard {s.shard_id}")
+            report.rerun.add(s.shard_id)
             continue
         digest = file_sha256(path)
         if digest != s.sha256:
@@ -91,7 +99,9 @@ def verify(out_dir: str | os.PathLike) -> VerifyReport:
             idx = _check_shard(path, s.n_samples, m, report.problems)
         except Exception as e:
             report.problems.append(f"{s.file}: cannot be read ({type(e).__name__}: {e}); rerun shard {s.shard_id}")
-            continue
+            idx = None
+        if len(report.problems) > n_problems:
+            report.rerun.add(s.shard_id)
         if idx is not None:
             seen.append(idx)
         report.n_samples += s.n_samples
@@ -124,10 +134,13 @@ def _check_shard(path: Path, n_expected: int, m: Manifest, problems: list[str]) 
         if found.get("missing") or found.get("length"):
             _flush(found, problems)
             return None
-        data = {fname: _read_all(f[fname], name, fname, problem) for fname in m.fields}
+        read = {fname: _read_all(f[fname]) for fname in m.fields}
+        data = {fname: column.values for fname, column in read.items()}
+        _check_samples(f, name, read, problem)
         g = f[REJECTED_GROUP]
         for col in g:
-            _read_all(g[col], name, f"{REJECTED_GROUP}/{col}", problem)
+            for r, e in _read_all(g[col]).failed.items():
+                problem("read", f"{name}: {REJECTED_GROUP}/{col} row {r} unreadable ({e})")
     _check_predictions(data, n_expected, name, m, problem)
     _check_geometry(data, n_expected, name, problem)
     _check_measured(data, n_expected, name, problem)
@@ -147,12 +160,12 @@ def _check_datasets(f: h5py.File, name: str, n_expected: int, m: Manifest, probl
             continue
         ds = f[fname]
         want = "str" if FIELDS[fname].dtype == STR else FIELDS[fname].dtype
-        got = "str" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
+        got = sample_dtype(ds)  # JPEG planes: the decoded dtype
         if got != want:
             problem("dtype", f"{name}: field {fname!r} has dtype {got}, schema says {want}")
         if len(ds) != n_expected:
             problem("length", f"{name}: field {fname!r} has {len(ds)} rows, manifest says {n_expected}")
-        if list(ds.shape[1:]) != list(info["shape"][1:]):
+        if list(sample_shape(ds)) != list(info["shape"][1:]):
             problem("shape", f"{name}: field {fname!r} has shape {ds.shape}, manifest says {info['shape']}")
 
 
@@ -213,20 +226,59 @@ def _check_measured(data: dict[str, np.ndarray], n: int, name: str, problem: _Pr
             problem("lung_mask", f"{name} row {r}: lung_mask has values other than 0 and 1")
 
 
-def _read_all(ds: h5py.Dataset, name: str, fname: str, problem: _Problem) -> np.ndarray:
-    """Read every row (so every chunk is decompressed); rows that fail are named and left as zeros."""
-    out = np.zeros(ds.shape, dtype=object if h5py.check_string_dtype(ds.dtype) else ds.dtype)
+def _check_samples(f: h5py.File, name: str, read: dict[str, _Read], problem: _Problem) -> None:
+    """Name every sample that cannot be read or whose bytes differ from those written, with its field."""
+    index = read["index"]
+
+    def where(r: int) -> str:
+        return f"{name} sample {r} (index {'?' if r in index.failed else index.values[r]}), field"
+
+    for fname, column in read.items():
+        for r, e in column.failed.items():
+            problem("read", f"{where(r)} {fname!r}: unreadable ({e})")
+        crcs = checksums.stored(f, fname)  # of the rows as stored: a JPEG field's JPEG bytes
+        if crcs is None or len(crcs) != len(column.raw):
+            continue
+        readable = np.ones(len(column.raw), dtype=bool)
+        readable[list(column.failed)] = False
+        for r in checksums.changed_rows(column.raw, crcs, readable):
+            problem("checksum", f"{where(r)} {fname!r}: checksum mismatch, the stored bytes changed after writing")
+
+
+class _Read(NamedTuple):
+    raw: np.ndarray  # the rows as stored (a JPEG field: its JPEG bytes, one object per row)
+    values: np.ndarray  # the samples (JPEG planes decoded); rows that failed are zeros
+    failed: dict[int, Exception]  # row -> why it could not be read or decoded
+
+
+def _read_all(ds: h5py.Dataset) -> _Read:
+    """Every row (so every chunk is decompressed and every JPEG decoded), as stored and as samples."""
+    reader = FieldReader(ds)
+    if reader.jpeg or h5py.check_string_dtype(ds.dtype):
+        raw = np.empty(len(ds), dtype=object)
+    else:
+        raw = np.zeros(ds.shape, dtype=ds.dtype)
+    failed: dict[int, Exception] = {}
     for start in range(0, len(ds), _BLOCK):
         stop = min(start + _BLOCK, len(ds))
         try:
-            out[start:stop] = ds[start:stop]
+            raw[start:stop] = ds[start:stop]
         except Exception:
             for r in range(start, stop):
                 try:
-                    out[r] = ds[r]
+                    raw[r] = ds[r]
                 except Exception as e:
-                    problem("read", f"{name}: {fname} row {r} unreadable ({e})")
-    return out
+                    failed[r] = e
+    if not reader.jpeg:
+        return _Read(raw, raw, failed)
+    values = np.zeros((len(ds), *reader.shape), dtype=np.uint8)
+    for r in range(len(ds)):
+        try:
+            if r not in failed:
+                values[r] = reader.decode(raw[r])
+        except Exception as e:
+            failed[r] = e
+    return _Read(raw, values, failed)
 
 
 def _flush(found: dict[str, list[str]], problems: list[str]) -> None:

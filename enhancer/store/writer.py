@@ -13,7 +13,16 @@ Usage::
         w.put(batch)
 
 A rerun skips shards for which ``shard_status(out_dir, n)[i] == "complete"``; a left-over ``.tmp`` (killed job) is
-deleted and rewritten when the shard is entered again.
+deleted and rewritten when the shard is entered again. A writer holds the shard's claim (``enhancer.store.claims``)
+from ``open`` until the shard is renamed or discarded, so a second writer of the same shard is refused, naming the
+first; pass ``claim=`` a claim the caller already holds (the enhance job claims its shard before loading the model).
+Every sample's crc32, field by field, goes into the group ``checksums`` (``enhancer.store.checksums``).
+
+Per-field codecs (``codecs={"image": "jpeg95"}``, ``compression`` for the rest; see ``enhancer.store.codecs``) are
+encoded on ``write_threads`` threads and written in sample order: deflate chunks with HDF5's direct chunk write
+(the dataset declares the deflate filter, so every HDF5 reader decodes them), JPEG files into a variable-length
+uint8 dataset whose ``codec`` and ``sample_shape`` attributes tell readers how to decode it. Every dataset carries
+a ``codec`` attribute.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import queue
 import re
 import threading
 import time
-import zlib
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -35,6 +44,10 @@ import h5py
 import numpy as np
 
 from enhancer.atomic import move_into_place
+from enhancer.store import checksums
+from enhancer.store.claims import ShardClaim
+from enhancer.store.codecs import Codec, EncodedPlanes, resolve_codecs
+from enhancer.store.encoding import BatchEncoder, PendingBatch
 from enhancer.store.layout import shard_path, tmp_path_for
 from enhancer.store.schema import (
     FIELDS,
@@ -50,8 +63,6 @@ from enhancer.store.schema import (
 
 log = logging.getLogger(__name__)
 
-COMPRESSIONS = ("gzip", "lzf", "none")
-GZIP_LEVEL = 4
 _STR_DTYPE = h5py.string_dtype("utf-8")
 _REJECTED_CHUNK = 256
 
@@ -116,6 +127,12 @@ class ShardWriter:
     ``shapes`` gives per-sample shapes of the fields whose size depends on the job (image, cam, heatmap, crop,
     enhanced, prob); ``fields`` selects optional fields (None = all); ``expected`` is the number of inputs of this
     shard (written + rejected), checked on close; ``overwrite`` allows replacing an existing final shard file.
+    ``codecs`` maps fields to codec names (``gzip1``, ``jpeg95``, ...), ``compression`` is the codec of the others
+    (``auto``: the measured defaults); ``write_threads`` threads encode them.
+
+    ``write(batch)`` is ``append(prepare(batch))``: ``prepare`` validates the batch and hands its encoding to the
+    thread pool, ``append`` writes the finished chunks in order, so a caller may prepare batch k + 1 before
+    appending batch k (``AsyncShardWriter`` does).
 
     Sample data is written uncached, so a full disk fails the ``write`` that hits it; HDF5 metadata is cached and
     flushed at most every ``flush_interval_s`` seconds (0 = after every batch) so a metadata write failure also
@@ -130,11 +147,14 @@ class ShardWriter:
         *,
         shapes: Mapping[str, Sequence[int]] | None = None,
         fields: Iterable[str] | str | None = None,
-        compression: str = "gzip",
+        codecs: Mapping[str, str] | None = None,
+        compression: str = "auto",
+        write_threads: int = 1,
         attrs: Mapping[str, Any] | None = None,
         expected: int | None = None,
         overwrite: bool = False,
         flush_interval_s: float = 10.0,
+        claim: ShardClaim | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
@@ -157,9 +177,10 @@ class ShardWriter:
                     f"no per-sample shape for field {name!r} (schema {symbolic}); pass shapes={{{name!r}: (...)}} "
                     "or build them with per_sample_shapes()"
                 )
-        if compression not in COMPRESSIONS:
-            raise StoreError(f"unknown compression {compression!r}; valid choices: {', '.join(COMPRESSIONS)}")
-        self.compression = compression
+        self.codecs: dict[str, Codec] = resolve_codecs(self.fields, codecs, compression)
+        if write_threads < 1:
+            raise StoreError(f"write_threads must be >= 1, got {write_threads}")
+        self._encoder = BatchEncoder(self.codecs, write_threads)
         self.attrs, self._json_keys = encode_attrs(attrs)
         if expected is not None and expected < 0:
             raise StoreError(f"expected must be >= 0 or None, got {expected}")
@@ -169,8 +190,15 @@ class ShardWriter:
         self._last_flush = time.monotonic()
         self.n_samples = 0
         self.n_rejected = 0
+        self.finish_s = 0.0  # time close() took: HDF5 close, fsync (the disk catching up), rename
         self._seen: set[int] = set()
         self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # looked up once: a lookup by name costs more than a chunk write
+        if claim is not None and claim.shard != self.path:
+            raise StoreError(f"the claim given is on {claim.shard}, not on this writer's shard {self.path}")
+        self._given_claim = claim
+        self._own_claim: ShardClaim | None = None
+        self._tmp_id: tuple[int, int] | None = None  # (device, inode) of the .tmp this writer created
 
     # -- context manager -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -192,6 +220,16 @@ class ShardWriter:
                 f"{self.path} already exists; skip complete shards (shard_status) or pass overwrite=True to rewrite it"
             )
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._hold_claim()
+        try:
+            self._create_file()
+        except BaseException:
+            self.abort("the shard file could not be created")
+            raise
+        log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
+
+    def _create_file(self) -> None:
+        """The ``.tmp`` file with its (empty) datasets and attributes, replacing a left-over one."""
         if self.tmp_path.exists():
             log.warning(
                 "removing left-over %s from an interrupted run; rewriting shard %d", self.tmp_path, self.shard_id
@@ -204,23 +242,10 @@ class ShardWriter:
             # broken handles that crash the interpreter at exit. Uncached, the failing write() itself raises.
             f = h5py.File(self.tmp_path, "w-", rdcc_nbytes=0)
             self._file = f
-            filters: dict[str, Any] = {}
-            if self.compression == "gzip":
-                filters = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
-            elif self.compression == "lzf":
-                filters = {"compression": "lzf", "shuffle": True}
-            for name in self.fields:
-                shape = self.shapes[name]
-                is_str = FIELDS[name].dtype == STR
-                f.create_dataset(
-                    name,
-                    shape=(0, *shape),
-                    maxshape=(None, *shape),
-                    chunks=(1, *shape),
-                    dtype=_STR_DTYPE if is_str else np.dtype(FIELDS[name].dtype),
-                    # Filters on variable-length strings only compress heap pointers: skip them.
-                    **({} if is_str else filters),
-                )
+            st = os.stat(self.tmp_path)
+            self._tmp_id = (st.st_dev, st.st_ino)
+            self._datasets = {name: self._create_dataset(f, name) for name in self.fields}
+            checksums.create(f, self.fields)
             g = f.create_group(REJECTED_GROUP)
             for col in REJECTED_COLUMNS:
                 dtype = np.int64 if col == "index" else _STR_DTYPE
@@ -237,12 +262,44 @@ class ShardWriter:
             a["json_attrs"] = json.dumps(self._json_keys)
             for key, value in self.attrs.items():
                 a[key] = value
-        log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
+
+    def _create_dataset(self, f: h5py.File, name: str) -> h5py.Dataset:
+        shape = self.shapes[name]
+        codec = self.codecs.get(name)
+        if codec is None:  # variable-length strings: filters would only compress heap pointers
+            return f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1,), dtype=_STR_DTYPE)
+        if codec.kind == "jpeg":
+            ds = f.create_dataset(
+                name, shape=(0,), maxshape=(None,), chunks=(1,), dtype=h5py.vlen_dtype(np.dtype(np.uint8))
+            )
+            ds.attrs["sample_shape"] = np.asarray(shape, dtype=np.int64)
+            ds.attrs["sample_dtype"] = FIELDS[name].dtype
+        else:
+            filters: dict[str, Any] = {}
+            if codec.kind == "gzip":
+                filters = {"compression": "gzip", "compression_opts": codec.level, "shuffle": codec.shuffle}
+            elif codec.kind == "lzf":
+                filters = {"compression": "lzf"}
+            ds = f.create_dataset(
+                name,
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                chunks=(1, *shape),
+                dtype=np.dtype(FIELDS[name].dtype),
+                **filters,
+            )
+        ds.attrs["codec"] = codec.name
+        return ds
 
     # -- writing ---------------------------------------------------------------------------------------------
     def write(self, batch: Mapping[str, Any]) -> int:
         """Append a batch: every selected field, first axis = samples. Returns the number of samples added."""
-        f = self._require_open()
+        return self.append(self.prepare(batch))
+
+    def prepare(self, batch: Mapping[str, Any]) -> PendingBatch:
+        """Validate a batch and start encoding it on the thread pool; ``append`` writes it. Batches must be
+        appended in the order they were prepared."""
+        self._require_open()
         missing = [n for n in self.fields if n not in batch]
         extra = [n for n in batch if n not in self.fields]
         if missing or extra:
@@ -255,23 +312,53 @@ class ShardWriter:
         n = lengths["index"]
         if any(v != n for v in lengths.values()):
             raise StoreError(f"batch for {self.tmp_path.name} has fields of different lengths: {lengths}")
+        if n:
+            self._claim(arrays["index"], "written")
+        return self._encoder.submit(arrays)
+
+    def append(self, pending: PendingBatch) -> int:
+        """Write a prepared batch after the samples already written. Returns the number of samples added."""
+        f = self._require_open()
+        n, start = pending.n, self.n_samples
         if n == 0:
             return 0
-        self._claim(arrays["index"], "written")
-        start = self.n_samples
-        with self._io("write"):
-            for name, arr in arrays.items():
-                ds = f[name]
-                ds.resize(start + n, axis=0)
-                if self.compression == "gzip" and FIELDS[name].dtype != STR:
-                    self._write_gzip_chunks(ds, start, arr)
-                else:
-                    ds[start : start + n] = arr
-            if time.monotonic() - self._last_flush >= self.flush_interval_s:
-                f.flush()
-                self._last_flush = time.monotonic()
+        try:
+            with self._io("write"):
+                for ds in self._datasets.values():
+                    ds.resize(start + n, axis=0)
+                for name, arr in pending.raw.items():  # first: the pool keeps encoding meanwhile
+                    self._datasets[name][start : start + n] = arr
+            for name in pending.encoded:
+                self._write_encoded(name, start, pending)
+            with self._io("write"):
+                for name, crcs in pending.checksums().items():
+                    checksums.append(f, name, start, crcs)
+                if time.monotonic() - self._last_flush >= self.flush_interval_s:
+                    f.flush()
+                    self._last_flush = time.monotonic()
+        except BaseException:
+            pending.cancel()
+            raise
         self.n_samples += n
         return n
+
+    def _write_encoded(self, name: str, start: int, pending: PendingBatch) -> None:
+        ds = self._datasets[name]
+        is_jpeg = self.codecs[name].kind == "jpeg"
+        # Deflate runs in HDF5 holding the GIL; these chunks were compressed on the pool instead, where zlib releases
+        # it. A chunk that deflate would grow is stored raw with every filter masked off for that chunk.
+        skip_all = 0 if is_jpeg else (1 << ds.id.get_create_plist().get_nfilters()) - 1
+        zeros = (0,) * (ds.ndim - 1)
+        row = start
+        for items in pending.results(name):
+            with self._io("write"):
+                if is_jpeg:
+                    _write_vlen_rows(ds, row, items)
+                    checksums.append(self._require_open(), name, row, checksums.row_checksums(items))
+                else:
+                    for k, (payload, filtered) in enumerate(items):
+                        ds.id.write_direct_chunk((row + k, *zeros), payload, filter_mask=0 if filtered else skip_all)
+            row += len(items)
 
     def add_rejected(self, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> int:
         """Record inputs of this shard that were not written: ``(index, path, code, message)`` tuples or dicts."""
@@ -302,6 +389,7 @@ class ShardWriter:
     def close(self) -> Path:
         """Mark complete, flush, fsync and rename ``.tmp`` to the final name. Returns the final path."""
         f = self._require_open()
+        self._encoder.close()
         total = self.n_samples + self.n_rejected
         if self.expected is not None and total != self.expected:
             self.abort("count mismatch")
@@ -309,6 +397,7 @@ class ShardWriter:
                 f"shard {self.shard_id} ({self.path.name}): {self.n_samples} written + {self.n_rejected} rejected = "
                 f"{total}, expected {self.expected}; every input must be written or rejected. Rerun the shard."
             )
+        started = time.perf_counter()
         try:
             with self._io("finish"):
                 f.attrs["n_samples"] = self.n_samples
@@ -316,29 +405,61 @@ class ShardWriter:
                 f.attrs["complete"] = True
                 f.flush()
                 f.close()
-                self._file = None
+                self._file, self._datasets = None, {}
+                self._check_tmp_is_ours()
                 move_into_place(self.tmp_path, self.path, sync_dir=True)  # fsync, rename, fsync the directory
         except BaseException:
             self.abort("finish failed")
             raise
+        self.finish_s = time.perf_counter() - started
+        self._drop_claim()
         log.info("shard %s complete: %d written, %d rejected", self.path.name, self.n_samples, self.n_rejected)
         return self.path
 
     def abort(self, reason: str = "aborted") -> None:
         """Close without completing and remove the ``.tmp``; the shard stays missing for the rerun."""
+        self._encoder.close()
         if self._file is not None:
             try:
                 self._file.close()
             except Exception as e:
                 log.debug("closing %s after failure: %s", self.tmp_path, e)
-            self._file = None
+            self._file, self._datasets = None, {}
         try:
-            self.tmp_path.unlink(missing_ok=True)
+            if self._tmp_is_ours():
+                self.tmp_path.unlink()
         except OSError as e:
             log.warning("could not remove %s (%s); it will be replaced on rerun", self.tmp_path, e)
+        self._tmp_id = None
+        self._drop_claim()
         log.warning("shard %s not written (%s)", self.path.name, reason)
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    def _hold_claim(self) -> None:
+        """The shard's claim: the caller's (which must be held) or one of its own, taken here."""
+        if self._given_claim is not None:
+            if not self._given_claim.held:
+                raise StoreError(f"the claim on {self.path.name} given to the writer is not held; acquire it first")
+        elif self._own_claim is None:
+            self._own_claim = ShardClaim(self.path).acquire()
+
+    def _drop_claim(self) -> None:
+        if self._own_claim is not None:
+            self._own_claim.release()
+            self._own_claim = None
+
+    def _tmp_is_ours(self) -> bool:
+        """Whether the ``.tmp`` is the file this writer created (not removed, not replaced by another process)."""
+        try:
+            st = os.stat(self.tmp_path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._tmp_id
+
+    def _check_tmp_is_ours(self) -> None:
+        if not self._tmp_is_ours():
+            raise FileNotFoundError(errno.ENOENT, "the file was removed or replaced", str(self.tmp_path))
+
     def _require_open(self) -> h5py.File:
         if self._file is None:
             raise StoreError(f"shard writer for {self.path} is not open; use it as a context manager")
@@ -355,8 +476,16 @@ class ShardWriter:
             )
         self._seen |= new
 
-    def _coerce(self, name: str, value: Any) -> np.ndarray:
+    def _coerce(self, name: str, value: Any) -> np.ndarray | EncodedPlanes:
         shape = self.shapes[name]
+        if isinstance(value, EncodedPlanes):
+            codec = self.codecs.get(name)
+            if codec is None or value.codec != codec.name or value.shape != shape:
+                raise StoreError(
+                    f"field {name!r}: got {value.codec} planes of shape {value.shape}, this shard stores "
+                    f"{codec.name if codec else 'strings'} of shape {shape}; encode with the shard's codec"
+                )
+            return value
         if FIELDS[name].dtype == STR:
             items = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in list(value)]
             return np.array(items, dtype=object).reshape(len(items))
@@ -375,21 +504,18 @@ class ShardWriter:
             return arr.astype(dtype)
         raise StoreError(f"field {name!r}: got dtype {arr.dtype}, need {dtype} (convert before writing)")
 
-    def _write_gzip_chunks(self, ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
-        # h5py holds the GIL while HDF5 runs its filters, which would stall the caller's thread for the whole
-        # compression time. zlib releases the GIL, so compress here (same bytes as HDF5's shuffle + deflate
-        # pipeline) and hand HDF5 finished chunks: the background writer then really runs beside the compute.
-        arr = np.ascontiguousarray(arr)
-        size = arr.dtype.itemsize
-        zeros = (0,) * (arr.ndim - 1)
-        for k in range(len(arr)):
-            raw = arr[k].reshape(-1).view(np.uint8)
-            if size > 1:  # HDF5 shuffle: all first bytes of the elements, then all second bytes, ...
-                raw = raw.reshape(-1, size).T
-            ds.id.write_direct_chunk((start + k, *zeros), zlib.compress(raw.tobytes(), GZIP_LEVEL))
-
     def _io(self, action: str):
         return _IOErrors(self, action)
+
+
+def _write_vlen_rows(ds: h5py.Dataset, row: int, items: Sequence[np.ndarray]) -> None:
+    # Through the low-level call: h5py's ds[a:b] = column turns byte arrays of equal length into a 2-D array.
+    column = np.empty(len(items), dtype=object)
+    for k, item in enumerate(items):
+        column[k] = item
+    file_space = ds.id.get_space()
+    file_space.select_hyperslab((row,), (len(items),))
+    ds.id.write(h5py.h5s.create_simple((len(items),)), file_space, column)
 
 
 class _IOErrors:
@@ -411,31 +537,61 @@ class _IOErrors:
         code = getattr(exc, "errno", None)
         if code is None and (m := re.search(r"errno = (\d+)", text)):
             code = int(m.group(1))
-        hint = "free disk space / raise the quota or file-size limit"
-        if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
-            s in text for s in ("No space left", "File too large", "quota")
-        ):
-            hint = "the disk is full or a quota/file-size limit was hit: " + hint
         raise ShardWriteError(
-            f"cannot {self.action} shard file {w.tmp_path}: {text}. The shard is NOT complete; {hint} in "
-            f"{w.out_dir}, then rerun it with --shard-id {w.shard_id} --num-shards {w.num_shards}",
+            f"cannot {self.action} shard file {w.tmp_path}: {text}. The shard is NOT complete; "
+            f"{_cause(code, text, w)}, then rerun it with --shard-id {w.shard_id} --num-shards {w.num_shards}",
             code,
             str(w.tmp_path),
         ) from exc
 
 
+def _cause(code: int | None, text: str, w: ShardWriter) -> str:
+    """What to do about a failed write, from its cause: a full disk or quota, or a ``.tmp`` another process
+    removed (two jobs on one shard), else the generic checks."""
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+        s in text for s in ("No space left", "File too large", "quota")
+    ):
+        return (
+            "the disk is full or a quota/file-size limit was hit: free disk space / raise the quota or file-size "
+            f"limit in {w.out_dir}"
+        )
+    if w._tmp_id is not None and not w._tmp_is_ours():
+        return (
+            f"another process removed or replaced it (a second job writing shard {w.shard_id}, or a clean-up of "
+            f"{w.out_dir}); let one job write each shard"
+        )
+    return f"check the space, quota and permissions of {w.out_dir}"
+
+
 _STOP = object()
+_IDLE = object()
+
+
+def _cancel(pending: deque[PendingBatch]) -> None:
+    for p in pending:
+        p.cancel()
+    pending.clear()
+
+
+def _copied(name: str, value: Any) -> Any:
+    """A private copy of one field of a batch (the caller may reuse its buffers once ``put`` returns)."""
+    if isinstance(value, EncodedPlanes):
+        return value  # made for this batch, never reused
+    if FIELDS.get(name) and FIELDS[name].dtype == STR:
+        return list(value)
+    return np.array(value)
 
 
 class AsyncShardWriter:
     """A ShardWriter whose HDF5 work runs in a background thread behind a bounded queue.
 
-    With gzip (the default) the thread compresses with zlib, which releases the GIL, so the caller's Python keeps
-    running while shards are written (lzf runs inside HDF5 and holds the GIL while it compresses).
-    ``put`` copies the batch (``copy=False`` to hand over ownership instead) and returns once it is queued; it
-    blocks only while ``maxsize`` batches are waiting. An error in the thread is re-raised by the next
-    ``put``/``add_rejected``/``close``. ``blocked_s`` is the time callers spent waiting on a full queue: when it
-    grows, the disk (or compression) is the bottleneck.
+    The thread validates each batch and hands its encoding to the writer's thread pool (``write_threads``), then
+    writes the previous batch while this one encodes; zlib and libjpeg release the GIL, so the caller's Python
+    keeps running (lzf runs inside HDF5 and holds the GIL while it compresses). ``put`` copies the batch
+    (``copy=False`` to hand over ownership instead) and returns once it is queued; it blocks only while ``maxsize``
+    batches are waiting. An error in the thread is re-raised by the next ``put``/``add_rejected``/``close``.
+    ``blocked_s`` is the time callers spent waiting on a full queue: when it grows, the disk (or compression) is the
+    bottleneck.
     """
 
     def __init__(
@@ -468,7 +624,12 @@ class AsyncShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException as e:  # e.g. a stop signal while the queue drains: the shard is not complete
+                self._stop(drain=False)
+                self.writer.abort(f"{type(e).__name__}: {e}")
+                raise
         else:
             self._stop(drain=False)
             self.writer.abort(f"{exc_type.__name__}: {exc}")
@@ -476,9 +637,7 @@ class AsyncShardWriter:
     def put(self, batch: Mapping[str, Any]) -> None:
         """Queue a batch for ``ShardWriter.write``."""
         if self.copy:
-            batch = {
-                k: (list(v) if FIELDS.get(k) and FIELDS[k].dtype == STR else np.array(v)) for k, v in batch.items()
-            }
+            batch = {k: _copied(k, v) for k, v in batch.items()}
         self._enqueue(("write", batch))
 
     def add_rejected(self, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
@@ -496,6 +655,11 @@ class AsyncShardWriter:
     @property
     def n_samples(self) -> int:
         return self.writer.n_samples
+
+    @property
+    def codecs(self) -> dict[str, Codec]:
+        """The codec of every field (``enhancer.store.device_jpeg.encode_jpeg_fields`` takes them)."""
+        return self.writer.codecs
 
     def _enqueue(self, item: tuple[str, Any]) -> None:
         self._raise_pending()
@@ -516,20 +680,45 @@ class AsyncShardWriter:
             raise self._error
 
     def _run(self) -> None:
+        # At most two batches in flight: batch k is written while batch k + 1 encodes on the pool; with nothing new
+        # in the queue, the encoded batch is written at once.
+        pending: deque[PendingBatch] = deque()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(block=not pending)
+            except queue.Empty:
+                item = _IDLE
             if item is _STOP:
-                return
+                break
             if self._error is not None or self._abort.is_set():
                 continue  # keep draining so a blocked put can finish, but write nothing more
-            kind, payload = item
             try:
-                if kind == "write":
-                    self.writer.write(payload)
-                else:
-                    self.writer.add_rejected(payload)
+                self._handle(item, pending)
             except BaseException as e:
                 self._error = e
+                _cancel(pending)
+        if self._error is None and not self._abort.is_set():
+            try:
+                self._write_pending(pending, keep=0)
+            except BaseException as e:
+                self._error = e
+        _cancel(pending)
+
+    def _handle(self, item: Any, pending: deque[PendingBatch]) -> None:
+        if item is _IDLE:
+            self._write_pending(pending, keep=0)
+            return
+        kind, payload = item
+        if kind == "write":
+            pending.append(self.writer.prepare(payload))
+            self._write_pending(pending, keep=1)
+        else:
+            self._write_pending(pending, keep=0)
+            self.writer.add_rejected(payload)
+
+    def _write_pending(self, pending: deque[PendingBatch], keep: int) -> None:
+        while len(pending) > keep:
+            self.writer.append(pending.popleft())
 
     def _stop(self, drain: bool) -> None:
         if self._thread is None:

@@ -25,6 +25,12 @@ def digest(ds: h5py.Dataset) -> str:
     if h5py.check_string_dtype(ds.dtype):
         text = "\n".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.ravel(data))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if h5py.check_vlen_dtype(ds.dtype) is not None:  # e.g. JPEG files: hash each element's bytes, length first
+        h = hashlib.sha256()
+        for item in np.ravel(data):
+            raw = np.ascontiguousarray(item).tobytes()
+            h.update(len(raw).to_bytes(8, "little") + raw)
+        return h.hexdigest()
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
