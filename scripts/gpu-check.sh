@@ -7,8 +7,8 @@
 #   scripts/gpu-check.sh --cpu --quick        # the same code on the CPU, small: what `make test` runs
 #   scripts/gpu-wheels.sh                     # beforehand, on a machine with network: the wheels it may need
 #
-# It uses the machine's own python3 with its preinstalled torch (2.4 or newer) and torchvision; the small
-# packages the package needs besides (h5py, click, tqdm, numpy, pillow, pydicom) are installed, only when missing and
+# It uses the machine's own python3 with its preinstalled torch (2.4 or newer) and torchvision; the small packages
+# the package needs besides (h5py, click, tqdm, numpy, pillow, pydicom, isal) are installed, only when missing and
 # only into .gpu-check-deps/ here, from the wheel folder scripts/wheels/ (made by scripts/gpu-wheels.sh; no network
 # needed). The sample X-rays: $ENHANCER_SAMPLES, else shared/data/kermany-val or ../shared/data/kermany-val when
 # present, else the user cache; without any, synthetic X-ray-like JPEGs. Options: see `scripts/gpu-check.sh --help`.
@@ -22,7 +22,8 @@ DEPS="$ROOT/.gpu-check-deps"
 # module -> the wheel that provides it
 missing="$("$PYTHON" - <<'PY'
 import importlib.util
-needed = {"h5py": "h5py", "click": "click", "tqdm": "tqdm", "numpy": "numpy", "PIL": "pillow", "pydicom": "pydicom"}
+needed = {"h5py": "h5py", "click": "click", "tqdm": "tqdm", "numpy": "numpy", "PIL": "pillow", "pydicom": "pydicom",
+          "isal": "isal"}
 print(" ".join(wheel for module, wheel in needed.items() if importlib.util.find_spec(module) is None))
 PY
 )"

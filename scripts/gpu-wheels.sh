@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 DEST="${1:-$ROOT/scripts/wheels}"
-PACKAGES=(h5py==3.16.0 click==8.5.1 tqdm==4.70.1 numpy==2.4.6 pillow==13.0.0 pydicom==3.0.2)
+PACKAGES=(h5py==3.16.0 click==8.5.1 tqdm==4.70.1 numpy==2.4.6 pillow==13.0.0 pydicom==3.0.2 isal==1.9.1)
 
 mkdir -p "$DEST"
 "$PYTHON" -m pip download --quiet --dest "$DEST" --no-deps --only-binary=:all: --python-version 3.12 \

@@ -40,6 +40,7 @@ from enhancer.explain import cam
 from enhancer.models.demo import hook_target, save_demo_checkpoint, xray_like_images
 from enhancer.specs import EnhanceSpec
 from enhancer.store import AsyncShardWriter, per_sample_shapes
+from enhancer.store.encoding import default_write_threads
 
 KEYS = (
     "device",
@@ -54,6 +55,7 @@ KEYS = (
     "enhance_over_forward",
     "gpu_busy_fraction",
     "store_samples_per_s",
+    "store_config",
     "head_vs_full_backward_max_abs",
     "bf16_vs_fp32_correlation",
     "checks",
@@ -191,31 +193,35 @@ def measure_forward(cfg: dict[str, Any], data: Path, checkpoint: Path) -> float:
     return n / (time.perf_counter() - started) if started is not None else 0.0
 
 
-def measure_store(cfg: dict[str, Any], data: Path, checkpoint: Path, tmp: Path) -> float:
-    """The shard writer alone, default settings: one real batch of outputs written until ``n`` samples, samples/s
-    from the first hand-over to the closed shard."""
+def measure_store(cfg: dict[str, Any], data: Path, checkpoint: Path, tmp: Path) -> tuple[float, dict[str, Any]]:
+    """The shard writer alone, as the job makes it (default codecs, the job's write threads): one real batch of
+    outputs written until ``n`` samples; samples/s from the first hand-over to the closed shard, and the writer's
+    codecs and threads."""
     spec = EnhanceSpec(data=str(data), out=str(tmp / "store"), checkpoint=str(checkpoint), device=cfg["device"])
     ck, target = load_model(spec)
     settings = output_settings(spec, ck, cfg["device"])
     samples = list(scan(str(data)).samples)[: cfg["batch_size"]]
     loader = make_loader(samples, ck.preprocessing, batch_size=len(samples), loader="torch", device=cfg["device"])
-    batch = next(iter(loader))
-    model = ck.model.to(cfg["device"]).eval()
-    arrays = process_batch(model, batch, {"path": [s.path for s in samples]}, settings, target=target).wait()
     h, w = target.shape[-2:]
     shapes = per_sample_shapes(settings.fields, H=224, W=224, h=h, w=w, Hc=224, Wc=224, C=ck.config.num_classes)
     rounds = max(1, cfg["n"] // len(samples))
+    threads = spec.write_threads or default_write_threads(cfg["threads"])
     writer = AsyncShardWriter(
-        spec.out, 0, 1, maxsize=spec.queue_size, copy=False, shapes=shapes, fields=settings.fields,
-        compression=spec.compression, attrs={}, expected=rounds * len(samples), overwrite=True,
+        spec.out, 0, 1, maxsize=spec.queue_size, copy=False, shapes=shapes, fields=settings.fields, codecs=spec.codec,
+        compression=spec.compression, write_threads=threads, attrs={}, expected=rounds * len(samples), overwrite=True,
     )  # fmt: skip
+    model = ck.model.to(cfg["device"]).eval()
+    batch = next(iter(loader))
+    paths = [s.path for s in samples]
+    arrays = process_batch(model, batch, {"path": paths}, settings, target=target, codecs=writer.codecs).wait()
     started = time.perf_counter()
     with writer:
         for k in range(rounds):
             writer.put({**arrays, "index": arrays["index"] + k * len(samples)})
     seconds = time.perf_counter() - started
     shutil.rmtree(spec.out, ignore_errors=True)
-    return rounds * len(samples) / seconds
+    used = {"codecs": {name: c.name for name, c in writer.codecs.items()}, "write_threads": threads}
+    return rounds * len(samples) / seconds, used
 
 
 def full_backward_cam(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -300,7 +306,8 @@ def run_checks(cfg: dict[str, Any], tmp: Path, started: float) -> dict[str, Any]
     step("forward only, same loader")
     forward = measure_forward(cfg, data, checkpoint)
     step("store")
-    store = measure_store(cfg, data, checkpoint, tmp)
+    store, store_config = measure_store(cfg, data, checkpoint, tmp)
+    print(f"store: {store:,.0f} samples/s with {store_config}", flush=True)
     step("maps: head-only vs full backward, bf16 vs float32")
     max_abs, corr = map_agreement(cfg, src, checkpoint)
     return {
@@ -313,6 +320,7 @@ def run_checks(cfg: dict[str, Any], tmp: Path, started: float) -> dict[str, Any]
         "enhance_over_forward": enh["images_per_s"] / forward if forward else None,
         "gpu_busy_fraction": enh["busy"],
         "store_samples_per_s": store,
+        "store_config": store_config,
         "head_vs_full_backward_max_abs": max_abs,
         "bf16_vs_fp32_correlation": corr,
     }
