@@ -69,6 +69,9 @@ def test_run_classic_writes_every_sample(kermany_dir: Path, demo_checkpoints: di
         assert f["heatmap"].shape == (4, 224, 224) and f["crop"].shape == (4, 1, 224, 224)
         assert f["enhanced"].shape == (4, 1, 224, 224) and f["crop_box"].shape == (4, 4)
         assert f["label"][:].tolist() == [0, 0, 1, 1]
+        # enhancer's default codecs (heatmap gzip1, the rest raw): both pipelines pay the same compression
+        assert (f["heatmap"].compression, f["heatmap"].compression_opts) == ("gzip", 1)
+        assert {f[name].compression for name in ("image", "crop", "enhanced", "crop_box", "prob")} == {None}
         assert all(f["heatmap"][i].max() == 255 for i in range(4))  # min-max scaled, non-trivial maps
         boxes, sizes = f["crop_box"][:], f["orig_size"][:]
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 3] <= sizes[:, 0]).all()
