@@ -242,7 +242,8 @@ def process_batch(
     """One batch: every stored field computed on the device, then its copies out started. Nothing here waits for
     the device (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or blocking copy), so the host queues this batch's
     work and returns while the device is still busy with it. ``codecs``: the writer's (``AsyncShardWriter.codecs``);
-    JPEG-coded fields on CUDA are encoded there (``copy_out``)."""
+    JPEG-coded fields on CUDA are encoded there (``copy_out``). That step is the exception: torchvision's nvJPEG
+    encoder waits on its own stream for every plane's length, so a JPEG codec costs host time per batch on CUDA."""
     started = device_mark(batch.image.device)
     outputs = compute_outputs(model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"), target=target)
     return copy_out(encode_jpeg_fields(outputs, codecs or {}), extra["path"], started=started)
