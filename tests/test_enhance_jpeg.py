@@ -130,3 +130,32 @@ def test_device_encoded_planes_cross_as_their_bytes_and_are_stored_as_they_are(
     for i in range(16):
         for name in JPEG_FIELDS:
             assert _psnr(back[i][name], planes[i][name]) >= 40, (i, name)
+
+
+@pytest.mark.gpu
+def test_on_cuda_jpeg_fields_are_encoded_on_the_device(tmp_path, raw_run, kermany_dir, demo_checkpoints) -> None:
+    import io
+
+    from PIL import Image
+
+    out = tmp_path / "cuda"
+    spec = EnhanceSpec(
+        data=str(kermany_dir),
+        out=str(out),
+        checkpoint=str(demo_checkpoints["tinyvgg"]),
+        batch_size=6,
+        device="cuda",
+        loader="torch",
+        codec={name: "jpeg95" for name in JPEG_FIELDS},
+    )
+    assert run_enhance(spec, progress=False).n_written == 16
+    merge_enhanced(out)
+    assert verify(out).ok
+    with h5py.File(shard_path(out, 0, 1), "r") as f:
+        for name in JPEG_FIELDS:  # nvJPEG writes three components (R = G = B); the CPU pool's libjpeg writes one
+            assert {Image.open(io.BytesIO(bytes(f[name][i]))).mode for i in range(16)} == {"RGB"}, name
+    raw, jpeg = _by_index(raw_run), _by_index(out)
+    # The model input as stored, against the CPU job's raw plane: nvJPEG decode and GPU resize (within 2 levels inside,
+    # up to ~24 on the outermost pixels, tests/test_data_loaders.py) and JPEG at 95 (~47 dB alone).
+    for i in range(16):
+        assert _psnr(jpeg[i]["image"], raw[i]["image"]) >= 32, i
