@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enhancer.models.demo import to_model_input
+from enhancer.models.demo import SyntheticCanvas, to_model_input
 from enhancer.models.zoo import preprocessing_for
 
 MARKER_MODES = ("label", "random", "none")
@@ -43,19 +43,8 @@ def make_phantoms(n: int, size: int = 64, *, marker: str = "label", seed: int = 
     independent half, ``"none"`` never. Deterministic for a given seed."""
     if marker not in MARKER_MODES:
         raise ValueError(f"marker={marker!r} is not valid; choose one of {', '.join(MARKER_MODES)}")
-    g = torch.Generator().manual_seed(seed)
-
-    def u(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=g)
-
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    yy, xx = yy[None], xx[None]
-
-    def ellipse(cx: torch.Tensor, cy: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
-        """Soft ellipse (n, S, S): ~1 inside, ~0 outside, plus the hard inside test ``d < 1``."""
-        d = ((xx - cx[:, None, None]) / rx[:, None, None]) ** 2 + ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2
-        return torch.sigmoid((1 - d) * 8), d < 1
-
+    canvas = SyntheticCanvas(size, seed)
+    g, u, yy, ellipse = canvas.g, canvas.u, canvas.yy, canvas.ellipse
     labels = (torch.arange(n) % 2).long()[torch.randperm(n, generator=g)]
     body, _ = ellipse(torch.zeros(n), 0.1 + 0.05 * u(n), 0.8 + 0.05 * u(n), 1.05 + 0.05 * u(n))
     img = 0.1 + 0.6 * body

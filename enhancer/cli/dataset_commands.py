@@ -108,24 +108,3 @@ def fetch_samples(dest: str, source: str | None) -> None:
     from enhancer.data.samples import fetch_samples as fetch
 
     click.echo(f"16 sample X-rays (8 NORMAL, 8 PNEUMONIA) ready in {fetch(dest, source=source)}")
-
-
-@main.command("demo-model")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--arch", default="resnet101", show_default=True, help="Zoo architecture.")
-@click.option("--seed", default=0, show_default=True, help="Random seed of the weights.")
-@click.option(
-    "--data",
-    type=click.Path(exists=True, file_okay=False),
-    help="ImageFolder to calibrate on and fit the output layer to (e.g. the samples).  "
-    "[default: synthetic X-ray-like images]",
-)
-@reports_errors
-def demo_model(path: str, arch: str, seed: int, data: str | None) -> None:
-    """Write a demonstration checkpoint (random weights, calibrated BatchNorm): heatmaps without a trained model.
-
-    Its maps show the pipeline working; they are not medical evidence. Use a trained checkpoint for real work.
-    """
-    from enhancer.models.demo import save_demo_checkpoint
-
-    click.echo(f"wrote demonstration checkpoint {save_demo_checkpoint(path, arch, seed=seed, data=data)} ({arch})")

@@ -27,20 +27,38 @@ from enhancer.models.zoo import build_model, preprocessing_for
 from enhancer.preprocessing import Preprocessing
 
 
+class SyntheticCanvas:
+    """The drawing kit of synthetic X-rays: pixel coordinates in [-1, 1] of a ``size`` x ``size`` image, a seeded
+    uniform source and soft ellipses, batched over ``n`` images (``xray_like_images`` and the audit's phantoms)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        self.yy, self.xx = yy[None], xx[None]
+
+    def u(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) draws from the canvas's generator."""
+        return torch.rand(*shape, generator=self.g)
+
+    def ellipse(
+        self, cx: torch.Tensor, cy: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft ellipses (n, S, S), ~1 inside and ~0 outside, and the hard inside test ``d < 1``; centres and radii
+        (n,) in canvas coordinates."""
+        d = ((self.xx - cx[:, None, None]) / rx[:, None, None]) ** 2 + (
+            (self.yy - cy[:, None, None]) / ry[:, None, None]
+        ) ** 2
+        return torch.sigmoid((1 - d) * 8), d < 1
+
+
 def xray_like_images(n: int, size: int = 224, *, seed: int = 0) -> torch.Tensor:
     """(n, 1, size, size) float32 in [0, 1]: a bright body, two dark lungs with rib stripes and, in a random
     lung of about half the images, a bright opacity. Deterministic for a given seed."""
-    g = torch.Generator().manual_seed(seed)
-
-    def u(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=g)
-
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    yy, xx = yy[None], xx[None]
+    canvas = SyntheticCanvas(size, seed)
+    g, u, yy = canvas.g, canvas.u, canvas.yy
 
     def ellipse(cx: torch.Tensor, cy: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
-        d = ((xx - cx[:, None, None]) / rx[:, None, None]) ** 2 + ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2
-        return torch.sigmoid((1 - d) * 8)
+        return canvas.ellipse(cx, cy, rx, ry)[0]
 
     body = ellipse(torch.zeros(n), 0.1 + 0.1 * u(n), 0.85 + 0.1 * u(n), 1.1 + 0.1 * u(n))
     img = 0.1 + 0.6 * body
