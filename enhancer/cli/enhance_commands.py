@@ -39,9 +39,8 @@ from enhancer.specs import EnhanceSpec
 @spec_option(
     CamSettings,
     "method",
-    "CAM method (cam.method): gradcam, hirescam, gradcam++, xgradcam, layercam, gradcam-elementwise, eigengradcam "
-    "(gradients: one head-only backward); eigencam (activations only); scorecam, ablationcam (a forward pass per "
-    "channel and image: slow).",
+    "CAM method (cam.method), as pytorch-grad-cam defines it: the gradient methods take one head-only backward, "
+    "eigencam the activations alone, scorecam and ablationcam a forward pass per channel and image (slow).",
 )
 @spec_option(
     CamSettings,
