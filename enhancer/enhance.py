@@ -40,7 +40,9 @@ from enhancer.data.loader import resolve_device, resolve_loader
 from enhancer.data.prefetch import Prefetcher, pinned
 from enhancer.explain import cam, localisation
 from enhancer.explain.compiled import CompiledTrunk
+from enhancer.explain.compute import compute_cam
 from enhancer.explain.localisation import BoxTable, read_boxes
+from enhancer.explain.methods import METHOD_NOTES
 from enhancer.hashing import file_sha256
 from enhancer.models.checkpoints import LoadedCheckpoint
 from enhancer.models.inspection import open_model
@@ -135,24 +137,13 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def explain(
     model: nn.Module, target: TargetLayer | None, x: torch.Tensor, settings: cam.CamSettings, labels: torch.Tensor
 ) -> cam.CamResult:
-    """The CAM of one batch at ``target`` (None: ``model`` is a zoo model, explained at its own split), through the
-    model's features/head halves at that layer (``target.split``; ``check_explainable`` refuses a target without
-    them before the job starts)."""
-    split = model if target is None else target.split
-    assert split is not None, "check_explainable(target) first"
-    return cam.grad_cam(split, x, settings, labels=labels)  # type: ignore[arg-type]  # a SplitView quacks the same
-
-
-def check_explainable(target: TargetLayer, model_name: str) -> None:
-    """Refuse, before any work, a target layer the batch Grad-CAM cannot reach: it needs the model's features/head
-    halves at that layer, which the registry knows for zoo models and for the default layer of the torchvision and
-    timm families; other layers need the generic head-only gradient (a forward hook at the layer)."""
-    if target.split is None:
-        raise SpecError(
-            f"target layer {target.name!r} of {model_name} (family {target.family}): the batch Grad-CAM needs the "
-            "model split into features/head at that layer, known only at the family's default layer; explaining at any "
-            "layer needs the generic head-only gradient (cam.compute_cam). Drop --target-layer to use the default"
-        )
+    """The CAM of one batch at ``target`` (``resolve_target``; None: ``model`` is a zoo model, explained at its own
+    features/head split) for any model and layer: ``compute_cam`` with the layer's module, and the model's
+    features/head halves there when the registry knows them (``target.split``: zoo models, a family's default
+    layer), which take the closed form."""
+    if target is None:
+        return compute_cam(model, x, split=model, settings=settings, labels=labels)
+    return compute_cam(model, x, layer=target.module, split=target.split, settings=settings, labels=labels)
 
 
 def compute_outputs(
@@ -380,6 +371,14 @@ def model_attrs(ck: LoadedCheckpoint, target: TargetLayer) -> dict[str, Any]:
     }
 
 
+def cam_identity(settings: cam.CamSettings) -> dict[str, Any]:
+    """How the maps are computed (method, target, score, reduction, normalisation), which all shards must share; not
+    how fast (autocast and memory format on CUDA, Score-/Ablation-CAM copies per forward), which may differ."""
+    d = dataclasses.replace(settings, amp=None, channels_last=False).to_dict()
+    del d["scorecam_batch"]
+    return d
+
+
 def dataset_attrs(
     spec: EnhanceSpec,
     ck: LoadedCheckpoint,
@@ -410,7 +409,7 @@ def dataset_attrs(
         "model": {k: v for k, v in model_attrs(ck, target).items() if k in ("name", "num_classes", "target_layer")},
         "fields": list(settings.fields),
         "codecs": {k: c.name for k, c in resolve_codecs(settings.fields, spec.codec, spec.compression).items()},
-        "cam": dataclasses.replace(settings.cam, amp=None, channels_last=False).to_dict(),
+        "cam": cam_identity(settings.cam),
         "crop": settings.crop.to_dict(),
         "enhance": settings.enhance.to_dict(),
         "preprocessing": settings.preprocessing.to_dict(),
@@ -426,6 +425,8 @@ def dataset_attrs(
         "target_layer": target.name,
         "model": model_attrs(ck, target),
         "gradcam": settings.cam.to_dict(),
+        "cam_method": settings.cam.method,
+        "cam_method_definition": METHOD_NOTES[settings.cam.method],
         "raw_cam_scale": cam.RAW_CAM_SCALE_NOTE,
         "preprocessing": settings.preprocessing.to_dict(),
         "crop_settings": settings.crop.to_dict(),
@@ -467,7 +468,6 @@ def _run_claimed(
     started = time.perf_counter()
     final = claim.shard
     ck, target = load_model(spec)
-    check_explainable(target, ck.config.arch)
     found = scan(spec.data)
     device = resolve_device(spec.device)
     settings = output_settings(spec, ck, device)

@@ -12,8 +12,15 @@ The tensor code that uses them (and the torch dtypes behind ``amp``) lives in ``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+# Every CAM method, by what it needs: the target layer's activations A and the score's gradient G w.r.t. them
+# (one head-only backward), A alone, or forward passes of perturbed inputs / activations (``scorecam_batch`` each).
+# Definitions: enhancer.explain.methods.METHOD_NOTES (those of pytorch-grad-cam 1.5.7).
+GRADIENT_METHODS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcam-elementwise", "eigengradcam")
+ACTIVATION_METHODS = ("eigencam",)
+PERTURBATION_METHODS = ("scorecam", "ablationcam")
+METHODS = (*GRADIENT_METHODS, *ACTIVATION_METHODS, *PERTURBATION_METHODS)
 TARGETS = ("predicted", "label")
 SCORES = ("prob", "logit")
 CHANNEL_REDUCE = ("mean", "sum")
@@ -25,6 +32,8 @@ AMP_MODES = (None, "bf16", "fp16")  # autocast of the trunk; enhancer.explain.ca
 class CamSettings:
     """How the map is computed; the defaults reproduce the seed notebook.
 
+    method: the CAM method (``METHODS``; default ``"gradcam"``), defined as in pytorch-grad-cam 1.5.7 (see
+    ``enhancer.explain.methods``).
     target: ``"predicted"`` (argmax of the logits, seed), ``"label"`` (needs ``labels``) or a fixed class index.
     score: ``"prob"`` (softmax probability, seed; computed in its non-vanishing log-odds form, see
     ``enhancer.explain.cam.RAW_CAM_SCALE_NOTE``) or ``"logit"``.
@@ -34,16 +43,22 @@ class CamSettings:
     than float32 on most CPUs); the head always runs in float32.
     channels_last: channels_last input memory format for the trunk (the enhance job turns it on where it is faster:
     ``enhancer.explain.cam.prefers_channels_last``).
+    scorecam_batch: perturbed copies (images x channels) per forward pass of scorecam and ablationcam; memory
+    against speed, the maps do not depend on it.
     """
 
+    method: str = "gradcam"
     target: str | int = "predicted"
     score: str = "prob"
     channel_reduce: str = "mean"
     normalize: str = "max"
     amp: str | None = None
     channels_last: bool = False
+    scorecam_batch: int = 64
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"method": METHODS}  # the command line offers the same
 
     def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
         if isinstance(self.target, bool) or not (
             self.target in TARGETS or (isinstance(self.target, int) and self.target >= 0)
         ):
@@ -52,6 +67,8 @@ class CamSettings:
         _check_choice("channel_reduce", self.channel_reduce, CHANNEL_REDUCE)
         _check_choice("normalize", self.normalize, NORMALIZE)
         _check_choice("amp", self.amp, AMP_MODES)
+        if isinstance(self.scorecam_batch, bool) or not isinstance(self.scorecam_batch, int) or self.scorecam_batch < 1:
+            raise ValueError(f"scorecam_batch={self.scorecam_batch!r} must be an integer >= 1 (copies per forward)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,11 @@
 """Any classifier through the product: checkpoints of torchvision, timm and users' models load with --model (exact
 logits, one-message key mismatches), `enhancer inspect` shows and lists target layers, and `enhancer enhance
---model tv:densenet121 ...` writes a dataset that merges and verifies, with the maps of a full-backward Grad-CAM."""
+--model tv:densenet121 ... --method gradcam++` writes a dataset that merges and verifies, with the maps of compute_cam
+and of pytorch-grad-cam; any spatial layer enhances, others are refused before any work."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -16,11 +18,14 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.data import make_loader, scan
+from enhancer.explain.cam import normalize_maps, upsample
+from enhancer.explain.compute import compute_cam
 from enhancer.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
 from enhancer.models.registry import build
 from enhancer.models.zoo import ModelConfig
 from enhancer.preprocessing import RGB_PREPROCESSING, SEED_PREPROCESSING, Preprocessing
+from enhancer.settings import CamSettings
 from tests.tools.missing import require_module
 from tests.tools.user_models import TinyNet
 
@@ -144,59 +149,126 @@ def test_wrong_layers_exit_2_with_the_nearest_names(densenet):
         assert expected in result.output and result.output.count("\n") == 1, result.output
 
 
-def _full_backward_grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Classic Grad-CAM of the predicted class's logit (hook + full backward), channel mean: (N, h, w)."""
-    seen = []
-    # keep the layer's own output (DenseNet's forward applies an in-place ReLU to what the layer returns)
-    handle = layer.register_forward_hook(lambda _m, _i, out: (seen.append(out), out.clone())[1])
-    logits = model(x)
-    handle.remove()
-    (grads,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), seen[0])
-    return (grads.mean((2, 3), keepdim=True) * seen[0]).mean(1).relu().detach()
+PGC_CONVENTION = ["--set", "cam.score=logit", "--set", "cam.channel_reduce=sum", "--set", "cam.normalize=minmax"]
 
 
-@pytest.mark.slow
-def test_enhance_any_model_writes_a_dataset_that_verifies(densenet, kermany_dir, tmp_path):
-    reference, path = densenet
-    out = tmp_path / "enhanced"
-    args = ["enhance", "--data", str(kermany_dir), "--checkpoint", str(path), "--out", str(out), *DENSENET]
-    args += ["--target-layer", "features.norm5", "--input-size", str(SIZE), "--set", "cam.score=logit"]
+def _enhance(path: Path, data: Path, out: Path, *extra: str) -> None:
+    """``enhancer enhance`` of the densenet checkpoint, then ``merge`` and ``verify``; each must succeed."""
+    args = ["enhance", "--data", str(data), "--checkpoint", str(path), "--out", str(out), *DENSENET, *extra]
     result = CliRunner().invoke(main, [*args, "--loader", "torch", "--batch-size", "8", "--no-progress"])
     assert result.exit_code == 0, result.output
     for command in (["merge", str(out)], ["verify", str(out)]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 0, result.output
+
+
+def _stored(out: Path, data: Path) -> tuple[dict, dict[str, np.ndarray], torch.Tensor]:
+    """(shard attributes, its cam / heatmap / index, the model input of those samples in stored order): the input
+    through the same loader and the preprocessing the shard records."""
     [shard] = sorted(out.glob("shard-*.h5"))
     with h5py.File(shard, "r") as f:
         attrs = dict(f.attrs)
-        raw, index = f["cam"][:], f["index"][:]
-        assert f["image"].shape == (16, 1, SIZE, SIZE) and raw.shape == (16, 4, 4)
+        fields = {name: f[name][:] for name in ("cam", "heatmap", "index", "image") if name in f}
+    samples = list(scan(str(data)).samples)
+    preprocessing = Preprocessing.from_dict(json.loads(attrs["preprocessing"]))
+    [batch] = list(make_loader(samples, preprocessing, batch_size=16, loader="torch", device="cpu", num_threads=0))
+    row_of = {int(i): row for row, i in enumerate(batch.index)}
+    return attrs, fields, batch.image[[row_of[int(i)] for i in fields["index"]]]
+
+
+def _pytorch_grad_cam_form(raw: torch.Tensor, size: int) -> torch.Tensor:
+    """A raw map (N, h, w) as pytorch-grad-cam returns maps: min-max, bilinear to the input, min-max again."""
+    up = upsample(normalize_maps(raw, "minmax")[0], (size, size)).to(raw.dtype)
+    low, high = up.flatten(1).amin(1)[:, None, None], up.flatten(1).amax(1)[:, None, None]
+    return (up - low) / (high - low + 1e-7)
+
+
+@pytest.mark.slow
+def test_enhance_any_model_any_method_writes_a_dataset_that_verifies(densenet, kermany_dir, tmp_path):
+    """``enhancer enhance --model tv:densenet121 --checkpoint densenet121_state_dict.pt --num-classes 2
+    --target-layer features.norm5 --method gradcam++`` on the 16 sample X-rays writes a dataset that merges and
+    verifies; its stored maps and heatmaps equal ``compute_cam`` on the same inputs (at the same layer through the
+    forward hook, where the job took the registry's features/head halves of the DenseNet family), which equals
+    pytorch-grad-cam 1.5.7's GradCAMPlusPlus there.
+
+    The point explained is the output of ``features.norm5`` itself, before the ReLU that torchvision's
+    ``DenseNet.forward`` applies to it in place (``F.relu(features, inplace=True)``): the job's hook hands the rest of
+    the network a copy, the family's head applies that ReLU to its input, and pytorch-grad-cam gets
+    ``reshape_transform=torch.clone`` so that, on the CPU, the in-place ReLU cannot overwrite the activations it keeps
+    (its gradient hook, registered before that ReLU, already sees the gradient w.r.t. the pre-ReLU output)."""
+    pgc = require_module("pytorch_grad_cam", install="grad-cam==1.5.7")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    reference, path = densenet
+    out = tmp_path / "enhanced"
+    _enhance(
+        path,
+        kermany_dir,
+        out,
+        "--target-layer",
+        "features.norm5",
+        "--method",
+        "gradcam++",
+        "--input-size",
+        str(SIZE),
+        *PGC_CONVENTION,
+    )
+    attrs, stored, x = _stored(out, kermany_dir)
+    assert stored["image"].shape == (16, 1, SIZE, SIZE) and stored["cam"].shape == (16, 4, 4)
     identity = json.loads(attrs["identity"])
     assert identity["model"] == {"name": "tv:densenet121", "num_classes": 2, "target_layer": "features.norm5"}
+    assert identity["cam"]["method"] == "gradcam++" and attrs["cam_method"] == "gradcam++"
     rgb = {"in_chans": 3, "mean": list(RGB_PREPROCESSING.mean), "std": list(RGB_PREPROCESSING.std)}
     assert identity["preprocessing"] == {"size": [SIZE, SIZE], **rgb}
     assert attrs["architecture"] == "tv:densenet121" and attrs["target_layer"] == "features.norm5"
     assert json.loads(attrs["model"])["family"] == "densenet"
     card = (out / "README.md").read_text()
-    assert "tv:densenet121" in card and "features.norm5" in card
-    samples = list(scan(str(kermany_dir)).samples)
-    preprocessing = Preprocessing.from_dict(json.loads(attrs["preprocessing"]))
-    [batch] = list(make_loader(samples, preprocessing, batch_size=16, loader="torch", device="cpu", num_threads=0))
-    expected = _full_backward_grad_cam(reference.eval(), reference.features.norm5, batch.image)
-    assert (expected.flatten(1).amax(1) > 0).all(), "trivial maps"
-    row_of = {int(i): row for row, i in enumerate(batch.index)}
-    np.testing.assert_allclose(raw, expected[[row_of[int(i)] for i in index]].numpy(), rtol=1e-4, atol=1e-6)
+    assert "tv:densenet121" in card and "Maps: CAM method `gradcam++` at layer `features.norm5`" in card
+
+    settings = CamSettings(method="gradcam++", score="logit", channel_reduce="sum", normalize="minmax")
+    direct = compute_cam(reference.eval(), x, layer=reference.features.norm5, settings=settings)
+    assert (~direct.empty).all() and (direct.cam.flatten(1).std(1) > 0.05).all(), "trivial maps"
+    np.testing.assert_allclose(stored["cam"], direct.raw.numpy(), rtol=1e-4, atol=1e-6 * float(direct.raw.max()))
+    heat = (upsample(direct.cam, (SIZE, SIZE)) * 255).round().clamp(0, 255).to(torch.uint8)
+    assert np.abs(stored["heatmap"].astype(int) - heat.numpy().astype(int)).max() <= 1
+    # the definition at the same point as pytorch-grad-cam, in float64: Grad-CAM++'s alphas divide by
+    # 2 G^2 + sum(A) G^3, and at a BatchNorm output (norm5, before the ReLU) sum(A) can nearly cancel that, so float32
+    # summation order alone moves both libraries' maps by ~1e-3 from the float64 ones (measured: ours 1.4e-3,
+    # pytorch-grad-cam's 2.0e-3 on image 2); in float64 the two agree to ~2e-7
+    model64, x64 = copy.deepcopy(reference).double().eval(), x.double()
+    ours = compute_cam(model64, x64, layer=model64.features.norm5, settings=settings)
+    assert torch.equal(ours.target, direct.target)
+    targets = [ClassifierOutputTarget(int(c)) for c in ours.target]
+    with pgc.GradCAMPlusPlus(model64, [model64.features.norm5], reshape_transform=torch.clone) as theirs:
+        expected = torch.from_numpy(theirs(input_tensor=x64, targets=targets))
+    torch.testing.assert_close(_pytorch_grad_cam_form(ours.raw, SIZE), expected, rtol=0, atol=1e-4)
+
+
+def test_enhance_explains_a_layer_without_a_known_split(densenet, kermany_dir, tmp_path):
+    """A layer the registry has no features/head halves for (not the family's default) enhances too, through the
+    forward hook, and the stored maps are compute_cam's at that layer."""
+    reference, path = densenet
+    out = tmp_path / "block4"
+    _enhance(path, kermany_dir, out, "--input-size", "64", "--target-layer", "features.denseblock4", "--fields", "cam")
+    attrs, stored, x = _stored(out, kermany_dir)
+    assert json.loads(attrs["model"])["target_layer"] == "features.denseblock4" and stored["cam"].shape == (16, 2, 2)
+    direct = compute_cam(reference.eval(), x, layer=reference.features.denseblock4)
+    assert (~direct.empty).sum() >= 8, "trivial maps"
+    np.testing.assert_allclose(stored["cam"], direct.raw.numpy(), rtol=1e-4, atol=1e-6 * float(direct.raw.max()))
 
 
 def test_enhance_refuses_bad_layers_before_any_work(densenet, kermany_dir, tmp_path):
     _, path = densenet
     base = ["enhance", "--data", str(kermany_dir), "--checkpoint", str(path), "--out", str(tmp_path / "x"), *DENSENET]
-    result = CliRunner().invoke(main, [*base, "--input-size", "64", "--target-layer", "features.denseblok4"])
-    assert result.exit_code == 2 and "nearest: features.denseblock4" in result.output, result.output
-    # a layer with a spatial output but no features/head split there: the batch Grad-CAM cannot reach it yet
-    result = CliRunner().invoke(main, [*base, "--input-size", "64", "--target-layer", "features.denseblock4"])
-    assert result.exit_code == 2 and "needs the generic head-only gradient" in result.output, result.output
-    assert not (tmp_path / "x").exists()
+    for layer, expected in (
+        ("features.denseblok4", "nearest: features.denseblock4"),
+        ("classifier", "'classifier' (Linear) of tv:densenet121 outputs shape (1, 2), not a spatial map (N, C, h, w)"),
+    ):
+        result = CliRunner().invoke(main, [*base, "--input-size", "64", "--target-layer", layer])
+        assert result.exit_code == 2 and expected in result.output, result.output
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    # the command line claims the shard first (a second job is refused at once): the claim is gone, nothing written
+    assert not list((tmp_path / "x").iterdir())
 
 
 def test_build_gives_the_config_to_external_models():

@@ -129,3 +129,40 @@ def test_errors_name_the_problem(case):
     assert nothing.exit_code == 2 and "no such mask folder" in nothing.output
     unknown = _invoke([*base, "--checkpoint", case["ck"], "--checks", "vibes"])
     assert unknown.exit_code == 2 and "randomisation" in unknown.output
+
+
+def test_any_model_and_method_are_audited_with_the_jobs_own_maps(kermany_dir, tmp_path):
+    """A user's builder (no zoo detection, no features/head halves: the forward hook) enhanced with gradcam++: the
+    audit opens the model as the shards record it and recomputes exactly the stored maps (compute_cam, the same
+    method and layer), so its randomisation compares like with like."""
+    import torch
+
+    from enhancer.audit.inputs import read_inputs
+    from enhancer.audit.maps import compute_maps
+    from enhancer.audit.run import dataset_map_fn, open_dataset_model
+    from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
+    from enhancer.store import Manifest
+    from tests.tools.user_models import TinyNet
+
+    torch.manual_seed(0)
+    model = TinyNet(2)
+    calibrate_batchnorm(model, [xray_like_batch(8, SIZE, seed=1)])
+    scale_head_to_unit_logits(model, xray_like_batch(8, SIZE, seed=2))
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    name, out = "tests.tools.user_models:tiny_net", tmp_path / "enhanced"
+    args = ["enhance", "--data", kermany_dir, "--out", out, "--checkpoint", tmp_path / "tiny.pt", "--model", name]
+    args += ["--input-size", SIZE, "--method", "gradcam++", "--fields", "cam", "--loader", "torch", "--no-progress"]
+    assert _invoke(args).exit_code == 0 and _invoke(["merge", out]).exit_code == 0
+    ck, target = open_dataset_model(str(tmp_path / "tiny.pt"), Manifest.load(out))
+    assert (ck.config.arch, target.name, target.split, ck.preprocessing.size) == (name, "body", None, (SIZE, SIZE))
+    inputs = read_inputs(out, ck.preprocessing, device="cpu")  # no image field: the original files, as the job read
+    assert inputs.cam.method == "gradcam++"
+    map_fn = dataset_map_fn(inputs.cam, ck, target)
+    again = compute_maps(map_fn, ck.model.eval(), inputs.x, inputs.target)
+    assert (inputs.maps.flatten(1).amax(1) == 1).sum() >= 8, "trivial maps"
+    torch.testing.assert_close(again, inputs.maps, rtol=0, atol=1e-5)
+    audit = ["audit", out, "--checkpoint", tmp_path / "tiny.pt", "--out", tmp_path / "audit", "--device", "cpu"]
+    result = _invoke([*audit, "--samples", "6", "--checks", "randomisation", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert doc["maps"] == "gradcam++_maps" and doc["gradcam"]["method"] == "gradcam++"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from enhancer.audit.checks import FAIL, PASS, localisation_check, randomisation_check
-from enhancer.audit.maps import compute_maps, gradcam_map_fn
+from enhancer.audit.maps import cam_map_fn, compute_maps
 from enhancer.audit.phantoms import TinyGapCNN, make_phantoms, model_input, train_tiny
 from enhancer.audit.run import audit_batch
 from enhancer.explain.localisation import boxes_mask
@@ -50,7 +50,7 @@ def _audit(model, x, labels, regions, map_fn):
 
 def test_a_trained_model_passes_randomisation_and_localises(trained, phantoms):
     x, labels, regions = phantoms
-    target, randomisation, localisation = _audit(trained, x, labels, regions, gradcam_map_fn())
+    target, randomisation, localisation = _audit(trained, x, labels, regions, cam_map_fn())
     assert (target == labels).float().mean() >= 0.9
     assert [s["name"] for s in randomisation["stages"]] == ["classifier", "feature_extractor"]
     assert randomisation["stages"][-1]["ssim"] <= randomisation["baseline_ssim_hi"]
@@ -65,7 +65,7 @@ def test_a_trained_model_passes_randomisation_and_localises(trained, phantoms):
 def test_random_weights_fail_randomisation_or_localisation(phantoms):
     x, labels, regions = phantoms
     torch.manual_seed(1)
-    _, randomisation, localisation = _audit(TinyGapCNN().eval(), x, labels, regions, gradcam_map_fn())
+    _, randomisation, localisation = _audit(TinyGapCNN().eval(), x, labels, regions, cam_map_fn())
     assert FAIL in (randomisation["verdict"], localisation["verdict"])
     assert localisation["hit_rate"]["ci_low"] <= localisation["hit_chance"]
 
@@ -81,7 +81,7 @@ def test_the_whole_batch_audit_on_phantoms_writes_every_section(trained, phantom
     x, labels, regions = phantoms
     x, labels, regions = x[:12], labels[:12], regions[:12]
     target = trained(x).argmax(1).detach()
-    maps = compute_maps(gradcam_map_fn(), trained, x, target)
+    maps = compute_maps(cam_map_fn(), trained, x, target)
     doc, figs = audit_batch(
         trained,
         x,
@@ -89,7 +89,7 @@ def test_the_whole_batch_audit_on_phantoms_writes_every_section(trained, phantom
         maps,
         labels,
         NAMES,
-        map_fn=gradcam_map_fn(),
+        map_fn=cam_map_fn(),
         feature_size=(SIZE // 2, SIZE // 2),
         regions=regions,
         second_model=trained,

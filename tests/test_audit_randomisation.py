@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from enhancer.audit.maps import compute_maps, gradcam_map_fn
+from enhancer.audit.maps import cam_map_fn, compute_maps
 from enhancer.audit.randomisation import cascading_randomisation, random_pairs, randomisation_stages, reinitialise
 from enhancer.models.demo import build_demo_model, xray_like_batch
 from enhancer.models.zoo import build_model
@@ -45,9 +45,9 @@ def test_cascade_works_on_a_copy_and_changes_the_maps():
 
     x = xray_like_batch(3, 64, in_chans=3)
     target = model(x).argmax(1)
-    maps = compute_maps(gradcam_map_fn(), model, x, target)
+    maps = compute_maps(cam_map_fn(), model, x, target)
     stages = randomisation_stages(model, x[:1])
-    seen = [(s.name, m) for s, m in cascading_randomisation(model, stages, x, target, gradcam_map_fn(), seed=0)]
+    seen = [(s.name, m) for s, m in cascading_randomisation(model, stages, x, target, cam_map_fn(), seed=0)]
     assert [n for n, _ in seen] == [s.name for s in stages]
     assert all(m.shape == maps.shape and 0 <= float(m.min()) and float(m.max()) <= 1 for _, m in seen)
     assert not torch.allclose(seen[-1][1], maps)

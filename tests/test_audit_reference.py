@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from enhancer.audit.faithfulness import PERCENTILES, Scorer, confidence_change, random_maps, road
-from enhancer.audit.maps import compute_maps, gradcam_map_fn
+from enhancer.audit.maps import cam_map_fn, compute_maps
 from tests.tools.missing import require_module
 
 road_ref = require_module("pytorch_grad_cam.metrics.road", install="grad-cam==1.5.7")
@@ -33,7 +33,7 @@ def xray_case(kermany_dir):
     loader = make_loader(chosen, preprocessing_for("tinyvgg", SIZE), batch_size=8, loader="torch", num_threads=0)
     x = torch.cat([b.image for b in loader])
     target = model(x).argmax(1).detach()
-    gradcam = compute_maps(gradcam_map_fn(), model, x, target)
+    gradcam = compute_maps(cam_map_fn(), model, x, target)
     random = random_maps(len(x), (SIZE // 4, SIZE // 4), (SIZE, SIZE), generator=torch.Generator().manual_seed(0))
     assert gradcam.flatten(1).amax(1).gt(0).all()  # real maps, not empty ones
     return model, x, target, {"gradcam": gradcam, "random": random}

@@ -239,17 +239,34 @@ def test_channels_last_rule() -> None:
 
 
 def test_settings_validate_and_round_trip() -> None:
-    s = CamSettings(target=1, score="logit", channel_reduce="sum", normalize="minmax", amp="bf16")
+    s = CamSettings(
+        method="gradcam++",
+        target=1,
+        score="logit",
+        channel_reduce="sum",
+        normalize="minmax",
+        amp="bf16",
+        scorecam_batch=8,
+    )
     assert CamSettings.from_dict(s.to_dict()) == s
     assert CamSettings().to_dict() == {
+        "method": "gradcam",
         "target": "predicted",
         "score": "prob",
         "channel_reduce": "mean",
         "normalize": "max",
         "amp": None,
         "channels_last": False,
+        "scorecam_batch": 64,
     }
-    for bad in ({"score": "softmax"}, {"target": "best"}, {"target": -1}, {"normalize": "l2"}, {"amp": "fp8"}):
+    for bad in (
+        {"score": "softmax"},
+        {"target": "best"},
+        {"target": -1},
+        {"normalize": "l2"},
+        {"amp": "fp8"},
+        {"method": "gradcam+"},
+    ):
         with pytest.raises(ValueError, match="choose"):
             CamSettings(**bad)
     with pytest.raises(ValueError, match="unknown"):

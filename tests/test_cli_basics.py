@@ -18,6 +18,7 @@ from enhancer import __version__
 from enhancer.cli import main
 from enhancer.cli.app import overrides
 from enhancer.models.zoo import build_model
+from enhancer.settings import METHODS, CamSettings
 from enhancer.specs import REQUIRED, AuditSpec, CycleSpec, EnhanceSpec, EvaluateSpec, TrainSpec, parse_value
 from tests.seed_reference import NotebookResNet, save_seed_checkpoint
 
@@ -53,6 +54,7 @@ NOT_SPEC_FIELDS = {
     "codecs",
 }  # the command's own (codecs: --codec FIELD=CODEC -> [codec])
 INPUT_OPTIONS = {"input_size", "mean", "std", "channels"}  # cli/model_options.py: fields of the nested [input] table
+CAM_OPTIONS = {"enhance": {"method", "scorecam_batch"}}  # cli/enhance_commands.py: fields of the nested [enhance.cam]
 
 
 def _read_back(shown: str, default: object) -> object:
@@ -68,18 +70,21 @@ def _read_back(shown: str, default: object) -> object:
 
 @pytest.mark.parametrize("command", SPEC_COMMANDS)
 def test_help_shows_the_spec_defaults(command):
-    """Every option of a spec field shows the dataclass default, offers the spec's choices and defaults to None."""
+    """Every option of a spec field (or of the spec's nested CAM settings) shows the dataclass default, offers the
+    spec's choices and defaults to None."""
     spec_cls, cmd = SPEC_COMMANDS[command], main.commands[command]
-    fields = {f.name: f for f in dataclasses.fields(spec_cls)}
-    nested = INPUT_OPTIONS - set(fields)
+    owner = {f.name: spec_cls for f in dataclasses.fields(spec_cls)}
+    owner |= {name: CamSettings for name in CAM_OPTIONS.get(command, ())}
+    nested = INPUT_OPTIONS - set(owner)
     options = [p for p in cmd.params if isinstance(p, click.Option) and p.name not in NOT_SPEC_FIELDS | nested]
-    assert {p.name for p in options} <= set(fields), "every other option is a spec field"
-    assert len(options) >= {"enhance": 17, "train": 22, "evaluate": 8, "cycle": 5, "audit": 11}[command]
+    assert {p.name for p in options} <= set(owner), "every other option is a spec field"
+    assert len(options) >= {"enhance": 19, "train": 22, "evaluate": 8, "cycle": 5, "audit": 11}[command]
     ctx = click.Context(cmd, info_name=command)
     arguments = ["."] if command == "audit" else []  # audit's DATASET is an argument (an existing folder)
     unset = cmd.make_context(command, arguments).params
     for option in options:
-        default = fields[option.name].default
+        cls = owner[option.name]
+        default = {f.name: f for f in dataclasses.fields(cls)}[option.name].default
         help_text = option.get_help_record(ctx)[1]
         shown = re.findall(r"\[default: ([^\]]*)\]", help_text)
         assert unset[option.name] is None, option.name  # not given: the environment and the job file still apply
@@ -89,11 +94,21 @@ def test_help_shows_the_spec_defaults(command):
         assert len(shown) == 1, (option.name, help_text)
         value = _read_back(shown[0], default)
         assert value == default and type(value) is type(default), (option.name, shown[0], default)
-        choices = getattr(spec_cls, "CHOICES", {}).get(option.name)
+        choices = getattr(cls, "CHOICES", {}).get(option.name)
         if choices:
             assert tuple(option.type.choices) == choices, option.name
-        hint = typing.get_type_hints(spec_cls)[option.name]
+        hint = typing.get_type_hints(cls)[option.name]
         assert option.is_flag == (bool in (hint, *typing.get_args(hint))), option.name  # --amp/--no-amp
+
+
+def test_cam_options_set_the_cam_table_and_list_the_methods():
+    from enhancer.cli.enhance_commands import cam_overrides
+
+    params = main.commands["enhance"].make_context("enhance", ["--method", "gradcam++", "--scorecam-batch", "8"]).params
+    assert cam_overrides(params) == {"cam.method": "gradcam++", "cam.scorecam_batch": 8}
+    assert "method" not in params and "scorecam_batch" not in params  # the rest are EnhanceSpec's own fields
+    result = CliRunner().invoke(main, ["enhance", "--method", "gradcam+"])
+    assert result.exit_code == 2 and all(repr(m) in result.output for m in METHODS), result.output
 
 
 def test_options_not_given_leave_the_environment_and_the_job_file_in_charge():

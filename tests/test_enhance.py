@@ -23,6 +23,8 @@ from enhancer.cli import main
 from enhancer.data import make_loader, scan
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.explain import cam
+from enhancer.explain.cam import METHODS, CamSettings
+from enhancer.explain.compute import compute_cam
 from enhancer.models.checkpoints import load_checkpoint
 from enhancer.specs import EnhanceSpec
 from enhancer.store import EnhancedDataset, StoreError, is_complete, verify
@@ -141,6 +143,75 @@ def test_stored_maps_equal_enhancer_cam_run_directly(resnet101_run, kermany_dir,
             assert np.abs(samples[index]["heatmap"].astype(int) - direct.astype(int)).max() <= 1
             np.testing.assert_allclose(samples[index]["prob"], result.probs[row].numpy(), rtol=1e-5, atol=1e-6)
             assert samples[index]["pred"] == int(result.pred[row])
+
+
+def test_method_option_writes_a_verified_dataset_that_names_its_method(tmp_path, kermany_dir, demo_checkpoints):
+    out = tmp_path / "scorecam"
+    runner = CliRunner()
+    base = ["enhance", "--data", str(kermany_dir), "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--no-progress"]
+    run = [*base, "--out", str(out), "--loader", "torch", "--batch-size", "16", "--method", "scorecam"]
+    result = runner.invoke(main, [*run, "--scorecam-batch", "40"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["merge", str(out)]).exit_code == 0
+    assert verify(out).ok
+    [shard] = sorted(out.glob("shard-*.h5"))
+    with h5py.File(shard, "r") as f:
+        attrs = dict(f.attrs)
+    identity = json.loads(attrs["identity"])["cam"]
+    assert identity["method"] == "scorecam" and "scorecam_batch" not in identity  # speed, not what the maps are
+    assert json.loads(attrs["gradcam"])["scorecam_batch"] == 40
+    assert attrs["cam_method"] == "scorecam" and "softmax_k(score(x * M_k))" in attrs["cam_method_definition"]
+    assert "Maps: CAM method `scorecam` at layer `feature_extractor`" in (out / "README.md").read_text()
+    # the stored maps are compute_cam's, and a dataset of one method refuses shards of another
+    ck = load_checkpoint(demo_checkpoints["tinyvgg"])
+    [batch] = list(make_loader(list(scan(str(kermany_dir)).samples), ck.preprocessing, batch_size=16, loader="torch"))
+    model = ck.model.eval()
+    direct = compute_cam(model, batch.image, split=model, settings=CamSettings(method="scorecam"))  # as the job
+    samples = _read_all(out)
+    for row, index in enumerate(batch.index.tolist()):
+        np.testing.assert_allclose(samples[index]["cam"], direct.raw[row].numpy(), rtol=1e-4, atol=1e-6)
+    again = runner.invoke(main, [*base, "--out", str(out), "--method", "gradcam++"])
+    assert again.exit_code == 2 and "holds another enhanced dataset" in again.output and "cam" in again.output
+    bad = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--set", "cam.method=gradcam+"])
+    assert bad.exit_code == 2 and "method='gradcam+' is not valid; choose one of 'gradcam'" in bad.output
+    zero = runner.invoke(main, [*base, "--out", str(tmp_path / "bad"), "--scorecam-batch", "0"])
+    assert zero.exit_code == 2 and "scorecam_batch=0 must be an integer >= 1" in zero.output
+
+
+def test_the_batch_path_explains_any_classifier_at_any_layer(kermany_dir):
+    # what the job runs per batch for a torchvision ResNet-18 at layer3, where the registry knows no features/head
+    # halves (not the family's default layer): the forward hook
+    from enhancer.enhance import OutputSettings, compute_outputs
+    from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits
+    from enhancer.models.registry import build, resolve_target
+    from enhancer.models.zoo import ModelConfig
+    from enhancer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+    preprocessing = Preprocessing(size=(96, 96), in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    [batch] = list(make_loader(list(scan(str(kermany_dir)).samples), preprocessing, batch_size=16, loader="torch"))
+    torch.manual_seed(0)
+    model = build(ModelConfig("tv:resnet18", num_classes=2))
+    calibrate_batchnorm(model, [batch.image])
+    scale_head_to_unit_logits(model, batch.image)  # and eval mode
+    settings = OutputSettings(
+        fields=("image", "cam", "heatmap", "crop", "crop_box", "enhanced"),
+        cam=CamSettings(method="gradcam++"),
+        crop=cam.CropSettings(),
+        enhance=cam.EnhanceSettings(),
+        preprocessing=preprocessing,
+    )
+    target = resolve_target(model, preprocessing, "layer3")
+    assert target.split is None and target.shape == (1, 256, 6, 6)
+    out = compute_outputs(model, batch, settings, target=target)
+    direct = compute_cam(model, batch.image, layer=model.layer3, settings=settings.cam)
+    assert torch.equal(out["cam"], direct.raw) and out["cam"].shape == (16, 6, 6)
+    assert out["heatmap"].shape == (16, 96, 96) and out["enhanced"].shape == (16, 1, 96, 96)
+    assert (out["heatmap"].flatten(1).amax(1) > 200).sum() >= 8  # mostly non-trivial maps
+
+
+def test_method_help_lists_every_method():
+    text = CliRunner().invoke(main, ["enhance", "--help"]).output
+    assert all(method in text for method in METHODS)
 
 
 def test_shard_counts_give_the_same_dataset(tmp_path, kermany_dir, demo_checkpoints):

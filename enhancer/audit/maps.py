@@ -1,9 +1,10 @@
-"""The audit's map function: one injectable callable that explains a batch, defaulting to today's Grad-CAM.
+"""The audit's map function: one injectable callable that explains a batch, defaulting to the enhance job's CAM.
 
 Usage::
 
-    from enhancer.audit.maps import gradcam_map_fn, compute_maps
-    map_fn = gradcam_map_fn(CamSettings())          # or any (model, x, target) -> (N, h, w) maps >= 0
+    from enhancer.audit.maps import cam_map_fn, compute_maps
+    map_fn = cam_map_fn(CamSettings())              # or any (model, x, target) -> (N, h, w) maps >= 0
+    map_fn = cam_map_fn(CamSettings(method="gradcam++"), layer="features.norm5")   # any model, any layer
     maps = compute_maps(map_fn, model, x, target)   # (N, H, W) in [0, 1] at x's resolution, batched
 
 A map function takes the model (eval mode), a normalised batch x (N, C, H, W) and the classes to explain (N,) and
@@ -20,21 +21,28 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from enhancer.explain.cam import grad_cam, upsample
+from enhancer.explain.cam import upsample
+from enhancer.explain.compute import compute_cam
 from enhancer.settings import CamSettings
 
 MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def gradcam_map_fn(settings: CamSettings = CamSettings()) -> MapFn:
-    """Grad-CAM (``enhancer.explain.cam.grad_cam``) with ``settings``, explaining the given classes (whatever the
-    settings' own target), so that a changed model is asked about the same class as the original."""
+def cam_map_fn(settings: CamSettings = CamSettings(), layer: str | None = None) -> MapFn:
+    """The enhance job's CAM (``enhancer.explain.compute.compute_cam``, ``settings.method`` included), explaining the
+    given classes (whatever the settings' own target), so that a changed model is asked about the same class as the
+    original. ``layer``: the target layer's dotted name, looked up in every model the function gets (the
+    randomisation's copies are other modules); None: the model's own features/head halves (a zoo model at its default
+    layer, as the job explains it)."""
     fixed = dataclasses.replace(settings, target="label")
 
-    def gradcam_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return grad_cam(model, x, fixed, labels=target).cam
+    def cam_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if layer is None:
+            return compute_cam(model, x, split=model, settings=fixed, labels=target).cam
+        return compute_cam(model, x, layer=model.get_submodule(layer), settings=fixed, labels=target).cam
 
-    return gradcam_maps
+    cam_maps.__name__ = f"{settings.method}_maps"
+    return cam_maps
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ def make_phantoms(n: int, size: int = 64, *, marker: str = "label", seed: int = 
 
 class TinyGapCNN(nn.Module):
     """Four 3x3 convolutions (one 2x pooling) and a global-average-pooling head: the ResNets' head structure in
-    miniature, with the ``features`` / ``head`` halves ``enhancer.explain.cam.grad_cam`` needs."""
+    miniature, with the ``features`` / ``head`` halves of the zoo models (``compute_cam(model, x, split=model)``)."""
 
     target_layer = "feature_extractor"
 

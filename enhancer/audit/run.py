@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,14 @@ from tqdm import tqdm
 from enhancer.audit import checks, figures, report
 from enhancer.audit.inputs import AuditInputs, read_inputs
 from enhancer.audit.localisation import mask_index, read_region_masks
-from enhancer.audit.maps import MapFn, gradcam_map_fn
+from enhancer.audit.maps import MapFn, cam_map_fn
 from enhancer.data.loader import resolve_device
 from enhancer.explain.localisation import boxes_mask, read_boxes
-from enhancer.models.checkpoints import load_checkpoint
+from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
+from enhancer.models.registry import TargetLayer, resolve_target
+from enhancer.preprocessing import Preprocessing
 from enhancer.provenance import provenance
+from enhancer.settings import CamSettings
 from enhancer.specs import AuditSpec
 from enhancer.store import Manifest
 
@@ -254,25 +257,43 @@ def _write(doc: dict[str, Any], figs: Figures, inputs: AuditInputs, out: Path) -
     return AuditResult(str(out), doc, text)
 
 
+def open_dataset_model(path: str, manifest: Manifest) -> tuple[LoadedCheckpoint, TargetLayer]:
+    """The checkpoint at ``path`` as the model that made the dataset's maps: the model name, class count, target layer
+    and preprocessing the shards record (a dataset made before they were recorded: detected, the defaults)."""
+    made = manifest.provenance.get("model") or {}
+    ck = load_checkpoint(path, model=made.get("name"), num_classes=made.get("num_classes"))
+    if manifest.provenance.get("preprocessing"):
+        ck = replace(ck, preprocessing=Preprocessing.from_dict(manifest.provenance["preprocessing"]))
+    return ck, resolve_target(ck.model, ck.preprocessing, made.get("target_layer"))
+
+
+def dataset_map_fn(cam: CamSettings, ck: LoadedCheckpoint, target: TargetLayer) -> MapFn:
+    """The maps as the enhance job computed them: its CAM settings (method included) at its target layer, through the
+    model's own features/head halves for a zoo model at its default layer (as the job), elsewhere the forward hook
+    at the layer (the same maps as the registry's halves the job takes at a family's default layer)."""
+    return cam_map_fn(cam, None if target.split is ck.model else target.name)
+
+
 def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = True) -> AuditResult:
     """Audit the maps of ``spec.dataset``: ``audit.json``, ``audit.md`` and PNGs in ``spec.out``. ``map_fn``
-    recomputes maps (default: Grad-CAM with the dataset's settings)."""
+    recomputes maps (default: the dataset's CAM method and settings at its target layer, ``dataset_map_fn``)."""
     device = resolve_device(spec.device)
-    ck = load_checkpoint(spec.checkpoint)
     manifest = Manifest.load(spec.dataset)
+    ck, target = open_dataset_model(spec.checkpoint, manifest)
     _check_checkpoint(manifest, ck.sha256, spec)
     inputs = read_inputs(
         spec.dataset, ck.preprocessing, samples=spec.n_samples, seed=spec.seed, data_root=spec.data, device=device
     )
     model = ck.model.to(device).eval()
-    second = load_checkpoint(spec.second_checkpoint).model.to(device).eval() if spec.second_checkpoint else None
+    second = (
+        open_dataset_model(spec.second_checkpoint, manifest)[0].model.to(device).eval()
+        if spec.second_checkpoint
+        else None
+    )
     regions, source = _regions(spec, inputs)
     if map_fn is None:
-        map_fn = gradcam_map_fn(inputs.cam)
-    feature_size = inputs.feature_size
-    if feature_size is None:
-        with torch.no_grad():
-            feature_size = tuple(model.features(inputs.x[:1]).shape[-2:])
+        map_fn = dataset_map_fn(inputs.cam, ck, target)
+    feature_size = inputs.feature_size or tuple(target.shape[-2:])
     settings = checks.FaithfulnessSettings(steps=spec.steps, baseline=spec.baseline, score=spec.score)
     doc, figs = audit_batch(
         model,

@@ -10,6 +10,7 @@ import click
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
 from enhancer.cli.model_options import model_options, model_overrides
 from enhancer.cli.options import spec_option
+from enhancer.settings import CamSettings
 from enhancer.specs import EnhanceSpec
 
 
@@ -46,6 +47,18 @@ from enhancer.specs import EnhanceSpec
     "compile",
     "torch.compile the model's trunk: faster batches after a compile at start (minutes on a CPU the first time; "
     "cached on disk for later runs).",
+)
+@spec_option(
+    CamSettings,
+    "method",
+    "CAM method (cam.method), as pytorch-grad-cam defines it: the gradient methods take one head-only backward, "
+    "eigencam the activations alone, scorecam and ablationcam a forward pass per channel and image (slow).",
+)
+@spec_option(
+    CamSettings,
+    "scorecam_batch",
+    "scorecam / ablationcam: perturbed copies per forward pass (cam.scorecam_batch; memory against speed, the maps do "
+    "not depend on it).",
 )
 @spec_option(
     EnhanceSpec,
@@ -144,7 +157,7 @@ def enhance(
         EnhanceSpec,
         job_file,
         table="enhance" if job_file else None,
-        overrides={**chosen, **overrides(options, settings), **codec_overrides(codecs)},
+        overrides={**chosen, **cam_overrides(options), **overrides(options, settings), **codec_overrides(codecs)},
     )
     if spec.compile:  # torch's compiled-kernel cache in the user cache (kept), not /tmp; workers inherit it
         from enhancer.data.samples import cache_dir
@@ -172,6 +185,15 @@ def enhance(
 
         summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())
+
+
+CAM_OPTIONS = ("method", "scorecam_batch")  # options of fields of the nested [enhance.cam] table (CamSettings)
+
+
+def cam_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the CAM options from the command's ``options`` as spec keys (``--method gradcam++`` -> ``cam.method``)."""
+    found = {f"cam.{name}": options.pop(name, None) for name in CAM_OPTIONS}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def codec_overrides(items: tuple[str, ...]) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Batched Grad-CAM, heatmaps, Grad-CAM-guided crops and enhanced images: pure tensor code on any device.
 
+The settings, result and building blocks every CAM method shares live here too; any method for any model and layer
+is ``enhancer.explain.compute.compute_cam``.
+
 Usage::
 
     python -c "import torch; from enhancer.models.zoo import build_model; from enhancer.explain.cam import grad_cam; \
@@ -17,7 +20,7 @@ activations -> logits; every ``enhancer.models.zoo`` zoo model has them). The tr
 only the head is differentiated w.r.t. the activations: the same gradient a hook + full backward pass gives, for
 about the cost of one forward pass, and the whole batch stays on the device. Nothing here does I/O or picks a
 device: every result lives on the input's device. The settings (``CamSettings``, ``CropSettings``,
-``EnhanceSettings``) are torch-free and live in ``enhancer.settings``; they are re-exported here.
+``EnhanceSettings``) and the method names are torch-free and live in ``enhancer.settings``; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -31,15 +34,29 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from enhancer.settings import AMP_MODES, CamSettings, CropSettings, EnhanceSettings
+from enhancer.settings import (
+    ACTIVATION_METHODS,
+    AMP_MODES,
+    GRADIENT_METHODS,
+    METHODS,
+    PERTURBATION_METHODS,
+    CamSettings,
+    CropSettings,
+    EnhanceSettings,
+)
 
 __all__ = [
+    "ACTIVATION_METHODS",
     "AMP",
+    "GRADIENT_METHODS",
+    "METHODS",
+    "PERTURBATION_METHODS",
     "RAW_CAM_SCALE_NOTE",
     "CamResult",
     "CamSettings",
     "CropSettings",
     "EnhanceSettings",
+    "LayerGrads",
     "colorize_jet",
     "crop",
     "crop_boxes",
@@ -85,7 +102,57 @@ class CamResult:
     pred: torch.Tensor
 
 
-def _targets(settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+@dataclass
+class LayerGrads:
+    """What every CAM method starts from, for a batch (on the input's device).
+
+    activations (N, K, h, w): the target layer's output, float32 (float64 for a float64 model), no graph.
+    gradients (N, K, h, w) or None: d score / d activations per image (None when the method needs none).
+    logits (N, num_classes) float32; target (N,) int64: the explained class; pred (N,) int64: the argmax.
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    logits: torch.Tensor
+    target: torch.Tensor
+    pred: torch.Tensor
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
+    """The model in eval mode and a 4-d batch: what makes each map depend on its own image only."""
+    if model.training:
+        raise ValueError(
+            "CAM needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
+            "Dropout would make each map depend on the rest of the batch and on chance"
+        )
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def trunk_context(settings: CamSettings, x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
+    """(x in the trunk's memory format, the trunk's autocast). ``channels_last`` applies on any device (the enhance
+    job sets it where it is faster, ``prefers_channels_last``); autocast applies on CUDA only."""
+    on_cuda = x.device.type == "cuda"
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = (
+        torch.autocast("cuda", dtype=AMP[settings.amp])
+        if settings.amp is not None and on_cuda
+        else contextlib.nullcontext()  # leave any caller's autocast in charge of the trunk
+    )
+    return x, amp
+
+
+def head_dtype(a: torch.Tensor) -> torch.Tensor:
+    """Activations as the head gets them: float32 (float64 for a float64 model) whatever the trunk's autocast; in
+    bf16 the logits' softmax saturates at a gap of ~6."""
+    return a if a.dtype == torch.float64 else a.float()
+
+
+def target_classes(
+    settings: CamSettings, pred: torch.Tensor, labels: torch.Tensor | None, num_classes: int
+) -> torch.Tensor:
+    """The class each image's map explains, (N,) int64."""
     if settings.target == "predicted":
         return pred
     if settings.target == "label":
@@ -114,8 +181,8 @@ def _check_classes(target: torch.Tensor, num_classes: int) -> None:
     torch._assert_async(in_range, f"target classes out of range for {num_classes} classes")
 
 
-def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:
-    """Per-image scalar whose gradient w.r.t. the activations gives the channel weights, (N,)."""
+def class_score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:
+    """Per-image scalar whose gradient (or change) w.r.t. the activations gives the channel weights, (N,)."""
     z_c = logits.gather(1, target[:, None])[:, 0]
     if score == "logit":
         return z_c
@@ -127,7 +194,7 @@ def _score(logits: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tens
     return z_c - others.logsumexp(1)
 
 
-def _normalize(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def normalize_maps(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cam in [0, 1], raw_max, empty) for raw (N, h, w); empty maps give zeros, never NaN."""
     flat = raw.flatten(1)
     raw_max = flat.amax(1)
@@ -140,6 +207,40 @@ def _normalize(raw: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor
     return cam, raw_max, empty
 
 
+def cam_result(raw: torch.Tensor, grads: LayerGrads, settings: CamSettings) -> CamResult:
+    """ReLU, normalise and package a map (N, h, w) before ReLU."""
+    raw = raw.relu().float()
+    cam, raw_max, empty = normalize_maps(raw, settings.normalize)
+    logits = grads.logits.detach()
+    return CamResult(raw, raw_max, cam, empty, logits.float(), logits.softmax(1).float(), grads.target, grads.pred)
+
+
+def head_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    settings: CamSettings = CamSettings(),
+    labels: torch.Tensor | None = None,
+    *,
+    need_gradients: bool = True,
+) -> LayerGrads:
+    """The closed form for models with ``features`` / ``head`` halves (every zoo model): the trunk once without
+    autograd, then only the head differentiated w.r.t. the activations."""
+    check_inputs(model, x)
+    x, amp = trunk_context(settings, x)
+    with torch.no_grad(), amp:
+        feats = model.features(x)
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        a = head_dtype(feats.detach()).requires_grad_(need_gradients)
+        logits = model.head(a)
+        pred = logits.detach().argmax(1)
+        target = target_classes(settings, pred, labels, logits.shape[1])
+        grads = None
+        if need_gradients:
+            # Eval mode: image n's score depends on a[n] only, so one backward of the sum gives every image's gradient.
+            (grads,) = torch.autograd.grad(class_score(logits, target, settings.score).sum(), a)
+    return LayerGrads(a.detach(), grads, logits.detach(), target, pred)
+
+
 def grad_cam(
     model: nn.Module,
     x: torch.Tensor,
@@ -149,44 +250,16 @@ def grad_cam(
     """Grad-CAM of ``model`` (eval mode; needs ``features`` and ``head``) for a batch ``x`` (N, C, H, W).
 
     Each image's map depends only on that image (no batch statistics). ``labels`` (N,) is needed for
-    ``target='label'``. Returns a ``CamResult`` on ``x``'s device.
+    ``target='label'``. Returns a ``CamResult`` on ``x``'s device. Every method, for any model and layer:
+    ``enhancer.explain.compute.compute_cam``.
     """
-    if model.training:
-        raise ValueError(
-            "grad_cam needs the model in eval mode (call model.eval()): train-mode BatchNorm and "
-            "Dropout would make each map depend on the rest of the batch and on chance"
-        )
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
-    on_cuda = x.device.type == "cuda"
-    if settings.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    amp = (
-        torch.autocast("cuda", dtype=AMP[settings.amp])
-        if settings.amp is not None and on_cuda
-        else contextlib.nullcontext()  # leave any caller's autocast in charge of the trunk
-    )
-    with torch.no_grad(), amp:
-        feats = model.features(x)
-    # The head in float32 (float64 for a float64 model) whatever autocast the caller has on: in bf16 the logits'
-    # softmax saturates at a gap of ~6.
-    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-        a = feats.detach()
-        a = (a if a.dtype == torch.float64 else a.float()).requires_grad_(True)
-        logits = model.head(a)
-        pred = logits.detach().argmax(1)
-        target = _targets(settings, pred, labels, logits.shape[1])
-        # Eval mode: image n's score depends on a[n] only, so one backward of the sum gives every per-image gradient.
-        (grads,) = torch.autograd.grad(_score(logits, target, settings.score).sum(), a)
-    a = a.detach()
-    weights = grads.mean((2, 3))
-    raw = torch.einsum("nc,nchw->nhw", weights, a)
+    if settings.method != "gradcam":
+        raise ValueError(f"grad_cam computes method='gradcam', not {settings.method!r}; use compute_cam for that")
+    g = head_gradients(model, x, settings, labels)
+    raw = torch.einsum("nc,nchw->nhw", g.gradients.mean((2, 3)), g.activations)
     if settings.channel_reduce == "mean":
-        raw = raw / a.shape[1]
-    raw = raw.relu().float()
-    cam, raw_max, empty = _normalize(raw, settings.normalize)
-    logits = logits.detach()
-    return CamResult(raw, raw_max, cam, empty, logits.float(), logits.softmax(1).float(), target, pred)
+        raw = raw / g.activations.shape[1]
+    return cam_result(raw, g, settings)
 
 
 # CPUs whose convolutions (oneDNN) run faster on channels_last inputs. Measured, ResNet-101 inference at 224, batch

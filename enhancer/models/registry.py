@@ -141,7 +141,8 @@ def _head_attr(m: nn.Module, a: Tensor) -> Tensor:
 class Family:
     """One family of classifiers. ``target_layer`` (None: the generic rule) and ``head_layer`` map a built model to
     dotted module names. ``features``/``head`` split the model at the default target layer (model(x) ==
-    head(features(x))), which today's Grad-CAM needs; None where no split is known."""
+    head(features(x))), which the CAM's closed form uses (``enhancer.explain.compute.compute_cam``); None where no
+    split is known (the CAM then cuts the graph at the layer with a forward hook)."""
 
     name: str
     target_layer: Callable[[nn.Module], str] | None
@@ -303,7 +304,7 @@ def library_preprocessing(model: nn.Module) -> Preprocessing:
 
 class SplitView:
     """A model seen as its two halves at the target layer: ``features`` (input -> target activations) and ``head``
-    (activations -> logits), the interface of the zoo models that today's Grad-CAM needs. A view, not a module:
+    (activations -> logits), the interface of the zoo models that the CAM's closed form uses. A view, not a module:
     it has no state of its own (``training`` is the model's) and is never saved."""
 
     def __init__(self, model: nn.Module, family: Family) -> None:
@@ -329,8 +330,8 @@ class SplitView:
 class TargetLayer:
     """The Grad-CAM target layer of a model: its dotted ``name``, the ``module``, its output ``shape`` for one
     input at the model's input size, whether it is the family's default, and ``split``: the model as features/head
-    halves at this layer (the model itself for zoo models), or None where only a generic head-only gradient can
-    explain at this layer."""
+    halves at this layer (the model itself for zoo models), or None where none is known (the CAM then uses the
+    generic head-only gradient, a forward hook at the layer)."""
 
     name: str
     module: nn.Module

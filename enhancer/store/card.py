@@ -36,6 +36,7 @@ def _summary(m: Manifest, names: list[str]) -> list[str]:
             "suppressed), with label, prediction and probabilities. Written by `enhancer` "
             f"(schema version {m.schema_version}); created {m.created}."
         ),
+        *_method_lines(m.provenance),
         "",
         "## Counts",
         "",
@@ -143,6 +144,21 @@ def _jpeg_note(m: Manifest, img: str) -> list[str]:
         "",
         f"`{img}` is stored as JPEG: `f['{img}'][0]` is the file's bytes; decode them, e.g.",
         f"`PIL.Image.open(io.BytesIO(f['{img}'][0].tobytes()))`.",
+    ]
+
+
+def _method_lines(provenance: dict) -> list[str]:
+    """Which CAM method made the maps, at which layer (the ``cam`` field and everything derived from it)."""
+    method = provenance.get("cam_method")
+    if not method:
+        return []
+    layer = provenance.get("target_layer")
+    definition = provenance.get("cam_method_definition")
+    return [
+        "",
+        f"Maps: CAM method `{method}`"
+        + (f" at layer `{layer}`" if layer else "")
+        + (f": {definition}." if definition else "."),
     ]
 
 
