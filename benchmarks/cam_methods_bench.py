@@ -171,8 +171,9 @@ def bench_arch(arch: str, methods: list[str], args: argparse.Namespace, device: 
         per_image = (maps["ours"] - maps["theirs"]).abs().amax((1, 2))
         # pytorch-grad-cam's eigen maps keep LAPACK's arbitrary sign (ours: largest magnitude positive), so an
         # image can come out as the other half of the projection: counted apart, not as a difference
-        flipped = int((per_image > 0.5).sum()) if method.startswith("eigen") else 0
-        diff = float(per_image[per_image <= 0.5].max()) if flipped < len(x) and flipped else float(per_image.max())
+        compared = per_image[per_image <= 0.5] if method.startswith("eigen") else per_image
+        flipped = len(per_image) - len(compared)
+        diff = float(compared.max()) if len(compared) else None  # None: every image came out with the other sign
         rows.append(
             {
                 "arch": arch,
@@ -188,9 +189,14 @@ def bench_arch(arch: str, methods: list[str], args: argparse.Namespace, device: 
             }
         )
         print(
-            f"  {arch} {method}: {ips['ours']:.2f} vs {ips['theirs']:.2f} images/s, max |diff| {diff:.1e}", flush=True
+            f"  {arch} {method}: {ips['ours']:.2f} vs {ips['theirs']:.2f} images/s, max |diff| {_diff(diff)}",
+            flush=True,
         )
     return rows
+
+
+def _diff(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1e}"
 
 
 def table(rows: list[dict]) -> str:
@@ -206,7 +212,7 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['arch']} (`{r['layer']}`) | {r['method']} | {r['images']} | {r['ours_images_per_s']:.2f} | "
-            f"{r['theirs_images_per_s']:.2f} | {r['ratio']:.2f}x | {r['max_abs_diff']:.1e}"
+            f"{r['theirs_images_per_s']:.2f} | {r['ratio']:.2f}x | {_diff(r['max_abs_diff'])}"
             + (f" ({r['opposite_sign']} of {r['images']} opposite sign)" if r["opposite_sign"] else "")
             + " |"
         )

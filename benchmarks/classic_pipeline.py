@@ -11,7 +11,8 @@ one batch at a time, explaining the predicted class (hooks + a backward pass thr
 ``GRADS``); then per
 image on the host: a box from the thresholded heatmap with numpy (``CropSettings``' threshold / margin / min_size /
 square rules), the crop cut with PIL from the original file, the enhanced image with numpy, and one h5py
-``dataset[i] = ...`` per sample per field (same gzip + shuffle filters and per-sample chunks as enhancer's shards).
+``dataset[i] = ...`` per sample per field (per-sample chunks and HDF5's deflate filter where enhancer's default
+codecs deflate: both sides pay the same compression).
 
 It stores what enhancer stores except the raw ``cam`` (pytorch-grad-cam only returns the normalised, resized map).
 ``compare_with_enhancer`` checks that both produce the same heatmaps, so the speed comparison is like for like.
@@ -27,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -40,8 +42,8 @@ from enhancer.explain.cam import CamSettings, CropSettings, EnhanceSettings
 from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from enhancer.models.demo import hook_target
 from enhancer.preprocessing import Preprocessing
+from enhancer.store.codecs import resolve_codecs
 
-GZIP_LEVEL = 4  # enhancer's shard writer default: both sides pay the same compression
 # enhancer's Grad-CAM settings that reproduce pytorch-grad-cam's map: logit score, channel sum, min-max scaling
 PYTORCH_GRAD_CAM_SETTINGS = CamSettings(score="logit", channel_reduce="sum", normalize="minmax")
 HEATMAP_ATOL = 1e-3
@@ -50,6 +52,19 @@ HEATMAP_ATOL = 1e-3
 # as enhancer's checkpoint loader leaves them (the seed's fine-tuning state: layer4 + head of a ResNet), which stops the
 # backward after layer4. The maps are the same either way; only the cost differs.
 GRADS = ("all", "as-loaded")
+
+
+def h5py_filters(field: str) -> dict[str, Any]:
+    """h5py's filter arguments that store ``field`` as enhancer's default codec does (``DEFAULT_CODECS``: the heatmap
+    deflated at level 1, the rest raw), so that both pipelines pay the same compression."""
+    codec = resolve_codecs((field,))[field]
+    if codec.kind == "none":
+        return {}
+    if codec.kind != "gzip":
+        raise ValueError(
+            f"enhancer's default codec of {field!r} is {codec.name}; the classic pipeline writes gzip or raw"
+        )
+    return {"compression": "gzip", "compression_opts": codec.level, "shuffle": codec.shuffle}
 
 
 def seed_transform(pre: Preprocessing) -> transforms.Compose:
@@ -206,9 +221,7 @@ def run_classic(
                 shape=(n, *shape),
                 dtype=dtype,
                 chunks=(1, *shape),
-                compression="gzip",
-                compression_opts=GZIP_LEVEL,
-                shuffle=True,
+                **h5py_filters(name),
             )
             for name, (shape, dtype) in shapes.items()
         }

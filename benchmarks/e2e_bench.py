@@ -1,32 +1,26 @@
-"""End to end, side by side: ``enhancer enhance`` against the classic Grad-CAM pipeline and forward-only inference.
+"""End to end, side by side: ``enhancer enhance`` against the classic Grad-CAM pipeline (two variants) and three
+forward-only ceilings, with every timed run's outputs checked against the classic pipeline's.
 
 Usage::
 
-    .venv/bin/python benchmarks/e2e_bench.py --n 256                   # CPU: resnet101 at 224, batch 16 (~1 hour)
+    .venv/bin/python benchmarks/e2e_bench.py --n 256                   # CPU: resnet101 at 224 (~30 min, quiet)
     .venv/bin/python benchmarks/e2e_bench.py --n 256 --json e2e.json   # the same, figures also as JSON
-    .venv/bin/python benchmarks/e2e_bench.py --device cuda             # GPU: torch loader, bf16 + channels_last,
-                                                                       # batch 256, N 4096 (and 4N)
-    .venv/bin/python benchmarks/e2e_bench.py --n 16 --arch tinyvgg --repeats 1 --batch-sizes 8 --no-check  # smoke
+    .venv/bin/python benchmarks/e2e_bench.py --device cuda             # GPU: the chosen loader (DALI when installed,
+                                                                       # else torch/nvJPEG), bf16, batch 256, N 4096
+    .venv/bin/python benchmarks/e2e_bench.py --n 16 --arch tinyvgg --repeats 1 --batch-sizes "" --whole-n 16  # smoke
 
-Contenders, all on the same files (the 16 real sample X-rays symlinked to N files) and the same model (a calibrated
-demonstration checkpoint, ``enhancer.models.demo``; speed does not depend on the weights):
-
-(a) ``enhancer enhance`` as shipped: ``run_enhance`` (what the command calls) with the default settings (loader
-    ``auto``: DALI on the CPU; on CUDA the torch loader with ``amp``), writing a full HDF5 shard;
-(b) the classic pipeline (``classic_pipeline.py``): ImageFolder + DataLoader, pytorch-grad-cam one batch at a time
-    (every parameter requiring grad, as in a script that builds and loads the model: the backward runs through the
-    whole network; ``--classic-grads as-loaded`` stops it after layer4), crops cut per image with PIL, enhanced
-    images with numpy, h5py writes per sample, into one HDF5 file;
-(c) forward only: our loader feeding ``model(x)`` under inference mode, nothing stored: the limit.
+Contenders (``e2e_contenders.py``), all on the same files (the 16 real sample X-rays symlinked to N files) and the
+same model (a calibrated demonstration checkpoint; speed does not depend on the weights): (a) the enhance job as
+shipped, (b) the classic pipeline with every parameter requiring grad and (b') with a frozen trunk, (c) forward-only
+in eager NCHW, channels_last and torch.compile.
 
 Every measurement (contender, files, batch size) runs in a fresh process (this script re-invoked with ``--worker``)
-so that its peak resident memory is its own: one untimed warm-up pass over ``batch-size`` files, then one timed
-pass from the checkpoint file to the last output. Rounds interleave the contenders (a noisy shared machine hits them
-alike) and the medians over rounds count. Peak memory is the worker process's own high-water mark (``VmHWM``;
-``ru_maxrss`` would report the parent's when larger) and, for information, the peak proportional set size of the
-worker with all its child processes (DataLoader workers), sampled every 0.5 s. Scaling runs (a) and (c) at 4N
-(``--scale-contenders`` adds (b)); the batch sweep runs (a) at N. Before timing, the classic outputs are checked
-against ours on the 16 real images (heatmaps to 1e-3 with pytorch-grad-cam's Grad-CAM settings, on the CPU).
+so that its peak resident memory is its own: one untimed warm-up pass over a batch of files, then one timed pass.
+Rounds interleave the contenders (a noisy shared machine hits them alike) and the medians count; the load average
+is printed with each run. The first round's outputs are kept and each contender's are compared with the classic
+pipeline's (predictions; heatmaps in grey levels and crop boxes for the Grad-CAM contenders). Scaling runs (a) at
+4N (peak RSS at N and 4N); the batch sweep runs (a) at N; the whole-process section times the command lines
+(``python -m enhancer.cli enhance`` against ``python classic_pipeline.py``) on 64 files, start-up included.
 """
 
 from __future__ import annotations
@@ -37,10 +31,10 @@ import os
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,104 +42,26 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    TreeMemory,
-    emit_result,
-    forward_only,
-    machine,
-    make_copies,
-    own_peak_rss_mib,
-    run_worker,
-    sample_data,
-)
+from common import TreeMemory, emit_result, machine, make_copies, own_peak_rss_mib, run_worker, sample_data
+from e2e_contenders import CONTENDERS, Options, compare_outputs, run_contender
 
-CONTENDERS = {
-    "enhance": "(a) enhancer enhance",
-    "classic": "(b) classic pipeline",
-    "forward": "(c) forward only",
-    "enhance-torch": "(a') enhancer enhance, torch loader",  # for information on the CPU (DALI is the default there)
-}
-GOAL_VS_CLASSIC = 3.0
-GOAL_VS_FORWARD = 0.8
-GOAL_MEMORY_GROWTH = 1.10
+Runs = dict[Any, list[dict[str, Any]]]  # contender (or batch size) -> one result per round
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def run_contender(
-    name: str,
-    data: Path,
-    checkpoint: Path,
-    out: Path,
-    *,
-    batch_size: int,
-    device: str,
-    threads: int,
-    loader: str,
-    classic_grads: str = "all",
-) -> tuple[int, float, str]:
-    """One pass of one contender: (images done, seconds from the checkpoint file to the last output, loader)."""
-    on_cuda = device.startswith("cuda")
-    _sync(device)
-    if name in ("enhance", "enhance-torch"):
-        from enhancer.enhance import run_enhance
-        from enhancer.specs import EnhanceSpec
-
-        shutil.rmtree(out, ignore_errors=True)
-        spec = EnhanceSpec(
-            data=str(data),
-            out=str(out),
-            checkpoint=str(checkpoint),
-            batch_size=batch_size,
-            device=device,
-            num_threads=threads,
-            amp=on_cuda,
-            loader="torch" if name == "enhance-torch" else loader,
-        )
-        start = time.perf_counter()
-        summary = run_enhance(spec, progress=False)
-        _sync(device)
-        return summary.n_written, time.perf_counter() - start, summary.loader
-    if name == "classic":
-        from classic_pipeline import run_classic
-
-        out.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        n = run_classic(
-            data,
-            checkpoint,
-            out / "classic.h5",
-            batch_size=batch_size,
-            workers=threads,
-            device=device,
-            grads=classic_grads,
-        )
-        _sync(device)
-        return n, time.perf_counter() - start, "torchvision ImageFolder"
-    if name == "forward":
-        return forward_only(
-            data, checkpoint, batch_size=batch_size, device=device, threads=threads, loader=loader, amp=on_cuda
-        )
-    raise ValueError(f"unknown contender {name!r}; valid: {', '.join(CONTENDERS)}")
+def _options(args: argparse.Namespace, batch_size: int | None) -> Options:
+    return Options(batch_size=batch_size, device=args.device, threads=args.threads, loader=args.loader)
 
 
 def worker(args: argparse.Namespace) -> None:
     """``--worker NAME``: warm up, time one pass, report as one JSON line (read by ``run_worker``)."""
-    common = {
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "threads": args.threads,
-        "loader": args.loader,
-        "classic_grads": args.classic_grads,
-    }
+    opts, state = _options(args, args.batch_size), {}
     t0 = time.perf_counter()
-    run_contender(args.worker, args.warm, args.checkpoint, args.out / "warm", **common)
+    run_contender(args.worker, args.warm, args.checkpoint, args.out / "warm", opts, state)
     warmup_s = time.perf_counter() - t0
     with TreeMemory() as tree:
-        n, seconds, loader = run_contender(args.worker, args.data, args.checkpoint, args.out / "timed", **common)
+        n, seconds, loader = run_contender(args.worker, args.data, args.checkpoint, args.out / "timed", opts, state)
+    if args.keep:
+        shutil.copytree(args.out / "timed", args.keep, dirs_exist_ok=True)
     shutil.rmtree(args.out, ignore_errors=True)
     emit_result(
         {
@@ -158,40 +74,85 @@ def worker(args: argparse.Namespace) -> None:
             "warmup_s": warmup_s,
             "peak_rss_mib": own_peak_rss_mib(),
             "tree_peak_pss_mib": tree.peak_mib,
+            "load_average": os.getloadavg()[0],
         }
     )
 
 
-def _measure(args: argparse.Namespace, tmp: Path, name: str, data: Path, batch_size: int) -> dict[str, Any]:
-    argv = [
-        "--worker",
-        name,
-        "--data",
-        str(data),
-        "--warm",
-        str(tmp / f"warm-{batch_size}"),
-        "--checkpoint",
-        str(tmp / "model.pt"),
-        "--out",
-        str(tmp / "out"),
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        "--loader",
-        args.loader,
-        "--classic-grads",
-        args.classic_grads,
-    ]
+def _measure(
+    args: argparse.Namespace, tmp: Path, name: str, n: int, batch_size: int | None, keep: Path | None = None
+) -> dict[str, Any]:
+    argv = ["--worker", name, "--data", str(tmp / f"data-{n}"), "--warm", str(tmp / "warm")]
+    argv += ["--checkpoint", str(tmp / "model.pt"), "--out", str(tmp / "out"), "--device", args.device]
+    argv += ["--threads", str(args.threads), "--loader", args.loader]
+    argv += ["--batch-size", str(batch_size)] if batch_size else []
+    argv += ["--keep", str(keep)] if keep else []
     r = run_worker(Path(__file__).resolve(), argv)
     print(
-        f"  {name:<14} n={r['n']:<6} batch={batch_size:<4} {r['images_per_s']:9.2f} images/s  "
-        f"peak RSS {r['peak_rss_mib']:6.0f} MiB, with workers {r['tree_peak_pss_mib']:6.0f} MiB PSS ({r['loader']})",
+        f"  {name:<16} n={r['n']:<6} batch={batch_size or 'default':<7} {r['images_per_s']:9.2f} images/s  "
+        f"peak RSS {r['peak_rss_mib']:6.0f} MiB, with workers {r['tree_peak_pss_mib']:6.0f} MiB PSS "
+        f"({r['loader']}; load {r['load_average']:.1f})",
         flush=True,
     )
     return r
+
+
+def _whole_process(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
+    """Seconds of the command lines on ``whole_n`` files, from launch to exit (imports, start-up, everything)."""
+    data, model = tmp / f"data-{args.whole_n}", tmp / "model.pt"
+    here = Path(__file__).resolve().parent
+    enhance = [sys.executable, "-m", "enhancer.cli", "enhance", "--data", str(data), "--checkpoint", str(model)]
+    classic = [sys.executable, str(here / "classic_pipeline.py"), str(data), str(model)]
+    commands = {  # OUT: the output, filled in per run
+        "enhance": [*enhance, "--device", args.device, "--no-progress", "--out", "OUT"],
+        "classic": [*classic, "OUT", "--grads", "all", "--device", args.device],
+        "classic-frozen": [*classic, "OUT", "--grads", "as-loaded", "--device", args.device],
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.repeats):
+        for name, command in commands.items():
+            out = tmp / (f"whole-{name}" if name == "enhance" else f"whole-{name}.h5")
+            shutil.rmtree(out, ignore_errors=True)
+            out.unlink(missing_ok=True)
+            start = time.perf_counter()
+            subprocess.run([str(out) if a == "OUT" else a for a in command], check=True, stdout=subprocess.DEVNULL)
+            seconds[name].append(time.perf_counter() - start)
+            print(f"  {name:<16} {args.whole_n} files: {seconds[name][-1]:6.1f} s (load {os.getloadavg()[0]:.1f})")
+    return seconds
+
+
+def _run_all(args: argparse.Namespace, tmp: Path, report: dict[str, Any]) -> tuple[Runs, Runs, Runs]:
+    """Checkpoint, data copies, then the main rounds (the first keeps its outputs for the check), scaling, sweep
+    and the whole-process timings (into ``report``)."""
+    from enhancer.models.demo import save_demo_checkpoint
+
+    save_demo_checkpoint(str(tmp / "model.pt"), args.arch)
+    for n in sorted({args.n, args.n * args.scale, args.whole_n} - {0}):
+        make_copies(sample_data(), tmp / f"data-{n}", n)
+    make_copies(sample_data(), tmp / "warm", max(args.batch_size or 16, 16))
+    print(f"\nmain table: {args.repeats} rounds at N={args.n}")
+    main: Runs = {c: [] for c in args.contenders}
+    for r in range(args.repeats):
+        for c in args.contenders:
+            keep = tmp / "kept" / c if r == 0 else None
+            main[c].append(_measure(args, tmp, c, args.n, args.batch_size, keep))
+    if "classic" in args.contenders:
+        report["checks"] = {
+            c: compare_outputs(tmp / "kept" / c, tmp / "kept" / "classic") for c in args.contenders if c != "classic"
+        }
+    scale: Runs = {"enhance": []} if args.scale and "enhance" in args.contenders else {}
+    for _ in range(args.extra_repeats if scale else 0):
+        print(f"\nscaling: (a) at {args.scale}N={args.n * args.scale}")
+        scale["enhance"].append(_measure(args, tmp, "enhance", args.n * args.scale, args.batch_size))
+    sweep: Runs = {b: [] for b in args.batch_sizes}
+    for _ in range(args.extra_repeats if sweep else 0):
+        print(f"\nbatch sweep of (a) at N={args.n}")
+        for b, runs in sweep.items():
+            runs.append(_measure(args, tmp, "enhance", args.n, b))
+    if args.whole_n:
+        print(f"\nwhole process: the command lines on {args.whole_n} files, {args.repeats} rounds")
+        report["whole_process_s"] = _whole_process(args, tmp)
+    return main, scale, sweep
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,66 +164,28 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "n": runs[0]["n"],
         "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
         "tree_peak_pss_mib": statistics.median(r["tree_peak_pss_mib"] for r in runs),
+        "load_average": [r["load_average"] for r in runs],
     }
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def _check(args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
-    """Classic vs enhancer outputs on the 16 real images with the benchmark's architecture, on the CPU."""
-    try:
-        import pytorch_grad_cam  # noqa: F401
-    except ImportError as exc:
-        print(f"output check skipped: pytorch-grad-cam cannot be imported ({exc}); pip install grad-cam==1.5.7")
-        return None
-    from classic_pipeline import compare_with_enhancer
-
-    result = compare_with_enhancer(sample_data(), tmp / "model.pt", batch_size=16)
-    print(result.line(), flush=True)
-    return {**asdict(result), "passed": result.passed}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     p.add_argument("--n", type=int, help="files (default: 256 on cpu, 4096 on cuda)")
-    p.add_argument("--scale", type=int, default=4, help="scaling run at scale * N files; 0: none (default: 4)")
+    p.add_argument("--scale", type=int, default=4, help="(a) also at scale * N files; 0: not (default: 4)")
     p.add_argument("--arch", default="resnet101", help="zoo architecture, at 224 (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, help="for every contender (default: 16 on cpu, 256 on cuda)")
-    p.add_argument(
-        "--batch-sizes",
-        help="batch sweep of (a) at N, comma-separated; empty: none (default: 8,16,32 on cpu, 64,128,256,512 on cuda)",
-    )
+    p.add_argument("--batch-size", type=int, help="for every contender (default: the enhance job's own default)")
+    p.add_argument("--batch-sizes", help="batch sweep of (a) at N, comma-separated (default: 8,16,32; cuda: none)")
     p.add_argument("--threads", type=int, help="loader threads / DataLoader workers (default: 2 on cpu, 8 on cuda)")
-    p.add_argument(
-        "--loader",
-        default="auto",
-        choices=["auto", "dali", "torch"],
-        help="loader of (a) and (c) (default: auto = DALI on cpu; cuda always uses torch)",
-    )
-    p.add_argument(
-        "--classic-grads",
-        default="all",
-        choices=["all", "as-loaded"],
-        help="(b)'s parameters requiring grad: all (a model built in a script: full backward, the seed's "
-        "way) or as-loaded (enhancer's loader: layer4 + head, backward stops there) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--contenders",
-        default="enhance,classic,forward",
-        help=f"main table, from {', '.join(CONTENDERS)} (default: %(default)s)",
-    )
-    p.add_argument("--scale-contenders", default="enhance,forward", help="run at scale * N (default: %(default)s)")
+    p.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"], help="(a)'s and (c)'s loader "
+                   "(default: %(default)s: DALI when installed, on the CPU and on CUDA)")  # fmt: skip
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="main table (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of the main table; medians (default: %(default)s)")
-    p.add_argument(
-        "--extra-repeats", type=int, default=1, help="rounds of the scaling and batch-sweep runs (default: %(default)s)"
-    )
-    p.add_argument("--no-check", action="store_true", help="skip the classic-vs-enhancer output check")
+    p.add_argument("--extra-repeats", type=int, default=1, help="rounds of scaling and sweep (default: %(default)s)")
+    p.add_argument("--whole-n", type=int, default=64, help="files of the whole-process runs; 0: none (default: 64)")
     p.add_argument("--tmp", type=Path, help="folder for the copies and outputs (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file ('-': stdout)")
-    for hidden in ("--worker", "--data", "--warm", "--checkpoint", "--out"):
+    for hidden in ("--worker", "--data", "--warm", "--checkpoint", "--out", "--keep"):
         p.add_argument(hidden, type=str if hidden == "--worker" else Path, help=argparse.SUPPRESS)
     return p
 
@@ -272,17 +195,13 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for but CUDA is not available; run on a GPU machine or drop --device")
     args.n = args.n or (4096 if cuda else 256)
-    args.batch_size = args.batch_size or (256 if cuda else 16)
     args.threads = args.threads if args.threads is not None else (min(8, os.cpu_count() or 1) if cuda else 2)
-    if cuda:
-        args.loader = "torch"  # DALI's wheel cannot travel to the lent GPU machines; torch-gpu decodes with nvJPEG
-    for option in ("contenders", "scale_contenders"):
-        names = [c.strip() for c in getattr(args, option).split(",") if c.strip()]
-        unknown = set(names) - set(CONTENDERS)
-        if unknown:
-            raise SystemExit(f"--{option.replace('_', '-')}: unknown {sorted(unknown)}; valid: {', '.join(CONTENDERS)}")
-        setattr(args, option, names)
-    sweep = args.batch_sizes if args.batch_sizes is not None else ("64,128,256,512" if cuda else "8,16,32")
+    names = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(names) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"--contenders: unknown {sorted(unknown)}; valid: {', '.join(CONTENDERS)}")
+    args.contenders = names
+    sweep = args.batch_sizes if args.batch_sizes is not None else ("" if cuda else "8,16,32")
     args.batch_sizes = [int(b) for b in sweep.split(",") if b.strip()]
     return args
 
@@ -301,11 +220,7 @@ def main() -> None:
         "machine": machine(),
         "date": started.isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "args": {
-            k: v if isinstance(v, int | list) else str(v)
-            for k, v in vars(args).items()
-            if k not in ("worker", "data", "warm", "checkpoint", "out")
-        },
+        "args": {k: v if isinstance(v, int | list) else str(v) for k, v in vars(args).items() if v is not None},
     }
     with tempfile.TemporaryDirectory(prefix="e2e-bench-", dir=args.tmp) as tmp_name:
         main_runs, scale_runs, sweep_runs = _run_all(args, Path(tmp_name), report)
@@ -315,149 +230,12 @@ def main() -> None:
         sweep={b: _summary(r) for b, r in sweep_runs.items()},
         seconds=(datetime.now(UTC) - started).total_seconds(),
     )
-    report["acceptance"] = _print_tables(args, report)
+    from e2e_report import print_report
+
+    report["acceptance"] = print_report(args, report)
     if args.json:
         text = json.dumps(report, indent=2)
-        if str(args.json) == "-":
-            print(text)
-        else:
-            args.json.write_text(text + "\n")
-
-
-Runs = dict[Any, list[dict[str, Any]]]  # contender (or batch size) -> one result per round
-
-
-def _run_all(args: argparse.Namespace, tmp: Path, report: dict[str, Any]) -> tuple[Runs, Runs, Runs]:
-    """Checkpoint, output check (into ``report``), data copies, then the main, scaling and batch-sweep rounds."""
-    from enhancer.models.demo import save_demo_checkpoint
-
-    save_demo_checkpoint(str(tmp / "model.pt"), args.arch)
-    contenders = list(args.contenders)
-    if "classic" in contenders + args.scale_contenders:
-        try:
-            import pytorch_grad_cam  # noqa: F401
-        except ImportError as exc:
-            print(f"(b) classic pipeline skipped: pytorch-grad-cam cannot be imported ({exc})")
-            contenders = [c for c in contenders if c != "classic"]
-            args.scale_contenders = [c for c in args.scale_contenders if c != "classic"]
-    report["check"] = None if args.no_check else _check(args, tmp)
-    sizes = {args.n, args.n * args.scale} if args.scale else {args.n}
-    for n in sorted(sizes):
-        make_copies(sample_data(), tmp / f"data-{n}", n)
-    for b in {args.batch_size, *args.batch_sizes}:
-        make_copies(sample_data(), tmp / f"warm-{b}", max(b, 16))
-
-    print(f"\nmain table: {args.repeats} rounds at N={args.n}")
-    main_runs: Runs = {c: [] for c in contenders}
-    for _ in range(args.repeats):
-        for c in contenders:
-            main_runs[c].append(_measure(args, tmp, c, tmp / f"data-{args.n}", args.batch_size))
-    scale_runs: Runs = {c: [] for c in args.scale_contenders if args.scale}
-    if scale_runs:
-        print(f"\nscaling: {args.extra_repeats} round(s) at {args.scale}N={args.n * args.scale}")
-    for _ in range(args.extra_repeats if scale_runs else 0):
-        for c, runs in scale_runs.items():
-            runs.append(_measure(args, tmp, c, tmp / f"data-{args.n * args.scale}", args.batch_size))
-    sweep_runs: Runs = {b: [] for b in args.batch_sizes}
-    if sweep_runs:
-        print(f"\nbatch sweep of (a): {args.extra_repeats} round(s) at N={args.n}")
-    for _ in range(args.extra_repeats if sweep_runs else 0):
-        for b, runs in sweep_runs.items():
-            runs.append(_measure(args, tmp, "enhance", tmp / f"data-{args.n}", b))
-    return main_runs, scale_runs, sweep_runs
-
-
-def _print_tables(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
-    """The Markdown tables and the goal lines; returns the goal figures for the JSON."""
-    goals: dict[str, Any] = {}
-    _print_main(args, report, goals)
-    if report["scaling"]:
-        _print_scaling(args, report["main"], report["scaling"], goals)
-    if report["sweep"]:
-        print(f"\nbatch sweep of (a) at N={args.n}, {args.extra_repeats} round(s)\n")
-        print("| batch | images/s | peak RSS MiB | peak PSS MiB, with workers |")
-        print("|---:|---:|---:|---:|")
-        for b, s in report["sweep"].items():
-            print(f"| {b} | {s['images_per_s']:.2f} | {s['peak_rss_mib']:.0f} | {s['tree_peak_pss_mib']:.0f} |")
-    rate = {c: s["images_per_s"] for c, s in report["main"].items()}
-    if args.device == "cuda" and "enhance" in rate:
-        goals["gpu_images_per_s"] = rate["enhance"]
-        print(
-            f"\n{torch.cuda.get_device_name()}: (a) {rate['enhance']:.0f} images/s end to end (goal on an H100: "
-            ">= 3000)"
-        )
-    return goals
-
-
-def _print_main(args: argparse.Namespace, report: dict[str, Any], goals: dict[str, Any]) -> None:
-    """The main table, then a/b, a/c and the output check against their goals."""
-    print(
-        f"\n{args.arch} at 224, N={args.n} files (the 16 real X-rays repeated), batch {args.batch_size}, "
-        f"{args.device}, {args.threads} loader threads, (b) with grads on {args.classic_grads} parameters; median "
-        f"of {args.repeats} rounds, each a fresh process after a warm-up pass\n"
-    )
-    print("| contender | loader | images/s (median) | all rounds | peak RSS MiB | peak PSS MiB, with workers |")
-    print("|---|---|---:|---|---:|---:|")
-    for c, s in report["main"].items():
-        print(
-            f"| {CONTENDERS[c]} | {s['loader']} | {s['images_per_s']:.2f} | "
-            f"{', '.join(f'{v:.2f}' for v in s['rounds'])} | {s['peak_rss_mib']:.0f} | "
-            f"{s['tree_peak_pss_mib']:.0f} |"
-        )
-    rate = {c: s["images_per_s"] for c, s in report["main"].items()}
-    print()
-    if "enhance" in rate and "classic" in rate:
-        goals["a_over_b"] = rate["enhance"] / rate["classic"]
-        print(
-            f"a/b = {goals['a_over_b']:.2f} (goal >= {GOAL_VS_CLASSIC}): "
-            f"{_verdict(goals['a_over_b'] >= GOAL_VS_CLASSIC)}"
-        )
-    if "enhance" in rate and "forward" in rate:
-        goals["a_over_c"] = rate["enhance"] / rate["forward"]
-        print(
-            f"a/c = {goals['a_over_c']:.2f} (goal >= {GOAL_VS_FORWARD}): "
-            f"{_verdict(goals['a_over_c'] >= GOAL_VS_FORWARD)}"
-        )
-    if report.get("check") is not None:
-        goals["check_passed"] = report["check"]["passed"]
-        print(
-            f"classic vs enhancer outputs: {_verdict(goals['check_passed'])} (heatmap max |diff| "
-            f"{report['check']['heatmap_max_abs']:.2g})"
-        )
-
-
-def _print_scaling(
-    args: argparse.Namespace, main_table: dict[str, Any], scaling: dict[str, Any], goals: dict[str, Any]
-) -> None:
-    """Throughput and peak memory at N and at scale * N; (a)'s memory growth against its goal."""
-    big = args.n * args.scale
-    print(f"\nscaling: N={args.n} (main table) against {args.scale}N={big}, {args.extra_repeats} round(s)\n")
-    print(
-        f"| contender | images/s at {args.n} | images/s at {big} | peak RSS MiB at {args.n} | "
-        f"peak RSS MiB at {big} | memory {args.scale}N/N | PSS with workers, MiB at {args.n} / {big} |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for c, s in scaling.items():
-        base = main_table.get(c)
-        if base is None:
-            print(
-                f"| {CONTENDERS[c]} | - | {s['images_per_s']:.2f} | - | {s['peak_rss_mib']:.0f} | - | "
-                f"- / {s['tree_peak_pss_mib']:.0f} |"
-            )
-            continue
-        growth = s["peak_rss_mib"] / base["peak_rss_mib"]
-        goals.setdefault("memory_growth", {})[c] = growth
-        print(
-            f"| {CONTENDERS[c]} | {base['images_per_s']:.2f} | {s['images_per_s']:.2f} | "
-            f"{base['peak_rss_mib']:.0f} | {s['peak_rss_mib']:.0f} | {growth:.3f} | "
-            f"{base['tree_peak_pss_mib']:.0f} / {s['tree_peak_pss_mib']:.0f} |"
-        )
-    if "enhance" in goals.get("memory_growth", {}):
-        g = goals["memory_growth"]["enhance"]
-        print(
-            f"\n(a) peak memory {args.scale}N/N = {g:.3f} (goal <= {GOAL_MEMORY_GROWTH}): "
-            f"{_verdict(g <= GOAL_MEMORY_GROWTH)}"
-        )
+        print(text) if str(args.json) == "-" else args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

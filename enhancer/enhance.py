@@ -9,17 +9,23 @@ Usage::
     run_enhance(EnhanceSpec(..., lung_model="UNet_LungSegmentation.pt", boxes="stage_2_train_labels.csv"))
 
 One call writes one shard (``spec.shard_id`` of ``spec.num_shards``); ``enhancer merge`` joins them. Everything per
-batch stays on the model's device; only finished arrays cross to the host, and the HDF5 writing runs in a
-background thread behind a bounded queue. A complete shard is skipped on a rerun; an interrupted one is rewritten.
+batch stays on the model's device; only finished arrays cross to the host. The stages overlap: batch k+1 loads on a
+thread (``enhancer.data.prefetch``) and batch k-1's results are copied out and written (``enhancer.data.host_copy``,
+the shard writer's thread) while batch k computes, with no host synchronisation in the per-batch path
+(``process_batch``, ``write_batches``). JPEG-coded fields (``--codec image=jpeg95``) are encoded on the GPU when the
+job runs there, so only their bytes cross to the host. The shard is written under its claim
+(``enhancer.store.claims``); a stop signal lets the batch in flight finish, then discards the shard
+(``enhancer.stopping``). A complete shard is skipped on a rerun; an interrupted one is rewritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,13 @@ from torch import nn
 from tqdm import tqdm
 
 from enhancer.data import Batch, Loader, Rejection, Sample, Scan, make_loader, scan, shard, validate
+from enhancer.data.host_copy import PendingHostCopy, copy_to_host, device_mark
 from enhancer.data.labels import read_labels
 from enhancer.data.loader import resolve_device, resolve_loader
+from enhancer.data.prefetch import Prefetcher, pinned
 from enhancer.explain import cam, localisation
 from enhancer.explain.classes import ClassCams, class_cams, explained_classes
+from enhancer.explain.compiled import CompiledTrunk
 from enhancer.explain.compute import compute_cam
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.explain.methods import METHOD_NOTES
@@ -49,7 +58,8 @@ from enhancer.specs import EnhanceSpec, SpecError
 from enhancer.stopping import batch_boundaries
 from enhancer.store import AsyncShardWriter, Manifest, is_complete, merge, per_sample_shapes, resolve_fields, shard_path
 from enhancer.store.claims import ShardClaim
-from enhancer.store.codecs import resolve_codecs
+from enhancer.store.codecs import Codec, EncodedPlanes, resolve_codecs
+from enhancer.store.device_jpeg import DeviceJpegs, encode_jpeg_fields
 from enhancer.store.encoding import default_write_threads
 from enhancer.store.layout import SHARD_GLOB, check_output_dir, read_shard_attrs
 from enhancer.store.schema import (
@@ -120,19 +130,40 @@ class EnhanceSummary:
     loader: str
     device: str
     writer_blocked_s: float = 0.0
+    startup_s: float = 0.0  # from the start to the first batch loaded: model, scan, validation, loader
+    loop_s: float = 0.0  # from the first batch loaded to the last one handed to the writer
+    device_busy_s: float = 0.0  # CUDA time of the batches (events around each); 0 on the CPU
 
     @property
     def images_per_s(self) -> float:
         return self.n_written / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def device_busy_fraction(self) -> float | None:
+        """Share of the loop the GPU spent on batches (None off CUDA): near 1 when the host keeps up."""
+        return self.device_busy_s / self.loop_s if self.device.startswith("cuda") and self.loop_s > 0 else None
+
     def line(self) -> str:
         if self.skipped:
             return f"{self.shard}: already complete ({self.n_written} written, {self.n_rejected} rejected), skipped"
+        busy = self.device_busy_fraction
         return (
             f"{self.shard}: {self.n_written} written, {self.n_rejected} rejected of {self.n_in} in "
-            f"{self.seconds:.1f} s ({self.images_per_s:.1f} images/s, {self.loader} on {self.device}; "
+            f"{self.seconds:.1f} s ({self.images_per_s:.1f} images/s, {self.loader} on {self.device}"
+            f"{'' if busy is None else f', GPU busy {busy:.0%}'}; start-up {self.startup_s:.1f} s; "
             f"waited {self.writer_blocked_s:.1f} s for the writer)"
         )
+
+
+@dataclass
+class LoopStats:
+    """What ``write_batches`` measured: batches, their device time (CUDA events), when the first arrived and when
+    the last was handed to the writer (``time.perf_counter``)."""
+
+    batches: int = 0
+    device_s: float = 0.0
+    first_at: float | None = None
+    ended_at: float | None = None
 
 
 def to_unit_grey(image: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
@@ -170,18 +201,18 @@ def compute_outputs(
 ) -> dict[str, torch.Tensor]:
     """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
 
-    ``target``: the CAM layer (``resolve_target``); None explains a zoo model at its own features/head split.
+    ``target``: the CAM layer (``resolve_target``); None: a zoo model at its own split; ``targets`` kept as given.
     ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
-    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_energy, box_hit, box_iou. ``targets``
-    (N, C): stored as they are. ``settings.classes``: a map per (image, class) (``compute_class_outputs``)."""
+    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_*. Per class: ``compute_class_outputs``."""
     if settings.classes is not None:
         return compute_class_outputs(model, batch, settings, lungs, gt_boxes, target, targets)
     device = batch.image.device
-    result = explain(model, target, batch.image, settings.cam, batch.label.to(device))
+    # host bookkeeping goes to the device with non_blocking copies (pinned by the prefetcher: asynchronous on CUDA)
+    result = explain(model, target, batch.image, settings.cam, batch.label)
     size = tuple(batch.image.shape[-2:])
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
-    orig_size = batch.orig_size.to(device)
+    orig_size = batch.orig_size.to(device, non_blocking=True)
     out = {
         "index": batch.index,
         "label": batch.label,
@@ -210,7 +241,7 @@ def compute_outputs(
         out["lung_energy"] = localisation.energy_inside(heat, lung)
         out["lung_hit"] = localisation.pointing_hit(heat, lung)
     if gt_boxes is not None:
-        gt = localisation.boxes_mask(gt_boxes.to(device), orig_size, size)
+        gt = localisation.boxes_mask(gt_boxes.to(device, non_blocking=True), orig_size, size)
         out["box_energy"] = localisation.energy_inside(heat, gt)
         out["box_hit"] = localisation.pointing_hit(heat, gt)
         out["box_iou"] = localisation.box_iou(heat, gt, threshold=settings.crop.threshold)
@@ -233,7 +264,7 @@ def explain_classes(
     assert plan is not None
     device = batch.image.device
     on_device = targets.to(device, non_blocking=True) if targets is not None else None
-    labels = batch.label.to(device)
+    labels = batch.label.to(device, non_blocking=True)
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         return explained_classes(
@@ -318,10 +349,113 @@ def _slot_box_masks(
     return torch.stack([localisation.boxes_mask(b, orig_size, size) for b in per_slot], 1)
 
 
-def _host_arrays(outputs: dict[str, torch.Tensor], paths: list[str]) -> dict[str, Any]:
-    arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in outputs.items()}
-    arrays["path"] = paths
+def batch_preparer(
+    paths: Mapping[int, str],
+    sources: Mapping[int, str],
+    boxes: BoxTable | None,
+    *,
+    targets: torch.Tensor | None = None,
+    box_classes: Sequence[str] = (),
+) -> Callable[[Batch], dict[str, Any]]:
+    """The per-batch host work done while the previous batch computes (``Prefetcher(prepare=...)``): the stored file
+    names, with a box table the batch's annotated boxes (per class of ``box_classes`` when given:
+    ``BoxTable.class_batch``), with ``targets`` (all samples' multi-hot targets) the batch's; both pinned for an
+    asynchronous copy in."""
+
+    def prepare(batch: Batch) -> dict[str, Any]:
+        rows = batch.index.numpy().tolist()
+        extra: dict[str, Any] = {"path": [paths[i] for i in rows]}
+        if boxes is not None:
+            files = [sources[i] for i in rows]
+            found = boxes.class_batch(files, box_classes) if box_classes else boxes.batch(files)
+            extra["gt_boxes"] = pinned(found)
+        if targets is not None:
+            extra["targets"] = pinned(targets[batch.index])
+        return extra
+
+    return prepare
+
+
+def process_batch(
+    model: nn.Module,
+    batch: Batch,
+    extra: Mapping[str, Any],
+    settings: OutputSettings,
+    *,
+    lungs: LungModel | None = None,
+    target: TargetLayer | None = None,
+    codecs: Mapping[str, Codec] | None = None,
+) -> PendingHostCopy:
+    """One batch: every stored field computed on the device, then its copies out started. Nothing here waits for
+    the device (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or blocking copy), so the host queues this batch's
+    work and returns while the device is still busy with it. ``codecs``: the writer's (``AsyncShardWriter.codecs``);
+    JPEG-coded fields on CUDA are encoded there (``copy_out``). That step is the exception: torchvision's nvJPEG
+    encoder waits on its own stream for every plane's length, so a JPEG codec costs host time per batch on CUDA."""
+    started = device_mark(batch.image.device)
+    outputs = compute_outputs(
+        model, batch, settings, lungs=lungs, gt_boxes=extra.get("gt_boxes"), target=target, targets=extra.get("targets")
+    )
+    return copy_out(encode_jpeg_fields(outputs, codecs or {}), extra["path"], started=started)
+
+
+def copy_out(
+    outputs: Mapping[str, torch.Tensor | DeviceJpegs], paths: list[str], *, started: torch.cuda.Event | None = None
+) -> PendingHostCopy:
+    """Start the copies out of one batch's fields (``copy_to_host``). A field already encoded on the device
+    (``DeviceJpegs``: nvJPEG on CUDA, ``encode_jpeg_fields``) crosses as its JPEG bytes, one flat copy, and comes
+    back as the ``EncodedPlanes`` the writer stores as they are (``_host_arrays``)."""
+    jpegs = {name: v for name, v in outputs.items() if isinstance(v, DeviceJpegs)}
+    tensors = {name: v.flat if isinstance(v, DeviceJpegs) else v for name, v in outputs.items()}
+    return copy_to_host(tensors, {"path": paths}, started=started, finish=functools.partial(_host_arrays, jpegs=jpegs))
+
+
+def _host_arrays(arrays: dict[str, Any], *, jpegs: Mapping[str, DeviceJpegs]) -> dict[str, Any]:
+    """One batch's host arrays for the writer: the bytes of each device-encoded JPEG field split into its samples'
+    files (views of the one copy, no re-encoding); every other array passes through."""
+    for name, encoded in jpegs.items():
+        arrays[name] = EncodedPlanes.from_flat(arrays[name], encoded.lengths, encoded.codec, encoded.shape)
     return arrays
+
+
+def write_batches(
+    batches: Iterable[tuple[Batch, Mapping[str, Any]]],
+    compute: Callable[[Batch, Mapping[str, Any]], PendingHostCopy],
+    writer: AsyncShardWriter,
+    on_batch: Callable[[int], None] | None = None,
+    *,
+    started: float | None = None,
+    stop_point: Callable[[], None] | None = None,
+) -> LoopStats:
+    """Compute every batch and hand its host arrays to the writer one batch late: batch k's copies out are waited
+    for only once batch k+1's work is queued, so the device always has work while the host waits. ``started``: the
+    job's start (``time.perf_counter``), to log the start-up time when the first batch arrives. ``stop_point``
+    (``enhancer.stopping.batch_boundaries``) is called after each batch: a held stop signal is raised there, once
+    the batch in flight is computed and queued, and the shard being written is discarded."""
+    stats = LoopStats()
+    pending: PendingHostCopy | None = None
+    for batch, extra in batches:
+        if stats.first_at is None:
+            stats.first_at = time.perf_counter()
+            if started is not None:
+                log.info("first batch loaded %.2f s after the start (model, scan, loader)", stats.first_at - started)
+        copy = compute(batch, extra)
+        if pending is not None:
+            _hand_over(pending, writer, stats)
+        pending = copy
+        stats.batches += 1
+        if on_batch is not None:
+            on_batch(len(batch))
+        if stop_point is not None:
+            stop_point()
+    if pending is not None:
+        _hand_over(pending, writer, stats)
+    stats.ended_at = time.perf_counter()
+    return stats
+
+
+def _hand_over(pending: PendingHostCopy, writer: AsyncShardWriter, stats: LoopStats) -> None:
+    writer.put(pending.wait())
+    stats.device_s += pending.device_seconds
 
 
 def storable_path(path: str) -> str:
@@ -361,11 +495,15 @@ def output_settings(
     multi_label: bool = False,
     boxes: bool | None = None,
 ) -> OutputSettings:
-    """How the job computes its fields. ``plan``: maps per (image, class) (``class_plan``); ``multi_label``: the
-    inputs have multi-hot targets (stored as ``targets``); ``boxes``: whether there are boxes (default: --boxes)."""
+    """The per-batch settings for ``device``: the trunk in channels_last where that is faster
+    (``cam.prefers_channels_last``), bf16 autocast with ``amp`` on CUDA. ``plan``: maps per (image, class)
+    (``class_plan``); ``multi_label``: the inputs have multi-hot targets (stored as ``targets``); ``boxes``: whether
+    there are boxes (default: --boxes)."""
     cam_settings = spec.cam
+    if cam.prefers_channels_last(device):
+        cam_settings = dataclasses.replace(cam_settings, channels_last=True)
     if spec.amp and device.startswith("cuda"):
-        cam_settings = dataclasses.replace(cam_settings, amp="bf16", channels_last=True)
+        cam_settings = dataclasses.replace(cam_settings, amp="bf16")
     return OutputSettings(
         fields=measured_fields(spec, multi_label=multi_label, per_class=plan is not None, boxes=boxes),
         cam=cam_settings,
@@ -579,11 +717,14 @@ def _run_claimed(
     if is_complete(final):
         return _already_complete(final, len(mine), device)
     ok, rejected = _check_inputs(spec, mine, device, found)
-    model = _on_device(ck.model, lungs, settings, device)
+    batch_size = spec.batch_size or default_batch_size(device)
+    model, target = _on_device(
+        ck.model, target, lungs, settings, device, compile_batch=batch_size if spec.compile else None
+    )
     loader = make_loader(
         ok,
         ck.preprocessing,
-        batch_size=spec.batch_size,
+        batch_size=batch_size,
         loader=spec.loader,
         device=device,
         num_threads=spec.num_threads,
@@ -592,7 +733,7 @@ def _run_claimed(
         timeout_s=spec.decode_timeout_s or None,
     )
     writer = _shard_writer(spec, ck, target, settings, attrs, expected=len(mine), claim=claim)
-    n_decode_rejected = _stream(
+    n_decode_rejected, stats = _stream(
         loader,
         model,
         target,
@@ -604,19 +745,10 @@ def _run_claimed(
         boxes=boxes,
         progress=progress,
         desc=final.name,
+        started=started,
         found=found,
     )
-    summary = EnhanceSummary(
-        str(final),
-        False,
-        len(mine),
-        writer.n_samples,
-        len(rejected) + n_decode_rejected,
-        time.perf_counter() - started,
-        loader.name,
-        device,
-        writer.blocked_s,
-    )
+    summary = _summary(final, len(mine), writer, len(rejected) + n_decode_rejected, loader.name, device, started, stats)
     log.info("%s", summary.line())
     return summary
 
@@ -660,6 +792,34 @@ def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tupl
     )
 
 
+def _summary(
+    final: Path,
+    n_in: int,
+    writer: AsyncShardWriter,
+    n_rejected: int,
+    loader: str,
+    device: str,
+    started: float,
+    stats: LoopStats,
+) -> EnhanceSummary:
+    ended = time.perf_counter()
+    first = stats.first_at if stats.first_at is not None else ended
+    return EnhanceSummary(
+        str(final),
+        False,
+        n_in,
+        writer.n_samples,
+        n_rejected,
+        ended - started,
+        loader,
+        device,
+        writer.blocked_s,
+        startup_s=first - started,
+        loop_s=(stats.ended_at or ended) - first,
+        device_busy_s=stats.device_s,
+    )
+
+
 def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
     """The summary of a shard a previous run completed (a rerun skips it)."""
     done = read_shard_attrs(final)
@@ -667,12 +827,32 @@ def _already_complete(final: Path, n_in: int, device: str) -> EnhanceSummary:
     return EnhanceSummary(str(final), True, n_in, n_written, n_rejected, 0.0, "-", device)
 
 
-def _on_device(model: nn.Module, lungs: LungModel | None, settings: OutputSettings, device: str) -> nn.Module:
-    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask."""
+def default_batch_size(device: str) -> int:
+    """Images per batch when the spec leaves it open. CPU: 16 (a few batches even on small inputs, so that loading,
+    compute and writing overlap; smaller batches also run faster per image there, see benchmarks/RESULTS.md). CUDA:
+    256, enough work per launch to keep one GPU busy (the ResNet-101 trunk in bf16 fits a 40 GB GPU)."""
+    return 256 if device.startswith("cuda") else 16
+
+
+def _on_device(
+    model: nn.Module,
+    target: TargetLayer,
+    lungs: LungModel | None,
+    settings: OutputSettings,
+    device: str,
+    *,
+    compile_batch: int | None = None,
+) -> tuple[nn.Module, TargetLayer]:
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask; with
+    ``compile_batch`` the target's trunk compiled for batches of that size (``CompiledTrunk``)."""
     model = model.to(device).eval()
     if lungs is not None:
         lungs.to(device)
-    return model.to(memory_format=torch.channels_last) if settings.cam.channels_last else model
+    if settings.cam.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_batch:
+        target = dataclasses.replace(target, split=CompiledTrunk(target.split, batch_size=compile_batch))
+    return model, target
 
 
 def _shard_writer(
@@ -735,42 +915,46 @@ def _stream(
     boxes: BoxTable | None,
     progress: bool,
     desc: str,
+    started: float,
     found: Scan | None = None,
-) -> int:
+) -> tuple[int, LoopStats]:
     """Every batch through the model into the writer, then the shard completed with all rejected inputs; returns how
-    many the loader rejected (files that failed to decode). A stop signal lets the batch in flight finish, then
-    discards the shard (``enhancer.stopping``). ``found``: the scan, for a label file's targets and row numbers."""
+    many the loader rejected (files that failed to decode) and the loop's figures. Batch k+1 loads (``Prefetcher``)
+    and batch k-1 is written while batch k computes. A stop signal lets the batch in flight finish, then discards
+    the shard (``enhancer.stopping``). ``found``: the scan, for a label file's targets and row numbers."""
     paths = {s.index: storable_path(s.path) for s in ok}
     sources = {s.index: s.path for s in ok}
-    targets = torch.from_numpy(found.targets) if found is not None and found.targets is not None else None
+    prepare = batch_preparer(paths, sources, boxes, **_label_extras(settings, boxes, found))
+    prefetcher = Prefetcher(loader, depth=2, prepare=prepare)
     bar = tqdm(total=len(ok), unit="img", disable=not progress, desc=desc, smoothing=0.1)
-    with writer, bar, batch_boundaries() as stop_point:
+    codecs = writer.codecs
+    with writer, prefetcher, bar, batch_boundaries() as stop_point:
         writer.add_rejected(_rows(rejected))
-        for batch in loader:
-            names = [paths[int(i)] for i in batch.index]
-            batch_boxes = _batch_boxes(boxes, [sources[int(i)] for i in batch.index], settings, found)
-            batch_targets = targets[batch.index] if targets is not None else None
-            outputs = compute_outputs(
-                model, batch, settings, lungs=lungs, gt_boxes=batch_boxes, target=target, targets=batch_targets
-            )
-            writer.put(_host_arrays(outputs, names))
-            bar.update(len(batch))
-            stop_point()
+        stats = write_batches(
+            prefetcher,
+            lambda batch, extra: process_batch(
+                model, batch, extra, settings, lungs=lungs, target=target, codecs=codecs
+            ),
+            writer,
+            bar.update,
+            started=started,
+            stop_point=stop_point,
+        )
         decode_rejected = _named_rows(loader.rejected, found)
         writer.add_rejected(_rows(decode_rejected))
-    return len(decode_rejected)
+    return len(decode_rejected), stats
 
 
-def _batch_boxes(
-    boxes: BoxTable | None, paths: list[str], settings: OutputSettings, found: Scan | None
-) -> torch.Tensor | None:
-    """The boxes of a batch: (N, B, 4), or (N, C, B, 4) per class when the maps are per class and the box file
-    names each box's finding (NIH)."""
-    if boxes is None:
-        return None
-    if settings.classes is not None and boxes.per_finding and found is not None:
-        return boxes.class_batch(paths, found.class_names)
-    return boxes.batch(paths)
+def _label_extras(settings: OutputSettings, boxes: BoxTable | None, found: Scan | None) -> dict[str, Any]:
+    """What ``batch_preparer`` adds for a label file: every sample's multi-hot targets, and the class names whose
+    boxes each map is measured against (maps per class with a box file naming each box's finding, NIH)."""
+    if found is None:
+        return {}
+    per_finding = settings.classes is not None and boxes is not None and boxes.per_finding
+    return {
+        "targets": torch.from_numpy(found.targets) if found.targets is not None else None,
+        "box_classes": tuple(found.class_names) if per_finding else (),
+    }
 
 
 def _load_lungs(spec: EnhanceSpec) -> LungModel | None:

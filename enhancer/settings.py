@@ -41,7 +41,8 @@ class CamSettings:
     normalize: ``"max"`` (divide by the max, seed) or ``"minmax"`` ((raw - min) / (max - min)).
     amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast for the trunk, applied on CUDA only (CPU autocast is slower
     than float32 on most CPUs); the head always runs in float32.
-    channels_last: channels_last input memory format for the trunk, on CUDA only.
+    channels_last: channels_last input memory format for the trunk (the enhance job turns it on where it is faster:
+    ``enhancer.explain.cam.prefers_channels_last``).
     scorecam_batch: perturbed copies (images x channels) per forward pass of scorecam and ablationcam; memory
     against speed, the maps do not depend on it.
     """

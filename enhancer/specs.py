@@ -93,11 +93,12 @@ class EnhanceSpec:
     input: InputSpec = field(default_factory=InputSpec)  # overrides of the model's own preprocessing
     shard_id: int = 0
     num_shards: int = 1
-    batch_size: int = 64
+    batch_size: int | None = None  # None: by device (enhance.default_batch_size: 16 on the CPU, 256 on CUDA)
     device: str = "auto"  # auto | cpu | cuda
     loader: str = "auto"  # auto | dali | torch
     num_threads: int = 2  # DALI CPU threads / torch DataLoader workers
-    amp: bool = False  # bf16 autocast + channels_last for the trunk on CUDA (ignored on CPU)
+    amp: bool = False  # bf16 autocast for the trunk on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the trunk: faster batches after a compile at start (cached on disk)
     fields: tuple[str, ...] = ("image", "cam", "heatmap", "crop", "crop_box", "enhanced")
     codec: dict[str, str] = field(default_factory=dict)  # [enhance.codec] field = "none" | "gzip1".."gzip9" | "jpeg95"
     compression: str = "auto"  # codec of the fields not in `codec`: auto (measured defaults) | gzip | lzf | none
@@ -142,7 +143,7 @@ class EnhanceSpec:
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"shard_id {self.shard_id} must be in [0, num_shards={self.num_shards})")
         for name in ("batch_size", "source_size", "queue_size", "max_pixels"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.decode_timeout_s < 0:
             raise SpecError(f"decode_timeout_s must be >= 0 (0: no limit), got {self.decode_timeout_s}")

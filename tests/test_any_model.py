@@ -6,6 +6,7 @@ and of pytorch-grad-cam; any spatial layer enhances, others are refused before a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.data import make_loader, scan
-from enhancer.explain.cam import normalize_maps, upsample
+from enhancer.explain.cam import normalize_maps, prefers_channels_last, upsample
 from enhancer.explain.compute import compute_cam
 from enhancer.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
@@ -162,6 +163,14 @@ def _enhance(path: Path, data: Path, out: Path, *extra: str) -> None:
         assert result.exit_code == 0, result.output
 
 
+def _as_the_job(model: torch.nn.Module, settings: CamSettings) -> tuple[torch.nn.Module, CamSettings]:
+    """The model and settings as the enhance job runs them on this CPU: the trunk in channels_last where that is
+    faster (``prefers_channels_last``), whose kernels round differently from NCHW's."""
+    if not prefers_channels_last("cpu"):
+        return model, settings
+    return model.to(memory_format=torch.channels_last), dataclasses.replace(settings, channels_last=True)
+
+
 def _stored(out: Path, data: Path) -> tuple[dict, dict[str, np.ndarray], torch.Tensor]:
     """(shard attributes, its cam / heatmap / index, the model input of those samples in stored order): the input
     through the same loader and the preprocessing the shard records."""
@@ -226,7 +235,8 @@ def test_enhance_any_model_any_method_writes_a_dataset_that_verifies(densenet, k
     assert "tv:densenet121" in card and "Maps: CAM method `gradcam++` at layer `features.norm5`" in card
 
     settings = CamSettings(method="gradcam++", score="logit", channel_reduce="sum", normalize="minmax")
-    direct = compute_cam(reference.eval(), x, layer=reference.features.norm5, settings=settings)
+    job_model, job_settings = _as_the_job(copy.deepcopy(reference).eval(), settings)
+    direct = compute_cam(job_model, x, layer=job_model.features.norm5, settings=job_settings)
     assert (~direct.empty).all() and (direct.cam.flatten(1).std(1) > 0.05).all(), "trivial maps"
     np.testing.assert_allclose(stored["cam"], direct.raw.numpy(), rtol=1e-4, atol=1e-6 * float(direct.raw.max()))
     heat = (upsample(direct.cam, (SIZE, SIZE)) * 255).round().clamp(0, 255).to(torch.uint8)
@@ -252,7 +262,8 @@ def test_enhance_explains_a_layer_without_a_known_split(densenet, kermany_dir, t
     _enhance(path, kermany_dir, out, "--input-size", "64", "--target-layer", "features.denseblock4", "--fields", "cam")
     attrs, stored, x = _stored(out, kermany_dir)
     assert json.loads(attrs["model"])["target_layer"] == "features.denseblock4" and stored["cam"].shape == (16, 2, 2)
-    direct = compute_cam(reference.eval(), x, layer=reference.features.denseblock4)
+    job_model, job_settings = _as_the_job(copy.deepcopy(reference).eval(), CamSettings())
+    direct = compute_cam(job_model, x, layer=job_model.features.denseblock4, settings=job_settings)
     assert (~direct.empty).sum() >= 8, "trivial maps"
     np.testing.assert_allclose(stored["cam"], direct.raw.numpy(), rtol=1e-4, atol=1e-6 * float(direct.raw.max()))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from enhancer.explain.cam import RAW_CAM_SCALE_NOTE, CamSettings, grad_cam, upsample
+from enhancer.explain.cam import RAW_CAM_SCALE_NOTE, CamSettings, grad_cam, prefers_channels_last, upsample
 from enhancer.models.demo import build_demo_model, hook_target, scale_logits, xray_like_batch
 from enhancer.models.zoo import ZOO
 from tests.tools.missing import require_module
@@ -220,11 +220,22 @@ def test_probability_map_survives_a_saturated_softmax(autocast: bool, gap: float
     torch.testing.assert_close(sat.raw / sat.raw_max, calm.raw / calm.raw_max, rtol=0, atol=1e-5)
 
 
-def test_amp_is_a_no_op_off_cuda_and_channels_last_too() -> None:
+def test_amp_is_a_no_op_off_cuda_and_channels_last_gives_the_same_maps() -> None:
     model, x = demo("tinyvgg"), batch("tinyvgg")
     base = grad_cam(model, x)
-    other = grad_cam(model, x, CamSettings(amp="bf16", channels_last=True))
-    assert torch.equal(base.raw, other.raw)
+    assert torch.equal(base.raw, grad_cam(model, x, CamSettings(amp="bf16")).raw)
+    # channels_last applies on every device (the job uses it where it is faster): other kernels, the same maps
+    nhwc_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    nhwc = grad_cam(nhwc_model, x, CamSettings(channels_last=True))
+    torch.testing.assert_close(nhwc.raw, base.raw, rtol=1e-4, atol=1e-6 * float(base.raw.abs().max()))
+    torch.testing.assert_close(nhwc.cam, base.cam, rtol=0, atol=1e-4)
+    assert torch.equal(nhwc.pred, base.pred)
+
+
+def test_channels_last_rule() -> None:
+    assert prefers_channels_last("cuda") and prefers_channels_last(torch.device("cuda", 1))
+    cpu = torch.backends.cpu.get_cpu_capability()
+    assert prefers_channels_last("cpu") == (cpu in ("AVX2", "AVX512"))
 
 
 def test_settings_validate_and_round_trip() -> None:

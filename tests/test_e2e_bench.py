@@ -69,6 +69,9 @@ def test_run_classic_writes_every_sample(kermany_dir: Path, demo_checkpoints: di
         assert f["heatmap"].shape == (4, 224, 224) and f["crop"].shape == (4, 1, 224, 224)
         assert f["enhanced"].shape == (4, 1, 224, 224) and f["crop_box"].shape == (4, 4)
         assert f["label"][:].tolist() == [0, 0, 1, 1]
+        # enhancer's default codecs (heatmap gzip1, the rest raw): both pipelines pay the same compression
+        assert (f["heatmap"].compression, f["heatmap"].compression_opts) == ("gzip", 1)
+        assert {f[name].compression for name in ("image", "crop", "enhanced", "crop_box", "prob")} == {None}
         assert all(f["heatmap"][i].max() == 255 for i in range(4))  # min-max scaled, non-trivial maps
         boxes, sizes = f["crop_box"][:], f["orig_size"][:]
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 3] <= sizes[:, 0]).all()
@@ -93,3 +96,30 @@ def test_worker_memory_is_its_own() -> None:
     with common.TreeMemory(interval=0.05) as tree:
         pass
     assert tree.peak_mib > 0
+
+
+def test_every_timed_contender_is_checked_against_the_classic_outputs(
+    kermany_dir: Path, demo_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    require_module("pytorch_grad_cam", install="grad-cam==1.5.7")
+    import e2e_contenders as e2e
+
+    data = _four_images(kermany_dir, tmp_path / "data")
+    opts = e2e.Options(batch_size=3, device="cpu", threads=0, loader="torch")
+    for name in ("classic", "classic-frozen", "enhance", "forward-eager", "forward-cl"):
+        n, seconds, _ = e2e.run_contender(name, data, demo_checkpoints["tinyvgg"], tmp_path / name, opts, {})
+        assert n == 4 and seconds > 0
+    for name in ("classic-frozen", "enhance"):
+        r = e2e.compare_outputs(tmp_path / name, tmp_path / "classic")
+        assert r["same_files"] and r["n"] == 4 and r["pred_agreement"] == 1.0, r
+        assert r["heatmap_p999_levels"] <= 2 and r["crop_box_median_px"] <= 2, r  # the same maps, 8-bit rounding
+    for name in ("forward-eager", "forward-cl"):
+        r = e2e.compare_outputs(tmp_path / name, tmp_path / "classic")
+        assert r["same_files"] and r["pred_agreement"] == 1.0 and "heatmap_mean_levels" not in r, r
+    # a contender that saw other files, or other maps, does not pass unnoticed
+    swapped = dict(np.load(tmp_path / "enhance" / e2e.OUTPUTS))
+    swapped["heatmap"] = swapped["heatmap"][::-1].copy()
+    np.savez(tmp_path / "swapped.npz", **swapped)
+    (tmp_path / "swapped").mkdir()
+    (tmp_path / "swapped.npz").rename(tmp_path / "swapped" / e2e.OUTPUTS)
+    assert e2e.compare_outputs(tmp_path / "swapped", tmp_path / "classic")["heatmap_p999_levels"] > 50

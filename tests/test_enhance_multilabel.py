@@ -20,6 +20,7 @@ from PIL import Image
 from enhancer.cli import main
 from enhancer.data import make_loader
 from enhancer.data.labels import NIH_FINDINGS, read_labels
+from enhancer.explain.cam import prefers_channels_last
 from enhancer.explain.compute import compute_cam
 from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
 from enhancer.models.inspection import open_model
@@ -109,12 +110,15 @@ def test_fourteen_maps_per_image_each_equal_to_a_single_class_run(nih_all, dense
     [batch] = list(make_loader(ok, ck.preprocessing, batch_size=16, loader="torch", device="cpu", num_threads=0))
     row = {int(i): r for r, i in enumerate(batch.index)}
     x = batch.image[[row[int(i)] for i in stored["index"]]]
-    model = ck.model.eval()
+    # as the job runs the trunk on this CPU: channels_last where that is faster (it rounds unlike NCHW)
+    channels_last = prefers_channels_last("cpu")
+    model = ck.model.eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with torch.no_grad():
-        assert np.allclose(stored["prob"], model(x).sigmoid().numpy(), atol=1e-6)
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        assert np.allclose(stored["prob"], model(xin).sigmoid().numpy(), atol=1e-6)
     assert not np.allclose(stored["prob"].sum(1), 1)
     for c in range(14):  # the sigmoid's log-odds is its logit: score = logit
-        settings = CamSettings(target=c, score="logit")
+        settings = CamSettings(target=c, score="logit", channels_last=channels_last)
         single = compute_cam(model, x, layer=target.module, split=target.split, settings=settings)
         assert np.abs(stored["cam"][:, c] - single.raw.numpy()).max() <= 1e-6 * max(1.0, float(single.raw.max()))
         norm = stored["cam"][:, c] / np.maximum(stored["cam"][:, c].reshape(16, -1).max(1), 1e-30)[:, None, None]
@@ -244,3 +248,23 @@ def test_softmax_folder_job_keeps_one_map_per_image(demo_checkpoints, kermany_di
     assert stored["heatmap"].shape == (16, 224, 224) and "explained" not in stored and "targets" not in stored
     assert not {"per_class_fields", "activation", "explain", "labels"} & set(attrs)
     assert np.allclose(stored["prob"].sum(1), 1, atol=1e-5)
+
+
+def test_unreadable_images_of_a_label_file_name_their_row(demo_checkpoints, kermany_dir, tmp_path) -> None:
+    """A csv label file with an image that is not one: rejected by validation, with its row; a softmax model keeps
+    one map per image and stores the targets beside it."""
+    (tmp_path / "broken.jpeg").write_bytes(b"not a JPEG at all")
+    a, b = (p.relative_to(kermany_dir) for p in sorted(kermany_dir.glob("*/*.jpeg"))[:2])
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,opacity,effusion\n{a},1,0\n{tmp_path / 'broken.jpeg'},0,1\n{b},-1,1\n")
+    out = tmp_path / "enhanced"
+    args = ["enhance", "--labels", str(labels), "--data", str(kermany_dir), "--out", str(out), "--loader", "torch"]
+    result = CliRunner().invoke(main, [*args, "--checkpoint", str(demo_checkpoints["tinyvgg"]), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(main, ["merge", str(out)]).exit_code == 0
+    with open(out / "rejected.csv", newline="") as fh:
+        [row] = list(csv.DictReader(fh))
+    assert row["code"] == "not_image" and row["message"].startswith("labels.csv row 3: ")
+    attrs, stored = _shard(out)
+    assert stored["heatmap"].shape == (2, 224, 224) and stored["targets"].tolist() == [[1, 0], [-1, 1]]
+    assert "per_class_fields" not in attrs and json.loads(attrs["labels"])["format"] == "csv"

@@ -110,3 +110,21 @@ def test_every_slot_equals_a_single_class_run(method: str, activation: str) -> N
             model, x, layer=target.module, settings=settings, choose=lambda z: r.classes, activation=activation
         )
         assert (hooked.cam - r.cam).abs().max() <= 1e-5
+
+
+def test_slots_equal_single_class_runs_in_channels_last() -> None:
+    """The trunk in channels_last (the job's choice on CPUs with AVX2/AVX-512 and on CUDA): the pairs go through the
+    head in the same memory format, so every slot still equals its single-class run within 1e-6."""
+    from enhancer.explain.classes import class_cams
+    from enhancer.explain.compute import compute_cam
+    from enhancer.models.demo import xray_like_batch
+    from enhancer.settings import CamSettings
+
+    model, target = _tiny_densenet()
+    model = model.to(memory_format=torch.channels_last)
+    x = xray_like_batch(3, 64, in_chans=3, seed=6)
+    settings = CamSettings(score="logit", channels_last=True)
+    r = class_cams(model, x, split=target.split, settings=settings, choose=lambda z: torch.arange(5).expand(3, 5))
+    for c in range(5):
+        ref = compute_cam(model, x, split=target.split, settings=dataclasses.replace(settings, target=c))
+        assert (r.cam[:, c] - ref.cam).abs().max() <= 1e-6

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.enhance import merge_enhanced, run_enhance
-from enhancer.run.launch import plan, visible_gpus
+from enhancer.run.launch import plan, visible_gpus, worker_device
 from enhancer.specs import EnhanceSpec
 from tests.test_enhance import _read_all
 
@@ -58,6 +58,13 @@ def test_plan_spreads_shards_round_robin():
 def test_workers_take_the_given_gpus():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,5"}) == ["2", "5"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_a_worker_with_one_gpu_gets_a_valid_ordinal():
+    # each worker sees one GPU (CUDA_VISIBLE_DEVICES=<one id>): cuda:1 of the parent is cuda:0 there
+    assert worker_device("cuda:1", 1) == "cuda:0"
+    assert worker_device("cuda:1", 2) == "cuda:1"
+    assert [worker_device(d, 1) for d in ("cuda", "auto", "cpu")] == ["cuda", "auto", "cpu"]
 
 
 @pytest.mark.slow

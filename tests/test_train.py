@@ -16,7 +16,7 @@ from PIL import Image
 
 from enhancer.cli import main
 from enhancer.models.checkpoints import load_checkpoint, read_checkpoint_file
-from enhancer.models.zoo import ModelError
+from enhancer.models.zoo import ModelError, build_model
 from enhancer.preprocessing import Preprocessing
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec, load_spec
 from enhancer.train.augment import eval_transform, train_transform
@@ -380,3 +380,28 @@ def test_seed_resnet101_checkpoint_fine_tunes_with_the_seed_trainable_groups(fol
         assert torch.equal(after[frozen], before[frozen]), frozen
     for trained in ("resnet.layer4.2.conv3.weight", "resnet.fc.weight", "dense_neural_network.8.weight"):
         assert not torch.equal(after[trained], before[trained]), trained
+
+
+@pytest.mark.gpu
+def test_the_training_loader_pins_its_batches(folder):
+    source = open_source(folder, split="train")
+    ds = source.dataset(eval_transform(Preprocessing(size=(SIZE, SIZE))), size=(SIZE, SIZE))
+    batch = next(iter(_loader(ds, batch_size=8, num_workers=0, seed=0, device="cuda")))
+    assert type(batch).__name__ == "ItemBatch" and len(batch) == 8
+    assert batch.images.is_pinned() and batch.labels.is_pinned() and batch.indices.is_pinned()
+
+
+def test_validation_waits_for_the_device_once_not_per_batch(folder):
+    from tests.test_host_syncs import CountOps
+
+    model = build_model("tinyvgg", input_size=SIZE, init="random").eval()
+    ds = open_source(folder, split="train").dataset(eval_transform(Preprocessing(size=(SIZE, SIZE))), size=(SIZE, SIZE))
+    syncs, results = {}, {}
+    for batch_size in (20, 4):  # 2 batches, then 10
+        loader = _loader(ds, batch_size=batch_size, num_workers=0, seed=0, device="cpu")
+        with CountOps() as ops:
+            results[batch_size], _ = evaluate(model, loader, device="cpu")
+        syncs[batch_size] = ops.syncs
+    assert syncs[20] == syncs[4]  # the same few reads after the loop, whatever the number of batches
+    assert results[20]["n"] == results[4]["n"] == 40
+    assert results[20]["loss"] == pytest.approx(results[4]["loss"], rel=1e-5)

@@ -14,7 +14,7 @@ from torch import nn
 
 import enhancer.train.loop as train_module
 from enhancer.models.checkpoints import read_checkpoint_file
-from enhancer.train.distributed import launcher_ranks
+from enhancer.train.distributed import DistributedError, launcher_ranks, local_cuda_index, rank_cuda_device
 from tests.test_train import make_separable_folder, tiny_spec
 
 
@@ -94,3 +94,17 @@ def test_launcher_environment():
     assert launcher_ranks({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}) == (0, 1, 0)
     # torchrun inside an srun step: torchrun's ranks win.
     assert launcher_ranks({**srun, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}) == (0, 2, 0)
+
+
+def test_device_with_one_visible_gpu_per_task():
+    # `srun --gpus-per-task=1`: the second task of a node has SLURM_LOCALID=1 but sees one GPU (its own, as
+    # CUDA_VISIBLE_DEVICES=3), whose ordinal is 0; cuda:1 would be an invalid device ordinal there.
+    one_per_task = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "3"}
+    assert rank_cuda_device(one_per_task, device_count=1) == "cuda:0"
+    # every GPU of the node visible to every task (torchrun, --gres=gpu:4): the local rank picks one
+    all_visible = {**one_per_task, "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    assert rank_cuda_device(all_visible, device_count=4) == "cuda:1"
+    assert rank_cuda_device({"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2"}, device_count=4) == "cuda:2"
+    assert [local_cuda_index(r, 2) for r in range(4)] == [0, 1, 0, 0]
+    with pytest.raises(DistributedError, match="no CUDA device is visible"):
+        local_cuda_index(0, 0)

@@ -269,7 +269,8 @@ def open_dataset_model(path: str, manifest: Manifest) -> tuple[LoadedCheckpoint,
 
 def dataset_map_fn(cam: CamSettings, ck: LoadedCheckpoint, target: TargetLayer) -> MapFn:
     """The maps as the enhance job computed them: its CAM settings (method included) at its target layer, through the
-    model's own features/head halves where the job used them (a zoo model at its default layer)."""
+    model's own features/head halves for a zoo model at its default layer (as the job), elsewhere the forward hook
+    at the layer (the same maps as the registry's halves the job takes at a family's default layer)."""
     return cam_map_fn(cam, None if target.split is ck.model else target.name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -55,17 +56,27 @@ from enhancer.specs import EnhanceSpec
 @model_options(EnhanceSpec)
 @spec_option(EnhanceSpec, "shard_id", "Which shard to write.")
 @spec_option(EnhanceSpec, "num_shards", "Total number of shards (e.g. SLURM array size).")
-@spec_option(EnhanceSpec, "batch_size", "Images per batch.")
+@spec_option(
+    EnhanceSpec,
+    "batch_size",
+    "Images per batch; none: 16 on the CPU (small batches let loading, compute and writing overlap and stay in "
+    "cache), 256 on CUDA.",
+)
 @spec_option(EnhanceSpec, "device", "Compute device.")
 @spec_option(EnhanceSpec, "loader", "Image loader; auto: DALI when installed and no file is DICOM, else torch.")
 @spec_option(EnhanceSpec, "num_threads", "Loader CPU threads / workers.")
-@spec_option(EnhanceSpec, "amp", "bf16 autocast + channels_last on CUDA.")
+@spec_option(EnhanceSpec, "amp", "bf16 autocast on CUDA (channels_last is used wherever it is faster).")
+@spec_option(
+    EnhanceSpec,
+    "compile",
+    "torch.compile the model's trunk: faster batches after a compile at start (minutes on a CPU the first time; "
+    "cached on disk for later runs).",
+)
 @spec_option(
     CamSettings,
     "method",
-    "CAM method (cam.method): gradcam, hirescam, gradcam++, xgradcam, layercam, gradcam-elementwise, eigengradcam "
-    "(gradients: one head-only backward); eigencam (activations only); scorecam, ablationcam (a forward pass per "
-    "channel and image: slow).",
+    "CAM method (cam.method), as pytorch-grad-cam defines it: the gradient methods take one head-only backward, "
+    "eigencam the activations alone, scorecam and ablationcam a forward pass per channel and image (slow).",
 )
 @spec_option(
     CamSettings,
@@ -173,6 +184,10 @@ def enhance(
         table="enhance" if job_file else None,
         overrides={**chosen, **cam_overrides(options), **overrides(options, settings), **codec_overrides(codecs)},
     )
+    if spec.compile:  # torch's compiled-kernel cache in the user cache (kept), not /tmp; workers inherit it
+        from enhancer.data.samples import cache_dir
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torch-compile"))
     if workers > 1:
         import dataclasses
 

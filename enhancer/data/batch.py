@@ -12,6 +12,7 @@ are bookkeeping for the writer, not model inputs).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -45,9 +46,17 @@ def normalise(grey: torch.Tensor, preprocessing: Preprocessing, dtype: torch.dty
     x = grey.to(torch.float32).div_(255.0)
     if preprocessing.in_chans == 3:
         x = x.expand(-1, 3, -1, -1)
-    mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(preprocessing.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    mean, std = _mean_std(tuple(preprocessing.mean), tuple(preprocessing.std), x.device)
     return ((x - mean) / std).to(dtype).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) float32 constants on ``device``, made once: building them per batch is a host-to-device copy."""
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float32, device=device)
+    return as_tensor(mean).view(1, -1, 1, 1), as_tensor(std).view(1, -1, 1, 1)
 
 
 def resize_grey(grey: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

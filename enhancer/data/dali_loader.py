@@ -197,18 +197,16 @@ class DaliLoader(Loader):
             image = _to_torch(image_tl, self.device)[:n]
             source = _to_torch(source_tl, self.device)[:n].view(n, 1, self.source_size, self.source_size)
         index = _to_torch(index_tl, torch.device("cpu")).view(-1)[:n].to(torch.int64)
-        want = torch.tensor([s.index for s in expected], dtype=torch.int64)
-        if not torch.equal(index, want):
-            raise RuntimeError(
-                f"DALI returned samples {index.tolist()[:8]}... but {want.tolist()[:8]}... were expected"
-            )
+        got, want = index.numpy(), np.array([s.index for s in expected], dtype=np.int64)  # host bookkeeping: numpy
+        if not np.array_equal(got, want):
+            raise RuntimeError(f"DALI returned samples {got[:8].tolist()}... but {want[:8].tolist()}... were expected")
         shape = _to_torch(shape_tl, torch.device("cpu"))[:n, :2].to(torch.int64)
         batch = Batch(
             image=image,
             source=source,
             orig_size=shape.contiguous(),
             index=index,
-            label=torch.tensor([self._labels[int(i)] for i in index], dtype=torch.int64),
+            label=torch.tensor([self._labels[i] for i in got.tolist()], dtype=torch.int64),
         )
         if self.device.type == "cuda":
             # DALI may reuse its output buffers on the next run(): finish the copies out of them first

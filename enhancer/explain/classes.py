@@ -155,7 +155,10 @@ def _pairs_closed_form(
             logits = split.head(a)
         classes = choose(logits)
         k = classes.shape[1]
-        pairs = a.repeat_interleave(k, 0).requires_grad_(need)
+        pairs = a.repeat_interleave(k, 0)
+        if a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous():
+            pairs = pairs.contiguous(memory_format=torch.channels_last)  # the head's kernels as for one class
+        pairs.requires_grad_(need)
         pair_logits = split.head(pairs)
         target = classes.reshape(-1).clamp(min=0)
         grads = None

@@ -25,7 +25,7 @@ from torch import nn
 
 from enhancer import __version__
 from enhancer.atomic import atomic_path
-from enhancer.hashing import file_sha256
+from enhancer.hashing import file_sha256_in_background
 from enhancer.models.external import parse_model_name
 from enhancer.models.registry import build, detect_config, library_preprocessing
 from enhancer.models.zoo import (
@@ -305,6 +305,7 @@ def load_checkpoint(
     ``num_classes``: the class count (default: what the weights say). Key mismatches raise one CheckpointError."""
     path = str(path)
     name = _model_name(path, arch, model)
+    sha256 = file_sha256_in_background(path)  # while the file is read and the model built (its errors: below)
     obj = read_checkpoint_file(path)
     state, source = _state_dict_of(obj, path)
     state = _strip_prefixes(state)
@@ -328,7 +329,7 @@ def load_checkpoint(
         class_names=tuple(obj.get("class_names", default_names)) if source == "enhancer" else default_names,
         source_format=source,
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256(),
         meta=meta,
         raw={} if source == "state_dict" else {k: v for k, v in obj.items() if k != "model_state_dict"},
     )

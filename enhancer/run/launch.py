@@ -59,6 +59,18 @@ def visible_gpus(environ: Mapping[str, str]) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def worker_device(device: str, visible: int) -> str:
+    """The device a worker that sees ``visible`` GPUs runs on: ``cuda:N`` names a GPU of the parent's numbering,
+    which becomes a valid ordinal among the worker's own devices (``local_cuda_index``: ``cuda:0`` when it sees
+    one); ``auto``, ``cuda`` and ``cpu`` stay as they are."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index:
+        return device
+    from enhancer.train.distributed import local_cuda_index
+
+    return f"cuda:{local_cuda_index(int(index), visible)}"
+
+
 def write_spec(spec: EnhanceSpec) -> Path:
     """The resolved spec every worker reads (absolute paths, so it does not depend on the working directory)."""
     values = to_plain(dataclasses.replace(spec, shard_id=0))
@@ -82,6 +94,9 @@ def run_enhance_workers(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     environ = dict(os.environ if environ is None else environ)
+    gpus = visible_gpus(environ) if spec.device != "cpu" else []
+    if gpus:  # each worker sees one GPU (CUDA_VISIBLE_DEVICES below)
+        spec = dataclasses.replace(spec, device=worker_device(spec.device, 1))
     job_file = write_spec(spec)
     pool = _workers(spec, workers, environ)
     command = [

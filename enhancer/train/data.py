@@ -75,6 +75,16 @@ class ItemBatch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def pin_memory(self) -> ItemBatch:
+        """The batch in pinned host memory: ``DataLoader(pin_memory=True)`` calls this on custom batch types, and the
+        trainer's ``.to(device, non_blocking=True)`` copies are only asynchronous from pinned memory."""
+        return ItemBatch(
+            images=None if self.images is None else self.images.pin_memory(),
+            labels=self.labels.pin_memory(),
+            indices=self.indices.pin_memory(),
+            failed=self.failed,
+        )
+
 
 def collate_skipping(items: list[Any]) -> ItemBatch:
     """Stack the readable items; keep the unreadable ones aside for counting (never dropped silently)."""

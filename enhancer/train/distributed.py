@@ -64,9 +64,28 @@ def launcher_ranks(environ: Mapping[str, str] | None = None) -> tuple[int, int, 
     return 0, 1, 0
 
 
+def local_cuda_index(local_rank: int, device_count: int) -> int:
+    """The CUDA device of the process with ``local_rank`` on its node, among ``device_count`` visible devices.
+
+    ``cuda:LOCAL_RANK`` when every process of the node sees all its GPUs (torchrun, ``srun --gres=gpu:N``); device 0
+    when the cluster binds one GPU per task (``--gpus-per-task=1``: ``CUDA_VISIBLE_DEVICES`` holds one id, so the
+    local rank is not a valid ordinal there)."""
+    if device_count < 1:
+        raise DistributedError("no CUDA device is visible to this process; check CUDA_VISIBLE_DEVICES or use cpu")
+    return local_rank if 0 <= local_rank < device_count else 0
+
+
+def rank_cuda_device(environ: Mapping[str, str] | None = None, device_count: int | None = None) -> str:
+    """``cuda:N`` for this process from the launcher's local rank (``local_cuda_index``); ``device_count``: the
+    visible CUDA devices (default: ``torch.cuda.device_count()``)."""
+    _, _, local = launcher_ranks(environ)
+    count = torch.cuda.device_count() if device_count is None else device_count
+    return f"cuda:{local_cuda_index(local, count)}"
+
+
 def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> DistContext:
     """Join the process group the launcher describes (nothing to do for a single process); pick this rank's
-    device (``cuda:LOCAL_RANK`` on GPU machines)."""
+    device (``local_cuda_index``: ``cuda:LOCAL_RANK``, or ``cuda:0`` with one visible GPU per task)."""
     rank, world, local = launcher_ranks()
     kind = device.split(":")[0]
     use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
@@ -88,10 +107,10 @@ def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> Dist
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         if use_cuda:
-            torch.cuda.set_device(local)
+            torch.cuda.set_device(torch.device(rank_cuda_device()))
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     log.info("rank %d of %d (local %d) joined the %s process group", rank, world, local, backend)
-    return DistContext(rank, world, local, f"cuda:{local}" if use_cuda else "cpu", backend)
+    return DistContext(rank, world, local, rank_cuda_device() if use_cuda else "cpu", backend)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -163,7 +163,8 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.backend == "nccl" else None)
+    # ctx.device, not the local rank: with one visible GPU per task the local rank is no valid device ordinal
+    return DistributedDataParallel(model, device_ids=[torch.device(ctx.device)] if ctx.backend == "nccl" else None)
 
 
 def _loader(
@@ -267,9 +268,11 @@ def evaluate(
     ``threshold``; loss = mean BCE over the known targets). Also returns the unreadable items."""
     ctx = ctx or DistContext()
     model.eval()
+    # Accumulated on the device: one copy to the host after the last batch, not a wait for the device per batch.
     labels: list[torch.Tensor] = []
     probs: list[torch.Tensor] = []
-    loss_sum, loss_terms = 0.0, torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_terms = torch.zeros((), dtype=torch.float64, device=device)
     failed: list[Unreadable] = []
     for batch in loader:
         failed += batch.failed
@@ -279,15 +282,15 @@ def evaluate(
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             logits = model(x).float()
         total, count = objective.loss_terms(logits, y)
-        loss_sum += total.item()
+        loss_sum += total.double()
         loss_terms += count
-        labels.append(y.cpu())
-        probs.append(objective.probs(logits).cpu())
+        labels.append(y)
+        probs.append(objective.probs(logits))
     empty = torch.zeros((0, len(class_names)) if objective.kind == "bce" else 0, dtype=torch.int64)
     mine = (
-        torch.cat(labels) if labels else empty,
-        torch.cat(probs) if probs else torch.zeros(0, len(class_names)),
-        loss_sum,
+        torch.cat(labels).cpu() if labels else empty,
+        torch.cat(probs).cpu() if probs else torch.zeros(0, len(class_names)),
+        loss_sum.item(),
         failed,
         loss_terms.item(),
     )

@@ -46,7 +46,8 @@ class Objective:
         """(sum of the loss terms, number of terms) of a batch: one term per sample (ce) or per known target (bce)."""
         logits = logits.float()
         if self.kind == "ce":
-            return F.cross_entropy(logits, y, reduction="sum"), torch.tensor(float(len(y)), device=logits.device)
+            count = torch.full((), float(len(y)), dtype=torch.float64, device=logits.device)  # no host copy
+            return F.cross_entropy(logits, y, reduction="sum"), count
         known = (y >= 0).float()
         weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, torch.float32)
         terms = F.binary_cross_entropy_with_logits(logits, y.clamp(min=0).float(), pos_weight=weight, reduction="none")
@@ -65,7 +66,7 @@ class Objective:
     def correct(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(right decisions, decisions): argmax == label per sample (ce), logit > 0 == target per known target (bce)."""
         if self.kind == "ce":
-            return (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=logits.device)
+            return (logits.argmax(1) == y).sum(), torch.full((), len(y), dtype=torch.int64, device=logits.device)
         known = y >= 0
         return ((logits > 0) == (y == 1))[known].sum(), known.sum()
 
