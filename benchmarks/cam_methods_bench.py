@@ -189,10 +189,15 @@ def bench_arch(arch: str, methods: list[str], args: argparse.Namespace, device: 
             }
         )
         print(
-            f"  {arch} {method}: {ips['ours']:.2f} vs {ips['theirs']:.2f} images/s, max |diff| {_diff(diff)}",
+            f"  {arch} {method}: {_rate(ips['ours'])} vs {_rate(ips['theirs'])} images/s, max |diff| {_diff(diff)}",
             flush=True,
         )
     return rows
+
+
+def _rate(images_per_s: float) -> str:
+    """Two decimals, three significant digits below 1 (Score-CAM's thousandths of an image per second)."""
+    return f"{images_per_s:.2f}" if images_per_s >= 1 else f"{images_per_s:.3g}"
 
 
 def _diff(value: float | None) -> str:
@@ -207,12 +212,13 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if r["theirs_images_per_s"] is None:
             lines.append(
-                f"| {r['arch']} (`{r['layer']}`) | {r['method']} | {r['images']} | {r['ours_images_per_s']:.2f} | | | |"
+                f"| {r['arch']} (`{r['layer']}`) | {r['method']} | {r['images']} | "
+                f"{_rate(r['ours_images_per_s'])} | | | |"
             )
             continue
         lines.append(
-            f"| {r['arch']} (`{r['layer']}`) | {r['method']} | {r['images']} | {r['ours_images_per_s']:.2f} | "
-            f"{r['theirs_images_per_s']:.2f} | {r['ratio']:.2f}x | {_diff(r['max_abs_diff'])}"
+            f"| {r['arch']} (`{r['layer']}`) | {r['method']} | {r['images']} | {_rate(r['ours_images_per_s'])} | "
+            f"{_rate(r['theirs_images_per_s'])} | {r['ratio']:.2f}x | {_diff(r['max_abs_diff'])}"
             + (f" ({r['opposite_sign']} of {r['images']} opposite sign)" if r["opposite_sign"] else "")
             + " |"
         )
