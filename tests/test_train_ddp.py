@@ -29,7 +29,7 @@ def _without_dropout(built):
 
 def _patch_initial_model() -> None:
     original = train_module.initial_model
-    train_module.initial_model = lambda spec: _without_dropout(original(spec))
+    train_module.initial_model = lambda spec, **kwargs: _without_dropout(original(spec, **kwargs))
 
 
 def _spec(data: Path, out: Path):
@@ -72,7 +72,9 @@ def test_two_gloo_processes_match_each_other_and_a_single_process(tmp_path, monk
     )  # written once, by rank 0
 
     original = train_module.initial_model
-    monkeypatch.setattr(train_module, "initial_model", lambda spec: _without_dropout(original(spec)))
+    monkeypatch.setattr(
+        train_module, "initial_model", lambda spec, **kwargs: _without_dropout(original(spec, **kwargs))
+    )
     single = train_module.fit(_spec(data, tmp_path / "single"))
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(r0["state"][k], v, rtol=1e-4, atol=1e-6, msg=k)

@@ -238,8 +238,11 @@ class ShardWriter:
         self._hold_claim()
         try:
             self._create_file()
-        except BaseException:
-            self.abort("the shard file could not be created")
+        except Exception as exc:
+            self.abort(f"the shard file could not be created: {type(exc).__name__}: {exc}")
+            raise
+        except BaseException as exc:  # a stop (Preempted, Ctrl-C) while the file was being made: name the stop
+            self.abort(f"{type(exc).__name__}: {exc}")
             raise
         log.info("writing shard %d/%d to %s", self.shard_id, self.num_shards, self.tmp_path)
 
