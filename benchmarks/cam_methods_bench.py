@@ -197,7 +197,7 @@ def bench_arch(arch: str, methods: list[str], args: argparse.Namespace, device: 
 
 def _rate(images_per_s: float) -> str:
     """Two decimals, three significant digits below 1 (Score-CAM's thousandths of an image per second)."""
-    return f"{images_per_s:.2f}" if images_per_s >= 1 else f"{images_per_s:.3g}"
+    return f"{images_per_s:.2f}" if images_per_s >= 1 else f"{images_per_s:#.3g}"
 
 
 def _diff(value: float | None) -> str:
