@@ -642,7 +642,7 @@ def dataset_attrs(
         "enhance_settings": settings.enhance.to_dict(),
         "data_root": os.path.abspath(spec.data),
         "n_total": n_total,
-        "spec": spec.to_dict(),
+        "spec": spec.shard_dict(),
         **({"localisation": {**measured, "definitions": localisation.NOTE}} if measured else {}),
         **provenance(),
         **extra,
