@@ -110,13 +110,58 @@ def compute_outputs(
     target: TargetLayer | None = None,
     targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every stored field of one batch, computed on the batch's device (only the selected optional fields).
+    """Every stored field of one batch, computed on the batch's device (only the selected optional fields), in the
+    layout of the class plan: one map per image when ``settings.classes`` is None (the seed's layout), else a map
+    per (image, explained class) with a slot axis (``_class_map_outputs``).
 
     ``target``: the CAM layer (``resolve_target``); None: a zoo model at its own split; ``targets`` kept as given.
-    ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``boxes`` (N, K, 4) xyxy in
-    original pixels, NaN-padded (``BoxTable.batch``), as ``gt_boxes``: box_*. Per class: ``compute_class_outputs``."""
-    if settings.classes is not None:
-        return compute_class_outputs(model, batch, settings, lungs, gt_boxes, target, targets)
+    ``lungs``: a lung segmenter on the model's device: lung_mask, lung_energy, lung_hit. ``gt_boxes``: the annotated
+    boxes, xyxy in original pixels, NaN-padded, for box_*: (N, B, 4) (``BoxTable.batch``), or with maps per class
+    (N, C, B, 4), each class's own (``BoxTable.class_batch``)."""
+    compute = _one_map_outputs if settings.classes is None else _class_map_outputs
+    return compute(model, batch, settings, lungs=lungs, gt_boxes=gt_boxes, target=target, targets=targets)
+
+
+def _batch_fields(
+    batch: Batch,
+    pred: torch.Tensor,
+    probs: torch.Tensor,
+    targets: torch.Tensor | None,
+    explained: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The fields every batch stores: index, label, prediction, probabilities, original size (and the explained
+    classes of maps per class, the multi-hot targets of a label file)."""
+    out = {"index": batch.index, "label": batch.label, "pred": pred, "prob": probs, "orig_size": batch.orig_size}
+    if explained is not None:
+        out["explained"] = explained
+    if targets is not None:
+        out["targets"] = targets
+    return out
+
+
+def _map_fields(wanted: set[str], grey: torch.Tensor, raw: torch.Tensor, heat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The selected ones of the model-resolution image, the raw maps and the heatmaps."""
+    out = {}
+    if "image" in wanted:
+        out["image"] = to_uint8(grey)
+    if "cam" in wanted:
+        out["cam"] = raw
+    if "heatmap" in wanted:
+        out["heatmap"] = to_uint8(heat)
+    return out
+
+
+def _one_map_outputs(
+    model: nn.Module,
+    batch: Batch,
+    settings: OutputSettings,
+    *,
+    lungs: LungModel | None,
+    gt_boxes: torch.Tensor | None,
+    target: TargetLayer | None,
+    targets: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """``compute_outputs`` with one map per image, of the class ``settings.cam.target`` picks."""
     device = batch.image.device
     # host bookkeeping goes to the device with non_blocking copies (pinned by the prefetcher: asynchronous on CUDA)
     result = explain(model, target, batch.image, settings.cam, batch.label)
@@ -124,21 +169,8 @@ def compute_outputs(
     heat = cam.upsample(result.cam, size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
     orig_size = batch.orig_size.to(device, non_blocking=True)
-    out = {
-        "index": batch.index,
-        "label": batch.label,
-        "pred": result.pred,
-        "prob": result.probs,
-        "orig_size": batch.orig_size,
-        **({"targets": targets} if targets is not None else {}),
-    }
     wanted = set(settings.fields)
-    if "image" in wanted:
-        out["image"] = to_uint8(grey)
-    if "cam" in wanted:
-        out["cam"] = result.raw
-    if "heatmap" in wanted:
-        out["heatmap"] = to_uint8(heat)
+    out = _batch_fields(batch, result.pred, result.probs, targets) | _map_fields(wanted, grey, result.raw, heat)
     if wanted & {"crop", "crop_box"}:
         boxes = cam.crop_boxes(heat, orig_size, settings.crop)
         if "crop_box" in wanted:
@@ -194,14 +226,15 @@ def explain_classes(
     )
 
 
-def compute_class_outputs(
+def _class_map_outputs(
     model: nn.Module,
     batch: Batch,
     settings: OutputSettings,
-    lungs: LungModel | None = None,
-    gt_boxes: torch.Tensor | None = None,
-    target: TargetLayer | None = None,
-    targets: torch.Tensor | None = None,
+    *,
+    lungs: LungModel | None,
+    gt_boxes: torch.Tensor | None,
+    target: TargetLayer | None,
+    targets: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
     """``compute_outputs`` with a map per (image, explained class): ``explained`` (N, K) holds the class of each
     slot, cam / heatmap / the metrics get a slot axis, crops and enhanced images come from the union of an image's
@@ -216,17 +249,9 @@ def compute_class_outputs(
     heat = cam.upsample(r.cam.flatten(0, 1), size).view(n, k, *size)
     grey = to_unit_grey(batch.image, settings.preprocessing)
     orig_size = batch.orig_size.to(device)
-    out = {"index": batch.index, "label": batch.label, "pred": r.pred, "prob": r.probs, "orig_size": batch.orig_size}
-    out["explained"] = r.classes.to(torch.int16)
-    if targets is not None:
-        out["targets"] = targets
     wanted = set(settings.fields)
-    if "image" in wanted:
-        out["image"] = to_uint8(grey)
-    if "cam" in wanted:
-        out["cam"] = r.raw
-    if "heatmap" in wanted:
-        out["heatmap"] = to_uint8(heat)
+    out = _batch_fields(batch, r.pred, r.probs, targets, explained=r.classes.to(torch.int16))
+    out |= _map_fields(wanted, grey, r.raw, heat)
     lung = lung_masks(lungs, batch.source, size, amp=settings.amp) if lungs is not None else None
     if lung is not None:
         out["lung_mask"] = lung.to(torch.uint8)
