@@ -46,6 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
+from pgc_reference import reference_classes
 
 from enhancer.explain.cam import METHODS, PERTURBATION_METHODS, CamSettings, upsample
 from enhancer.explain.compute import compute_cam
@@ -54,23 +55,6 @@ from enhancer.models.registry import zoo_target_layer
 from enhancer.models.zoo import ZOO
 
 FLOORS = {m: 2.5 for m in ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam")}  # resnet101, CPU, batch 16
-
-
-def reference_classes() -> dict[str, type]:
-    import pytorch_grad_cam as pgc
-
-    return {
-        "gradcam": pgc.GradCAM,
-        "hirescam": pgc.HiResCAM,
-        "gradcam++": pgc.GradCAMPlusPlus,
-        "xgradcam": pgc.XGradCAM,
-        "layercam": pgc.LayerCAM,
-        "gradcam-elementwise": pgc.GradCAMElementWise,
-        "eigencam": pgc.EigenCAM,
-        "eigengradcam": pgc.EigenGradCAM,
-        "scorecam": pgc.ScoreCAM,
-        "ablationcam": pgc.AblationCAM,
-    }
 
 
 def build(arch: str, size: int, layer_name: str | None) -> tuple[nn.Module, str, bool, int]:

@@ -294,7 +294,8 @@ def _enhancer_side(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per path: enhancer's heatmap (float), crop box, enhanced, crop, label, pred, through ``compute_outputs``."""
     from enhancer.data import make_loader, scan
-    from enhancer.enhance import compute_outputs, output_settings
+    from enhancer.enhance.batch_outputs import compute_outputs
+    from enhancer.enhance.job_settings import output_settings
     from enhancer.explain import cam
     from enhancer.specs import EnhanceSpec
 

@@ -84,7 +84,8 @@ CONFIGS = {
 def real_samples(checkpoint: Path | None, tmp: Path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
     """The default fields of the 16 sample X-rays, computed by the enhance job's code; and their shapes."""
     from enhancer.data import make_loader, scan, validate
-    from enhancer.enhance import compute_outputs, load_model, measured_fields, output_settings
+    from enhancer.enhance.batch_outputs import compute_outputs
+    from enhancer.enhance.job_settings import load_model, measured_fields, output_settings
     from enhancer.models.demo import save_demo_checkpoint
 
     data = sample_data()

@@ -47,6 +47,10 @@ UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 VIEWS = ("all", "frontal", "lateral")
 LOSSES = ("auto", "ce", "bce")  # auto: bce for multi-label data, ce (the seed's cross-entropy) otherwise
 CLASS_WEIGHTS = ("equal", "prevalence")
+# Settings of label files and of maps per class. A shard records them in its ``spec`` attribute only when one of
+# them is set (EnhanceSpec.shard_dict): a single-label job's shards stay byte-identical to those written before
+# label files existed, and a reader takes a missing key as its default.
+CLASS_MAP_SETTINGS = ("labels", "label_format", "uncertain", "view", "head", "explain", "threshold", "crop_from")
 LABEL_CHOICES: dict[str, tuple[str, ...]] = {
     "label_format": LABEL_FORMATS,
     "uncertain": UNCERTAIN_POLICIES,
@@ -159,6 +163,14 @@ class EnhanceSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+    def shard_dict(self) -> dict[str, Any]:
+        """The spec as a shard stores it: ``to_dict`` without the ``CLASS_MAP_SETTINGS`` when all hold defaults."""
+        plain = self.to_dict()
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in CLASS_MAP_SETTINGS}
+        if all(plain[name] == default for name, default in defaults.items()):
+            return {k: v for k, v in plain.items() if k not in defaults}
+        return plain
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ from PIL import Image
 
 from enhancer.data import make_loader, scan
 from enhancer.data.prefetch import Prefetcher
-from enhancer.enhance import load_model, output_settings, process_batch, run_enhance
+from enhancer.enhance import run_enhance
+from enhancer.enhance.batch_loop import process_batch
+from enhancer.enhance.job_settings import load_model, output_settings
 from enhancer.explain import cam
 from enhancer.models.demo import hook_target, save_demo_checkpoint, xray_like_images
 from enhancer.specs import EnhanceSpec

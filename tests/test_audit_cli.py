@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from enhancer.cli import main
+from tests.tools.audit_keys import CONFIDENCE_KEYS, INTERVAL_KEYS, ROAD_KEYS, VERDICT_KEYS
 
 SIZE = 64
 
@@ -74,23 +75,15 @@ def test_audit_writes_every_check_with_the_documented_keys(case):
     assert all(s["verdict"] == ("pass" if s["ssim"] <= r["baseline_ssim_hi"] else "fail") for s in r["stages"])
     for kind in ("deletion", "insertion"):
         assert 0 <= doc[kind]["auc"] <= 1 and len(doc[kind]["curve"]) == 5 and doc[kind]["baseline"] == "blur"
-    assert {"morf", "lerf", "combined", "random_morf", "random_lerf", "percentiles"} <= set(doc["road"])
-    assert {"drop", "increase", "change", "random_drop"} <= set(doc["confidence"])
+    assert ROAD_KEYS <= set(doc["road"])
+    assert CONFIDENCE_KEYS <= set(doc["confidence"])
     assert doc["repeatability"]["verdict"] in ("pass", "fail") and -1 <= doc["repeatability"]["ssim"] <= 1
     loc = doc["localisation"]
     assert loc["source"] == "masks" and loc["files"] == 8
     for key in ("miou", "hit_rate", "energy"):
-        assert set(loc[key]) == {"value", "ci_low", "ci_high", "n"} and loc[key]["n"] == loc["n"]
+        assert set(loc[key]) == INTERVAL_KEYS and loc[key]["n"] == loc["n"]
     assert loc["n"] == loc["by_class"]["PNEUMONIA"]["n"] > 0 and loc["by_class"]["NORMAL"]["n"] == 0
-    assert set(doc["verdicts"]) == {
-        "randomisation",
-        "deletion",
-        "insertion",
-        "road",
-        "confidence",
-        "repeatability",
-        "localisation",
-    }
+    assert set(doc["verdicts"]) == VERDICT_KEYS
     assert doc["figures"] == [
         "randomisation-01-dense_neural_network.png",
         "randomisation-02-feature_extractor.png",

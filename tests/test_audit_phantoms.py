@@ -14,6 +14,7 @@ from enhancer.audit.maps import cam_map_fn, compute_maps
 from enhancer.audit.phantoms import TinyGapCNN, make_phantoms, model_input, train_tiny
 from enhancer.audit.run import audit_batch
 from enhancer.explain.localisation import boxes_mask
+from tests.tools.audit_keys import VERDICT_KEYS
 
 SIZE = 32
 NAMES = ["NORMAL", "PNEUMONIA"]
@@ -95,15 +96,7 @@ def test_the_whole_batch_audit_on_phantoms_writes_every_section(trained, phantom
         second_model=trained,
         resamples=200,
     )
-    assert set(doc["verdicts"]) == {
-        "randomisation",
-        "deletion",
-        "insertion",
-        "road",
-        "confidence",
-        "repeatability",
-        "localisation",
-    }
+    assert set(doc["verdicts"]) == VERDICT_KEYS
     assert doc["repeatability"]["ssim"] == pytest.approx(1.0) and doc["repeatability"]["verdict"] == PASS
     assert len(doc["deletion"]["curve"]) == 11 and doc["deletion"]["fractions"][-1] == 1.0
     # removing what the trained model's maps highlight costs more score than removing random pixels

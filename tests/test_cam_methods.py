@@ -15,6 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
+from benchmarks.pgc_reference import reference_classes
 from enhancer.data import make_loader, scan, validate
 from enhancer.explain.cam import METHODS, PERTURBATION_METHODS, CamResult, CamSettings, upsample
 from enhancer.explain.compute import compute_cam
@@ -65,18 +66,8 @@ class _SignCorrectedEigenGradCAM(_SignCorrectedEigenCAM):
         return grads * activations
 
 
-REFERENCE = {
-    "gradcam": pgc.GradCAM,
-    "hirescam": pgc.HiResCAM,
-    "gradcam++": pgc.GradCAMPlusPlus,
-    "xgradcam": pgc.XGradCAM,
-    "layercam": pgc.LayerCAM,
-    "gradcam-elementwise": pgc.GradCAMElementWise,
-    "eigencam": _SignCorrectedEigenCAM,
-    "eigengradcam": _SignCorrectedEigenGradCAM,
-    "scorecam": pgc.ScoreCAM,
-    "ablationcam": pgc.AblationCAM,
-}
+# pytorch-grad-cam's class of each method, the Eigen ones with the sign-corrected projection
+REFERENCE = {**reference_classes(), "eigencam": _SignCorrectedEigenCAM, "eigengradcam": _SignCorrectedEigenGradCAM}
 
 
 @functools.cache

@@ -181,7 +181,7 @@ def test_method_option_writes_a_verified_dataset_that_names_its_method(tmp_path,
 def test_the_batch_path_explains_any_classifier_at_any_layer(kermany_dir):
     # what the job runs per batch for a torchvision ResNet-18 at layer3, where the registry knows no features/head
     # halves (not the family's default layer): the forward hook
-    from enhancer.enhance import OutputSettings, compute_outputs
+    from enhancer.enhance.batch_outputs import OutputSettings, compute_outputs
     from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits
     from enhancer.models.registry import build, resolve_target
     from enhancer.models.zoo import ModelConfig

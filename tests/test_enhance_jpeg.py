@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 
 from enhancer.data import make_loader, scan
-from enhancer.enhance import (
-    compute_outputs,
-    copy_out,
-    load_model,
-    merge_enhanced,
-    output_settings,
-    run_enhance,
-    storable_path,
-)
+from enhancer.enhance import merge_enhanced, run_enhance
+from enhancer.enhance.batch_loop import copy_out, storable_path
+from enhancer.enhance.batch_outputs import compute_outputs
+from enhancer.enhance.job_settings import load_model, output_settings
 from enhancer.specs import EnhanceSpec
 from enhancer.store import AsyncShardWriter, EnhancedDataset, per_sample_shapes, verify
 from enhancer.store.checksums import CHECKSUMS

@@ -26,7 +26,7 @@ from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits,
 from enhancer.models.inspection import open_model
 from enhancer.preprocessing import Preprocessing
 from enhancer.settings import CamSettings
-from enhancer.specs import TrainSpec
+from enhancer.specs import CLASS_MAP_SETTINGS, TrainSpec
 from enhancer.store import EnhancedDataset
 from enhancer.train.loop import fit
 from tests.test_train_multilabel import CLASSES, _image
@@ -248,6 +248,21 @@ def test_softmax_folder_job_keeps_one_map_per_image(demo_checkpoints, kermany_di
     assert stored["heatmap"].shape == (16, 224, 224) and "explained" not in stored and "targets" not in stored
     assert not {"per_class_fields", "activation", "explain", "labels"} & set(attrs)
     assert np.allclose(stored["prob"].sum(1), 1, atol=1e-5)
+    # The stored spec has no label-file or per-class settings either: such a job's shards stay byte-identical to
+    # those of versions without them (scripts/compare_datasets.py), and readers take the missing keys as defaults.
+    assert not set(CLASS_MAP_SETTINGS) & set(json.loads(attrs["spec"]))
+
+
+def test_a_multi_label_shard_records_every_class_setting(nih_all) -> None:
+    attrs, _ = _shard(nih_all[1])
+    spec = json.loads(attrs["spec"])
+    assert set(CLASS_MAP_SETTINGS) <= set(spec)
+    assert (spec["head"], spec["explain"], spec["label_format"], spec["crop_from"]) == (
+        "sigmoid",
+        "all",
+        "auto",
+        "union",
+    )
 
 
 def test_unreadable_images_of_a_label_file_name_their_row(demo_checkpoints, kermany_dir, tmp_path) -> None:

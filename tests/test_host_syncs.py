@@ -15,16 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from enhancer.data import make_loader, scan
 from enhancer.data.host_copy import copy_to_host
 from enhancer.data.prefetch import Prefetcher
-from enhancer.enhance import (
-    _load_boxes,
-    _load_lungs,
-    batch_preparer,
-    load_model,
-    output_settings,
-    process_batch,
-    storable_path,
-    write_batches,
-)
+from enhancer.enhance.batch_loop import batch_preparer, process_batch, storable_path, write_batches
+from enhancer.enhance.inputs import load_boxes, load_lungs
+from enhancer.enhance.job_settings import load_model, output_settings
 from enhancer.explain.cam import CamSettings
 from enhancer.specs import EnhanceSpec
 from enhancer.store import AsyncShardWriter, EnhancedDataset, merge, per_sample_shapes
@@ -80,7 +73,7 @@ def test_per_batch_path_has_no_host_sync(
     )
     ck, target_layer = load_model(spec)
     settings = output_settings(spec, ck, "cpu")
-    model, lungs, boxes = ck.model.eval(), _load_lungs(spec), _load_boxes(spec)
+    model, lungs, boxes = ck.model.eval(), load_lungs(spec), load_boxes(spec)
     samples = list(scan(spec.data).samples)
     loader = make_loader(samples, ck.preprocessing, batch_size=spec.batch_size, loader="torch", num_threads=0)
     h, w = target_layer.shape[-2:]

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors
-from enhancer.cli.options import spec_option
+from enhancer.cli.options import set_option, spec_option
 from enhancer.specs import AuditSpec
 
 
@@ -29,13 +29,7 @@ from enhancer.specs import AuditSpec
     "checks",
     "Checks to run, comma-separated (repeatability needs --second-checkpoint, localisation --masks or --boxes).",
 )
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other audit setting, e.g. steps=20, baseline=mean, score=logit, resamples=2000.",
-)
+@set_option("Any other audit setting, e.g. steps=20, baseline=mean, score=logit, resamples=2000.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar per check.")
 @reports_errors
 def audit(dataset: str, job_file: str | None, settings: tuple[str, ...], progress: bool, **options: Any) -> None:

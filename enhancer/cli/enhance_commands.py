@@ -9,7 +9,7 @@ import click
 
 from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
 from enhancer.cli.model_options import model_options, model_overrides
-from enhancer.cli.options import label_options, spec_option
+from enhancer.cli.options import label_options, set_option, spec_option
 from enhancer.settings import CamSettings
 from enhancer.specs import EnhanceSpec
 
@@ -144,13 +144,7 @@ from enhancer.specs import EnhanceSpec
     "path,x0,y0,x1,y1: stores box_energy, box_hit, "
     "box_iou.",
 )
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other spec setting, e.g. cam.score=logit, crop.threshold=0.4, enhance.floor=0.2.",
-)
+@set_option("Any other spec setting, e.g. cam.score=logit, crop.threshold=0.4, enhance.floor=0.2.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option(
     "--workers",
@@ -234,13 +228,7 @@ def codec_overrides(items: tuple[str, ...]) -> dict[str, str]:
 
 @main.command("run")
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a setting of the job table (batch_size=16, cam.score=logit) or of [slurm] (slurm.time=1:00:00).",
-)
+@set_option("Override a setting of the job table (batch_size=16, cam.score=logit) or of [slurm] (slurm.time=1:00:00).")
 @click.option(
     "--workers", default=1, show_default=True, help="Processes on this machine (enhance: one per GPU, or N on the CPU)."
 )
@@ -266,13 +254,7 @@ def run_job_file(job_file: str, settings: tuple[str, ...], workers: int, check: 
 
 @main.command()
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a setting, e.g. slurm.partition=gpu, slurm.array_throttle=20, num_shards=200.",
-)
+@set_option("Override a setting, e.g. slurm.partition=gpu, slurm.array_throttle=20, num_shards=200.")
 @click.option(
     "--shards",
     help="Submit only these shards (comma-separated), e.g. those `enhancer merge` names as missing.  [default: all]",

@@ -73,6 +73,13 @@ def spec_option(spec_cls: type, name: str, help: str, *, flag: str | None = None
     return click.option(flag, name, type=param_type, default=None, help=text)
 
 
+def set_option(help: str = "Any other spec setting.") -> Callable[[F], F]:
+    """``--set KEY=VALUE``, repeatable: spec settings without an option of their own, passed to the command as
+    ``settings`` (a tuple of ``KEY=VALUE`` strings, parsed by ``cli.app.overrides``). ``help``: the command's
+    examples."""
+    return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help=help)
+
+
 def label_options(spec_cls: type) -> Callable[[F], F]:
     """``--labels``, ``--format``, ``--uncertain`` and ``--view``: a label file of the images under ``--data``."""
     options = [

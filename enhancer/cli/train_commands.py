@@ -8,7 +8,7 @@ import click
 
 from enhancer.cli.app import main, overrides, reports_errors
 from enhancer.cli.model_options import model_options, model_overrides
-from enhancer.cli.options import label_options, spec_option
+from enhancer.cli.options import label_options, set_option, spec_option
 from enhancer.specs import CycleSpec, EvaluateSpec, TrainSpec
 
 
@@ -60,13 +60,7 @@ from enhancer.specs import CycleSpec, EvaluateSpec, TrainSpec
 @spec_option(TrainSpec, "num_workers", "DataLoader workers per process.")
 @spec_option(TrainSpec, "amp", "bf16 autocast + channels_last on CUDA.")
 @spec_option(TrainSpec, "resume", "Require / refuse an existing run in --out; none: resume it when there is one.")
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other spec setting, e.g. t_max=10, min_delta=0.002, crop_fraction=0.8.",
-)
+@set_option("Any other spec setting, e.g. t_max=10, min_delta=0.002, crop_fraction=0.8.")
 @reports_errors
 def train(job_file: str | None, settings: tuple[str, ...], **options: Any) -> None:
     """Train or fine-tune a classifier with the seed recipe, early-stopped on a validation split (never the test set).
@@ -126,7 +120,7 @@ def _print_epoch(r: dict[str, Any]) -> None:
 @spec_option(EvaluateSpec, "device", "Compute device.")
 @spec_option(EvaluateSpec, "num_workers", "DataLoader workers.")
 @spec_option(EvaluateSpec, "json", "Also write the report as JSON to this file.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other spec setting.")
+@set_option()
 @reports_errors
 def evaluate(job_file: str | None, settings: tuple[str, ...], **options: Any) -> None:
     """Loss, accuracy, sensitivity, specificity (PNEUMONIA positive), AUROC and confusion matrix of a checkpoint.
@@ -163,13 +157,7 @@ def evaluate(job_file: str | None, settings: tuple[str, ...], **options: Any) ->
 @spec_option(CycleSpec, "checkpoint", "The model of round 0 (the research notebook's .pth files work).")
 @spec_option(CycleSpec, "out", "Output directory: round-1/, round-2/, ..., summary.md, summary.json.")
 @spec_option(CycleSpec, "rounds", "Number of enhance -> train -> evaluate rounds.")
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Step settings, e.g. train.epochs=5, train.field=crop, enhance.batch_size=32.",
-)
+@set_option("Step settings, e.g. train.epochs=5, train.field=crop, enhance.batch_size=32.")
 @reports_errors
 def cycle(job_file: str | None, settings: tuple[str, ...], **options: Any) -> None:
     """The research cycle, K rounds: enhance with the current model -> fine-tune on the enhanced data -> evaluate.

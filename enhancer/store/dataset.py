@@ -36,7 +36,7 @@ from PIL import Image
 from enhancer.atomic import atomic_write
 from enhancer.store import checksums
 from enhancer.store.manifest import Manifest
-from enhancer.store.reading import FieldReader
+from enhancer.store.reading import FieldReader, open_shard
 from enhancer.store.schema import FIELDS, STR, StoreError
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,7 @@ class EnhancedDataset(torch.utils.data.Dataset):
         f = self._files.get(pos)
         if f is None:
             path = self.out_dir / self.manifest.shards[pos].file
-            try:
-                # locking=False: the shards are immutable once renamed, and lock calls fail on some cluster
-                # filesystems (Lustre/NFS without locking).
-                f = h5py.File(path, "r", locking=False)
-            except OSError as e:
-                raise StoreError(f"cannot open {path} ({e}); run verify({str(self.out_dir)!r}) to check it") from e
+            f = open_shard(path, f"run verify({str(self.out_dir)!r}) to check it")
             self._files[pos] = f
         return f
 

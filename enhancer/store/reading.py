@@ -8,17 +8,30 @@ Usage::
         field_codec(f["image"]), sample_shape(f["image"])
 
 Every reader of the store (``EnhancedDataset``, ``ColumnReader``, ``verify``, ``merge``) goes through here, so a
-codec only needs to be known in one place.
+codec only needs to be known in one place; the readers that keep shards open (``EnhancedDataset``, ``ColumnReader``)
+open them with ``open_shard``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import h5py
 import numpy as np
 
 from enhancer.store.codecs import jpeg_decode
+from enhancer.store.schema import StoreError
+
+
+def open_shard(path: str | os.PathLike[str], fix: str) -> h5py.File:
+    """A complete shard opened read-only for a reader that keeps it open; an unreadable file is a ``StoreError``
+    naming it and ``fix``. ``locking=False``: the shards are immutable once renamed, and lock calls fail on some
+    cluster filesystems (Lustre/NFS without locking)."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise StoreError(f"cannot open {path} ({e}); {fix}") from e
 
 
 def field_codec(ds: h5py.Dataset) -> str:

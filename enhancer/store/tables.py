@@ -27,7 +27,7 @@ import numpy as np
 
 from enhancer.store.layout import REJECTED
 from enhancer.store.manifest import Manifest
-from enhancer.store.reading import read_rows
+from enhancer.store.reading import open_shard, read_rows
 from enhancer.store.schema import FIELDS, REJECTED_COLUMNS, STR, StoreError
 
 
@@ -86,10 +86,7 @@ class ColumnReader:
         f = self._files.get(pos)
         if f is None:
             path = self.out_dir / self.manifest.shards[pos].file
-            try:
-                f = h5py.File(path, "r", locking=False)
-            except OSError as e:
-                raise StoreError(f"cannot open {path} ({e}); run `enhancer verify {self.out_dir}` to check it") from e
+            f = open_shard(path, f"run `enhancer verify {self.out_dir}` to check it")
             self._files[pos] = f
         return f
 

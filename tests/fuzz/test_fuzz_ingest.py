@@ -105,7 +105,7 @@ def read_outcome(out: Path) -> tuple[set[str], dict[str, tuple[str, str]]]:
 
 
 def _stored_name(plan: Plan, rel: str) -> str:
-    """The path as the job stores it (undecodable bytes as \\xNN escapes, like ``enhance.storable_path``)."""
+    """The path as the job stores it (undecodable bytes as \\xNN escapes, like ``batch_loop.storable_path``)."""
     path = os.path.join(os.fspath(plan.root), rel)
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
@@ -279,7 +279,7 @@ def test_a_file_over_the_decode_time_limit_is_rejected(kermany_dir):
 
 def test_auto_validation_decodes_with_pil_wherever_dali_or_nvjpeg_decode(kermany_dir):
     from enhancer.data import scan
-    from enhancer.enhance import validation_level
+    from enhancer.enhance.inputs import validation_level
     from enhancer.specs import EnhanceSpec
 
     samples = scan(kermany_dir).samples
