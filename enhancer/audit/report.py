@@ -110,6 +110,17 @@ def markdown(document: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in document["verdicts"].items())
         + ")",
         "",
+        *table_lines(document),
+        "",
+        "Figures: " + ", ".join(f"`{f}`" for f in document.get("figures", [])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def table_lines(document: dict[str, Any]) -> list[str]:
+    """The markdown table of every figure of the checks in ``document`` (an audit, or one class's audit)."""
+    lines = [
         "| check | figure | value | 95% CI | baseline | verdict |",
         "|---|---|---:|---|---|---|",
     ]
@@ -151,5 +162,4 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append(_row("repeatability", "Spearman", r["spearman"], r["spearman_ci"], ""))
     if "localisation" in document:
         lines += _localisation_rows(document["localisation"])
-    lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in document.get("figures", [])), ""]
-    return "\n".join(lines)
+    return lines
