@@ -1,7 +1,7 @@
 """``enhancer audit`` on datasets of maps per class (multi-label): a TinyVGG with 3 sigmoid outputs on 8 synthetic
 images, enhanced with ``--explain all`` and with ``--explain bottom``. Each class is audited on its own maps with its
 sigmoid probability and its findings' boxes; a class's figures equal those of the dataset holding that class alone;
-``--class`` selects classes and names the valid ones; a dataset of one map per image keeps its audit."""
+``--class`` selects classes and names the valid ones (a dataset of one map per image: tests/test_audit_cli.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from enhancer.models.checkpoints import load_checkpoint
 from enhancer.models.demo import to_model_input
 from tests.test_train_multilabel import CLASSES
 from tests.tools.sigmoid_case import SIZE, enhance_case, sigmoid_case
-
-FAST = ["--resamples", "200"]
 
 
 def _audit(dataset: Path, case, out: Path, *extra: str) -> dict:
@@ -131,34 +129,3 @@ def test_a_class_with_too_few_maps_is_named(case, tmp_path) -> None:
     bad = CliRunner().invoke(main, [*args, "--class", "top"])
     assert bad.exit_code == 2
     assert "class 'top' has 0 map(s)" in bad.output and "audit a class with maps: bottom" in bad.output
-
-
-def test_a_dataset_of_one_map_per_image_refuses_class_and_keeps_its_audit(demo_checkpoints, kermany_dir, tmp_path):
-    out = tmp_path / "seed"
-    ck = str(demo_checkpoints["tinyvgg"])
-    args = ["enhance", "--data", str(kermany_dir), "--out", str(out), "--checkpoint", ck, "--fields", "image,cam"]
-    made = CliRunner().invoke(main, [*args, "--loader", "torch", "--no-progress"])
-    assert made.exit_code == 0, made.output
-    assert CliRunner().invoke(main, ["merge", str(out)]).exit_code == 0
-    audit = ["audit", str(out), "--checkpoint", ck, "--device", "cpu", "--no-progress", "--samples", "4"]
-    bad = CliRunner().invoke(main, [*audit, "--out", str(tmp_path / "a"), "--class", "NORMAL"])
-    assert bad.exit_code == 2 and "one map per image" in bad.output and "drop --class" in bad.output
-    done = CliRunner().invoke(main, [*audit, "--out", str(tmp_path / "b"), "--checks", "faithfulness"])
-    assert done.exit_code == 0, done.output
-    doc = json.loads((tmp_path / "b" / "audit.json").read_text())
-    assert "classes" not in doc and "activation" not in doc and "classes" not in doc["spec"]
-    assert list(doc)[:12] == [
-        "dataset",
-        "checkpoint",
-        "checkpoint_sha256",
-        "second_checkpoint",
-        "samples",
-        "indices",
-        "seed",
-        "resamples",
-        "device",
-        "maps",
-        "gradcam",
-        "spec",
-    ]
-    assert "## " not in (tmp_path / "b" / "audit.md").read_text()
