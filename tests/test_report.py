@@ -311,9 +311,16 @@ def test_a_dataset_of_maps_per_class_gets_a_section_per_explained_class(tmp_path
         min(12, int((ref["explained"] == c).any(1).sum())) for c in range(3)
     )
     config = json.loads(re.search(r'<script id="report-config" type="application/json">(.*?)</script>', html)[1])
-    assert [p for p, _ in config["panels"]] == ["image", "overlay"] and config["metrics"] == []
+    # crops and enhanced images from the union are one per image: shown; per-map metrics are in the class sections
+    assert [p for p, _ in config["panels"]] == ["image", "overlay", "crop", "enhanced"] and config["metrics"] == []
     records = load_chunks(out)
-    assert len(records["pos"]) == 60 and "box" in records and records["m"] == {}
-    card = np.asarray(Image.open(out / thumb_paths(0)[0]).convert("RGB"), np.float64)[:, SIZE:]
-    union = overlay(ref["image"][:1, 0], ref["heatmap"][:1].max(1))[0].astype(np.float64)
-    assert np.abs(card - union).mean() < 4  # the gallery's overlay: the union of the image's maps
+    assert len(records["pos"]) == 60 and "box" in records and records.get("m", {}) == {}
+    # the gallery's overlay: the union of the image's maps (closer to it than to either map alone; JPEG of noise)
+    two = int(np.flatnonzero((ref["explained"] >= 0).all(1))[0])
+    strip = np.asarray(Image.open(out / thumb_paths(two)[0]).convert("RGB"), np.float64)[:, SIZE : 2 * SIZE]
+    heat = ref["heatmap"][two : two + 1]
+    errors = [
+        np.abs(strip - overlay(ref["image"][two : two + 1, 0], h)[0]).mean()
+        for h in (heat.max(1), *heat[:, :2].swapaxes(0, 1))
+    ]
+    assert errors[0] < min(errors[1:])
