@@ -134,8 +134,8 @@ def _audit_html(part: Any, images: list[str]) -> str:
     """The class's audit: its verdict, figures and PNGs (``figures`` in audit.json are relative to the audit)."""
     if not isinstance(part, dict):
         return ""
-    own = {f"audit/{f}" for f in part.get("figures") or [] if isinstance(f, str)}
-    shown = [p for p in images if p in own]
+    copied = set(images)
+    shown = [f"audit/{f}" for f in part.get("figures") or [] if isinstance(f, str) and f"audit/{f}" in copied]
     return f"<h3>Audit {verdict_badge(part.get('verdict'))}</h3>" + "".join(audit_parts(part)) + figures_html(shown)
 
 
