@@ -96,9 +96,7 @@ def class_markdown(document: dict[str, Any]) -> str:
         f"{document['seed']}); maps: {document['maps']}; {document['resamples']} bootstrap resamples for the 95% "
         f"intervals; {document['seconds']['total']:.0f} s on {document['device']}.",
         "",
-        f"**Verdict: {document['verdict'].upper()}** ("
-        + ", ".join(f"{k} {v}" for k, v in document["verdicts"].items())
-        + ")",
+        report.verdict_line(document),
     ]
     if document["classes_not_audited"]:
         lines += ["", "Not audited: " + "; ".join(f"{k} ({v})" for k, v in document["classes_not_audited"].items())]
@@ -107,9 +105,7 @@ def class_markdown(document: dict[str, Any]) -> str:
             "",
             f"## {name}",
             "",
-            f"{doc['samples']} samples with a map of {name}; **verdict: {doc['verdict'].upper()}** ("
-            + ", ".join(f"{k} {v}" for k, v in doc["verdicts"].items())
-            + ")",
+            f"{doc['samples']} samples with a map of {name}. " + report.verdict_line(doc),
             "",
             *report.table_lines(doc),
             "",

@@ -106,9 +106,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"{document['maps']}; {document['resamples']} bootstrap resamples for the 95% intervals; "
         f"{document['seconds']['total']:.0f} s on {document['device']}.",
         "",
-        f"**Verdict: {document['verdict'].upper()}** ("
-        + ", ".join(f"{k} {v}" for k, v in document["verdicts"].items())
-        + ")",
+        verdict_line(document),
         "",
         *table_lines(document),
         "",
@@ -116,6 +114,15 @@ def markdown(document: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def verdict_line(document: dict[str, Any]) -> str:
+    """``**Verdict: PASS** (randomisation pass, ...)``: the overall verdict and each part's."""
+    return (
+        f"**Verdict: {document['verdict'].upper()}** ("
+        + ", ".join(f"{k} {v}" for k, v in document["verdicts"].items())
+        + ")"
+    )
 
 
 def table_lines(document: dict[str, Any]) -> list[str]:
