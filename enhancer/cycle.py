@@ -32,7 +32,7 @@ from typing import Any
 from enhancer.audit.run import run_audit
 from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.provenance import provenance
-from enhancer.specs import AuditSpec, CycleSpec, EvaluateSpec
+from enhancer.specs import AuditSpec, CycleSpec, EvaluateSpec, SpecError
 from enhancer.store.layout import MANIFEST, is_merged
 from enhancer.train import rundir
 from enhancer.train.loop import fit, run_evaluate
@@ -122,7 +122,14 @@ def _evaluate(spec: CycleSpec, data: str, checkpoint: str, json_path: Path, fiel
         num_workers=min(spec.train.num_workers, 2),
         json=str(json_path),
     )
-    return run_evaluate(espec)["metrics"]
+    report = run_evaluate(espec)
+    if report["activation"] != "softmax":
+        raise SpecError(
+            f"{checkpoint}: a model with one sigmoid per class (it records activation {report['activation']!r}); "
+            "enhancer cycle runs single-label rounds of a softmax model only; for multi-label data run enhance "
+            "--labels, train --loss bce, evaluate and audit one by one (README: Multi-label datasets)"
+        )
+    return report["metrics"]
 
 
 def _row(k: int, metrics: dict[str, Any], checkpoint: str, best_epoch: int | None, **extra: Any) -> dict[str, Any]:

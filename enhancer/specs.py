@@ -299,6 +299,8 @@ class AuditSpec:
     baseline: str = "blur"  # what deleted pixels show: blur | mean
     score: str = "prob"  # faithfulness score of the explained class: prob | logit
     checks: tuple[str, ...] = AUDIT_CHECKS  # repeatability needs second_checkpoint, localisation masks or boxes
+    # a dataset of maps per class (multi-label): the classes audited, by name; empty: every class that has maps
+    classes: tuple[str, ...] = ()
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "device": DEVICES,
         "baseline": ("blur", "mean"),
@@ -318,7 +320,12 @@ class AuditSpec:
             _check_choice("checks", check, AUDIT_CHECKS)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
+        """The spec as audit.json records it; ``classes`` only when set (an audit of one map per image records the
+        same spec as before the setting existed)."""
+        plain = to_plain(self)
+        if not self.classes:
+            del plain["classes"]
+        return plain
 
 
 @dataclass(frozen=True)
@@ -341,6 +348,20 @@ class CycleSpec:
             raise SpecError(f"rounds must be >= 1, got {self.rounds}")
         if self.audit_samples < 0 or self.audit_samples == 1:
             raise SpecError(f"audit_samples must be 0 (no audit) or >= 2, got {self.audit_samples}")
+        multi_label = {
+            "enhance.labels": self.enhance.labels,
+            "train.labels": self.train.labels,
+            "enhance.head": self.enhance.head == "sigmoid",
+            "enhance.explain": self.enhance.explain != "auto",
+            "train.loss": self.train.loss == "bce",
+        }
+        given = [k for k, v in multi_label.items() if v]
+        if given:
+            raise SpecError(
+                f"{given[0]} is a multi-label setting: enhancer cycle runs single-label rounds only (an ImageFolder, "
+                "a softmax model, one map per image); for multi-label data run enhance --labels, train --loss bce, "
+                "evaluate and audit one by one (README: Multi-label datasets)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

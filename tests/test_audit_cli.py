@@ -93,6 +93,9 @@ def test_audit_writes_every_check_with_the_documented_keys(case):
     assert all((out / f).stat().st_size > 1000 for f in doc["figures"])
     md = (out / "audit.md").read_text()
     assert f"**Verdict: {doc['verdict'].upper()}**" in md and "| localisation | hit rate, all" in md
+    # one map per image: none of the keys of a dataset of maps per class (tests/test_audit_per_class.py)
+    assert not {"classes", "classes_not_audited", "activation", "score"} & set(doc) and "classes" not in doc["spec"]
+    assert "## " not in md
 
 
 def test_the_same_seed_gives_the_same_audit_and_boxes_localise_too(case):
@@ -122,6 +125,8 @@ def test_errors_name_the_problem(case):
     assert nothing.exit_code == 2 and "no such mask folder" in nothing.output
     unknown = _invoke([*base, "--checkpoint", case["ck"], "--checks", "vibes"])
     assert unknown.exit_code == 2 and "randomisation" in unknown.output
+    per_class = _invoke([*base, "--checkpoint", case["ck"], "--class", "PNEUMONIA"])
+    assert per_class.exit_code == 2 and "one map per image, not one per class; drop --class" in per_class.output
 
 
 def test_any_model_and_method_are_audited_with_the_jobs_own_maps(kermany_dir, tmp_path):

@@ -108,3 +108,24 @@ def test_summary_table_undefined_values():
         ]
     )
     assert table.splitlines()[2] == "| 0 | 0.5000 | 100.00 | n/a | 100.00 | n/a | n/a | a.pt |"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "enhance.labels=labels.csv",
+        "train.labels=labels.csv",
+        "enhance.head=sigmoid",
+        "enhance.explain=all",
+        "train.loss=bce",
+    ],
+)
+def test_multi_label_settings_are_refused_with_what_to_run_instead(tmp_path, setting):
+    """The cycle's rounds are single-label (a softmax model, one map per image): a multi-label setting is exit 2
+    naming it, before anything runs."""
+    args = ["cycle", "--data", str(tmp_path), "--test", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt")]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out"), "--set", setting])
+    assert result.exit_code == 2, result.output
+    assert f"{setting.split('=')[0]} is a multi-label setting" in result.output
+    assert "train --loss bce, evaluate and audit one by one" in result.output
+    assert not (tmp_path / "out").exists()

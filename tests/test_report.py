@@ -23,7 +23,14 @@ from enhancer.report.select import select_samples
 from enhancer.report.svg import histogram, line_chart, matrix_chart
 from enhancer.report.thumbs import BOX_RGB, draw_boxes, jet_table, overlay, thumb_paths
 from enhancer.store.tables import read_columns, read_rejected
-from tests.tools.report_synth import CLASSES, SIZE, make_audit_dir, write_report_dataset
+from tests.tools.report_synth import (
+    CLASSES,
+    ML_CLASSES,
+    SIZE,
+    make_audit_dir,
+    write_per_class_dataset,
+    write_report_dataset,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -253,3 +260,67 @@ def test_report_with_cycle_and_audit_through_the_command(tmp_path: Path, synth: 
     assert '<section id="cycle">' in index and '<section id="audit">' in index and 'href="#audit"' in index
     assert (out / "audit" / "deletion_curves.png").is_file()
     shutil.rmtree(out)
+
+
+# ---- datasets of maps per class ---------------------------------------------------------------------------------
+
+
+def _section(html: str, anchor: str) -> str:
+    start = html.index(f'<section id="{anchor}"')
+    return html[start : html.index("</section>", start)]
+
+
+def test_a_dataset_of_maps_per_class_gets_a_section_per_explained_class(tmp_path: Path) -> None:
+    dataset = write_per_class_dataset(tmp_path / "ml", n=60)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(dataset), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ref = shard_columns(dataset, "explained", "targets", "prob", "box_iou", "box_hit", "image", "heatmap", "path")
+    html = (out / "index.html").read_text()
+    found = re.findall(r'<section id="class-(\d+)" class="explained-class" data-class="([^"]+)">', html)
+    assert found == [("0", "Atelectasis"), ("1", "Effusion"), ("2", "Mass")]  # Nodule has no map
+    assert '<section id="confusion">' not in html and '<section id="classes">' not in html  # no single label
+    assert 'href="#explained"' in html and "correct predictions" not in html
+    overview = _section(html, "explained")
+    for c, name in enumerate(ML_CLASSES[:3]):
+        has = (ref["explained"] == c).any(1)
+        rows, slots = np.nonzero(ref["explained"] == c)
+        target = ref["targets"][has, c]
+        counts = [int(has.sum()), *(int((target == t).sum()) for t in (1, 0, -1))]
+        mean = ref["prob"][has, c].astype(np.float64).mean()
+        cells = "".join(f"<td>{v}</td>" for v in counts)
+        assert f'<a href="#class-{c}">{name}</a></td>{cells}<td>{mean:.4f}</td>' in overview
+        part = _section(html, f"class-{c}")
+        shown = [int(p) for p in re.findall(r'class="class-thumb" data-pos="(\d+)"', part)]
+        assert len(shown) == min(12, int(has.sum())) and all(has[shown])
+        assert (ref["targets"][shown, c] == 1).tolist() == sorted(
+            (ref["targets"][shown, c] == 1).tolist(), reverse=True
+        )
+        iou = ref["box_iou"][rows, slots]
+        assert f"<td>box_iou</td><td>{np.nanmean(iou.astype(np.float64)):.4f}</td>" in part
+        hit = ref["box_hit"][rows, slots]
+        assert f"<td>box_hit</td><td>{hit[hit != -1].astype(np.float64).mean():.4f}</td>" in part
+        # the thumbnail shows that class's map over the image (not another slot's, not the union)
+        pos = shown[0]
+        slot = int(np.flatnonzero(ref["explained"][pos] == c)[0])
+        thumb = np.asarray(Image.open(out / "thumbs" / f"class-{c}" / f"{pos}.jpg").convert("RGB"), np.float64)
+        small = Image.fromarray(overlay(ref["image"][pos : pos + 1, 0], ref["heatmap"][pos : pos + 1, slot])[0])
+        want = np.asarray(small.resize((160, 160), Image.Resampling.BILINEAR), np.float64)
+        assert np.abs(thumb - want).mean() < 4
+    assert len(list((out / "thumbs").glob("class-*/*.jpg"))) == sum(
+        min(12, int((ref["explained"] == c).any(1).sum())) for c in range(3)
+    )
+    config = json.loads(re.search(r'<script id="report-config" type="application/json">(.*?)</script>', html)[1])
+    # crops and enhanced images from the union are one per image: shown; per-map metrics are in the class sections
+    assert [p for p, _ in config["panels"]] == ["image", "overlay", "crop", "enhanced"] and config["metrics"] == []
+    records = load_chunks(out)
+    assert len(records["pos"]) == 60 and "box" in records and records.get("m", {}) == {}
+    # the gallery's overlay: the union of the image's maps (closer to it than to either map alone; JPEG of noise)
+    two = int(np.flatnonzero((ref["explained"] >= 0).all(1))[0])
+    strip = np.asarray(Image.open(out / thumb_paths(two)[0]).convert("RGB"), np.float64)[:, SIZE : 2 * SIZE]
+    heat = ref["heatmap"][two : two + 1]
+    errors = [
+        np.abs(strip - overlay(ref["image"][two : two + 1, 0], h)[0]).mean()
+        for h in (heat.max(1), *heat[:, :2].swapaxes(0, 1))
+    ]
+    assert errors[0] < min(errors[1:])

@@ -25,6 +25,7 @@ from enhancer.enhance import merge_enhanced, run_enhance
 from enhancer.specs import EnhanceSpec
 from tests.tools.missing import require_command, require_module
 from tests.tools.report_synth import make_audit_dir, write_report_dataset
+from tests.tools.sigmoid_case import enhance_case, sigmoid_case
 
 require_module("websocket", install="websocket-client==1.9.2")
 CHROMIUM = require_command(
@@ -100,6 +101,19 @@ def synth(tmp_path_factory) -> tuple[Path, Path]:
     return dataset, report(
         dataset, root / "report", "--limit", "0", "--cycle", str(root / "cycle"), "--audit", str(audit)
     )
+
+
+@pytest.fixture(scope="module")
+def per_class(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(dataset, report, audit.json) of 8 synthetic images explained for each of 3 sigmoid classes, audited."""
+    root = tmp_path_factory.mktemp("per-class")
+    case = sigmoid_case(root / "case", n=8)
+    dataset = enhance_case(case, root / "enhanced", "--explain", "all")
+    args = ["audit", str(dataset), "--checkpoint", str(case.checkpoint), "--out", str(root / "audit"), "--samples", "0"]
+    audited = CliRunner().invoke(main, [*args, "--boxes", str(case.boxes), "--no-progress", "--set", "resamples=100"])
+    assert audited.exit_code == 0, audited.output
+    doc = json.loads((root / "audit" / "audit.json").read_text())
+    return dataset, report(dataset, root / "report", "--audit", str(root / "audit")), doc
 
 
 def open_report(browser: Chromium, out: Path, fragment: str = "") -> Page:
@@ -300,4 +314,43 @@ def test_large_report_shows_cycle_audit_and_rejected_rows(browser, synth) -> Non
         "Array.from(document.querySelectorAll('#rejected-table tbody tr')).map(r => r.cells[3].textContent)"
     )
     assert cells == [r[3] for r in shard_rejected(dataset)] and cells[0] == 'cannot decode "bad,0.png" <truncated>'
+    assert_offline_and_clean(page)
+
+
+# ---- a dataset of maps per class (multi-label) ----------------------------------------------------------------------
+
+
+def test_per_class_report_has_a_section_per_explained_class_with_its_maps_and_audit(browser, per_class) -> None:
+    dataset, out, audit = per_class
+    [shard] = sorted(dataset.glob("shard-*.h5"))
+    with h5py.File(shard, "r") as f:
+        explained = f["explained"][:]
+    names = json.loads((dataset / "manifest.json").read_text())["class_names"]
+    with_maps = [n for c, n in enumerate(names) if (explained == c).any()]
+    page = open_report(browser, out)
+    assert shown(page) == (8, list(range(8)))
+    sections = page.evaluate(
+        "Array.from(document.querySelectorAll('section.explained-class')).map(s => s.dataset.class)"
+    )
+    assert sections == with_maps == list(audit["classes"]) == ["top", "bottom", "left"]
+    for c, name in enumerate(names):
+        sel = f"#class-{c}"
+        n_maps = int((explained == c).any(1).sum())
+        assert page.evaluate(f"document.querySelectorAll('{sel} .class-thumb img').length") == min(12, n_maps)
+        assert images_loaded(page, f"{sel} .class-thumb img")
+        assert (
+            page.evaluate(f"document.querySelector('{sel} h3 .verdict').textContent")
+            == audit["classes"][name]["verdict"]
+        )
+        figures = page.evaluate(
+            f"Array.from(document.querySelectorAll('{sel} .figures img')).map(i => i.getAttribute('src'))"
+        )
+        assert figures == [f"audit/{f}" for f in audit["classes"][name]["figures"]] and figures
+        assert images_loaded(page, f"{sel} .figures img")
+    rows = page.evaluate(
+        "Array.from(document.querySelectorAll('#audit table.audit-classes tbody tr')).map(r => r.cells[2].textContent)"
+    )
+    assert rows == [audit["classes"][n]["verdict"] for n in names]
+    assert page.evaluate("document.querySelector('#audit .verdict').textContent") == audit["verdict"]
+    assert page.evaluate("document.querySelector('#cards .card .title').textContent").startswith("top: ")
     assert_offline_and_clean(page)

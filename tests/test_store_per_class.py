@@ -136,3 +136,24 @@ def test_writer_refuses_jpeg_for_per_class_maps_and_bad_layouts(tmp_path: Path) 
         per_sample_shapes(("image",), per_class=("image",), **SIZES)
     with pytest.raises(StoreError, match="does not match the schema"):
         ShardWriter(tmp_path, 0, 1, fields=fields, shapes={**shapes, "crop": (1, 4, 4)}, per_class=("crop",))
+
+
+def test_merge_summarises_several_metrics_per_map_by_class(tmp_path: Path) -> None:
+    """Box energy, hit and IoU per (sample, slot): the manifest's means per class over each class's filled slots."""
+    from tests.tools.report_synth import ML_CLASSES, write_per_class_dataset
+
+    out = write_per_class_dataset(tmp_path / "ml", n=40)
+    cols: dict[str, list[np.ndarray]] = {}
+    for shard in sorted(out.glob("shard-*.h5")):
+        with h5py.File(shard, "r") as f:
+            for name in ("explained", "box_energy", "box_hit", "box_iou"):
+                cols.setdefault(name, []).append(f[name][:])
+    ref = {k: np.concatenate(v) for k, v in cols.items()}
+    summary = json.loads((out / "manifest.json").read_text())["localisation"]
+    for name in ("box_energy", "box_hit", "box_iou"):
+        for c, cls in enumerate(ML_CLASSES[:3]):
+            v = ref[name][ref["explained"] == c]
+            ok = v != -1 if name == "box_hit" else np.isfinite(v)
+            got = summary[name]["by_class"][cls]
+            assert got["n"] == int(ok.sum()) and got["mean"] == pytest.approx(v[ok].astype(np.float64).mean())
+        assert ML_CLASSES[3] not in summary[name]["by_class"]

@@ -14,7 +14,8 @@ Grad-CAM by default), ``similarity`` (SSIM, Spearman on the device), ``randomisa
 randomisation), ``imputation`` (ROAD's noisy linear imputation), ``faithfulness`` (deletion / insertion, ROAD,
 confidence change), ``localisation`` (Otsu mIoU, pointing game, energy), ``bootstrap`` (percentile intervals),
 ``checks`` (each check with its baseline and verdict), ``report`` / ``figures`` (audit.json, audit.md, PNGs),
-``run`` (the job), ``phantoms`` (test subjects with known lesions).
+``run`` (the job), ``per_class`` (datasets of maps per class: the classes, their score, the document),
+``phantoms`` (test subjects with known lesions).
 
 ``audit.json`` keys (stable: ``enhancer report`` reads them). A figure ``f`` comes with ``f_ci`` = [low, high], its
 95% percentile bootstrap interval (1,000 seeded resamples over the samples); undefined values are null. Verdicts
@@ -45,4 +46,15 @@ are ``"pass"``, ``"fail"`` or ``"not run"``.
 - ``localisation`` (with masks or boxes): ``source`` (masks / boxes), ``path``, ``n`` (samples with a region),
   ``miou``, ``hit_rate``, ``energy`` each {``value``, ``ci_low``, ``ci_high``, ``n``}, ``hit_chance`` (mean region
   area share), ``by_class`` {class: the same figures}, ``verdict`` (pass: ``hit_rate.ci_low`` > ``hit_chance``).
+
+A dataset of maps per class (multi-label, ``enhance --explain``) is audited class by class (``--class NAME``,
+repeatable; default every class with at least two maps): each class on the samples that have a map of it, with that
+map, its score under the dataset's ``activation`` (``prob``: the sigmoid of the class's logit for a sigmoid model,
+the softmax otherwise; the logit where ``gradcam.score`` is ``logit`` or with ``score=logit``), randomisation and
+faithfulness recomputed for that class, localisation against that finding's boxes where the box file names findings
+(NIH ``BBox_List_2017.csv``; ``localisation.finding``). Its ``audit.json`` keeps the top-level keys above except the
+checks' sections, and adds ``classes`` {class name: the checks' sections, ``verdict``, ``verdicts``, ``seconds``,
+``class_id``, ``samples``, ``indices``, ``figures`` (under ``class-<NAME>/``)}, ``classes_not_audited`` {class
+name: why}, ``activation`` and ``score``; ``verdict`` passes when every audited class passes and ``verdicts`` holds
+each class's verdict; ``audit.md`` has one table per class.
 """

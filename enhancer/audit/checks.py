@@ -127,7 +127,8 @@ def repeatability_check(
 @dataclass(frozen=True)
 class FaithfulnessSettings:
     """How the faithfulness checks perturb: deletion/insertion steps and baseline, ROAD percentiles and noise, the
-    score (``prob`` or ``logit`` of the explained class)."""
+    score (``prob`` or ``logit`` of the explained class) and the model's output ``activation`` that makes ``prob``
+    (``softmax``; ``sigmoid`` for a multi-label model: each class's own probability)."""
 
     steps: int = 10
     baseline: str = "blur"
@@ -136,6 +137,7 @@ class FaithfulnessSettings:
     noise: float = fa.NOISE
     score: str = "prob"
     solver: str = "auto"
+    activation: str = "softmax"
 
     def passes(self) -> int:
         """Model passes over the batch per map kind (the unperturbed and baseline images are shared)."""
@@ -212,7 +214,14 @@ def faithfulness_check(
         len(x), feature_size, tuple(x.shape[-2:]), generator=_g(seed + 1, x.device), device=x.device
     )
     bar = tqdm(total=len(x) * (2 * settings.passes() + 2), desc="faithfulness", unit="image", disable=not progress)
-    scorer = fa.Scorer(model, target, score=settings.score, batch_size=batch_size, on_scored=bar.update)
+    scorer = fa.Scorer(
+        model,
+        target,
+        score=settings.score,
+        activation=settings.activation,
+        batch_size=batch_size,
+        on_scored=bar.update,
+    )
     base = fa.baseline_images(x, settings.baseline, blur_sigma=settings.blur_sigma)
     ends = (scorer(x), scorer(base))
     ours = _measure(scorer, x, maps, settings, ends, seed)

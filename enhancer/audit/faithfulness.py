@@ -38,14 +38,16 @@ from enhancer.audit.imputation import NOISE, add_noise, linear_impute
 from enhancer.audit.similarity import gaussian_filter, gaussian_taps
 
 SCORES = ("prob", "logit")
+ACTIVATIONS = ("softmax", "sigmoid")  # how a model's outputs become probabilities
 BASELINES = ("blur", "mean")
 ROAD_ORDERS = ("morf", "lerf")
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
 class Scorer:
-    """The score of each image's explained class: softmax probability (``"prob"``) or logit; batched, no autograd.
-    Counts the images it has scored (``calls``)."""
+    """The score of each image's explained class: its probability (``"prob"``: softmax over the classes, or the
+    class's own sigmoid for a multi-label model, ``activation="sigmoid"``) or logit; batched, no autograd. Counts the
+    images it has scored (``calls``)."""
 
     def __init__(
         self,
@@ -53,14 +55,18 @@ class Scorer:
         target: torch.Tensor,
         *,
         score: str = "prob",
+        activation: str = "softmax",
         batch_size: int = 32,
         on_scored: Callable[[int], object] | None = None,
     ) -> None:
         if score not in SCORES:
             raise ValueError(f"score={score!r} is not valid; choose one of {', '.join(SCORES)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not valid; choose one of {', '.join(ACTIVATIONS)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.target, self.score, self.batch_size = model, target.long(), score, batch_size
+        self.activation = activation
         self.on_scored = on_scored  # called with the number of images after each call (a progress bar's update)
         self.calls = 0
 
@@ -70,9 +76,11 @@ class Scorer:
         out = []
         for i in range(0, len(x), self.batch_size):
             logits = self.model(x[i : i + self.batch_size]).float()
-            if self.score == "prob":
+            prob = self.score == "prob"
+            if prob and self.activation == "softmax":
                 logits = logits.softmax(1)
-            out.append(logits.gather(1, self.target[i : i + self.batch_size, None].to(logits.device))[:, 0])
+            picked = logits.gather(1, self.target[i : i + self.batch_size, None].to(logits.device))[:, 0]
+            out.append(picked.sigmoid() if prob and self.activation == "sigmoid" else picked)
         self.calls += len(x)
         if self.on_scored is not None:
             self.on_scored(len(x))

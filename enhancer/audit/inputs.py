@@ -6,12 +6,16 @@ Usage::
     from enhancer.audit.inputs import read_inputs
     inputs = read_inputs("enhanced/", preprocessing, samples=64, seed=0, device="cpu")
     inputs.x, inputs.maps, inputs.target        # (N, C, H, W) model input, (N, H, W) maps in [0, 1], (N,) classes
+    # a dataset of maps per class (multi-label): the inputs of each class, its own maps, the class as the target
+    by_class = read_class_inputs("enhanced/", preprocessing, [1, 4], samples=64, seed=0)
 
 The model input comes from the stored ``image`` field (the model-resolution greyscale input, 8 bits) or, for a
 dataset stored without it, from the original files under ``data_root`` (``--data``) through the torch loader. The
 maps are the stored raw ``cam`` normalised as the dataset's Grad-CAM settings say and upsampled to the input size
 (or the stored ``heatmap`` / 255 without ``cam``). The explained class follows the dataset's Grad-CAM target:
-the stored prediction, the label, or a fixed class.
+the stored prediction, the label, or a fixed class. In a dataset of maps per class (``explained`` (sample, slot)
+holds the class of each map), each class is audited on the samples that have a map of it, that map, explaining
+that class.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from enhancer.audit.maps import normalise_maps, to_input_size
@@ -95,6 +100,32 @@ def _maps(
     raise StoreError("the dataset stores neither cam nor heatmap; enhance it with --fields cam (or heatmap)")
 
 
+def _open(dataset_dir: str | os.PathLike[str], extra: tuple[str, ...] = ()) -> tuple[EnhancedDataset, list[str]]:
+    """The dataset opened with the fields the audit reads, and which of the image and map fields it stores."""
+    probe = EnhancedDataset(dataset_dir, fields=NEEDED)
+    stored = [f for f in ("image", "cam", "heatmap") if f in probe.manifest.fields]
+    probe.close()
+    return EnhancedDataset(dataset_dir, fields=(*NEEDED, *stored, *extra)), stored
+
+
+def _read_rows(ds: EnhancedDataset, chosen: list[int], fields: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], list]:
+    """The ``fields`` of the samples at ``chosen`` stacked (N, ...), and their stored paths."""
+    try:
+        rows = [ds[i] for i in chosen]  # one HDF5 chunk per field and sample: the store's unit of reading
+    finally:
+        ds.close()
+    return {f: torch.stack([r[f] for r in rows]) for f in fields if f != "path"}, [r["path"] for r in rows]
+
+
+def _model_input(
+    stack: dict[str, torch.Tensor], paths: list[str], labels: torch.Tensor, preprocessing: Preprocessing
+) -> torch.Tensor:
+    """(N, C, H, W) normalised model input: the stored image field, or the original files."""
+    if "image" in stack:
+        return to_model_input(stack["image"].float() / 255, preprocessing)
+    return _load_originals(paths, labels, preprocessing, "cpu")
+
+
 def read_inputs(
     dataset_dir: str | os.PathLike[str],
     preprocessing: Preprocessing,
@@ -105,29 +136,20 @@ def read_inputs(
     device: str = "cpu",
 ) -> AuditInputs:
     """Read a seeded subset of ``samples`` samples (all with 0) of the enhanced dataset at ``dataset_dir``."""
-    probe = EnhancedDataset(dataset_dir, fields=NEEDED)
-    stored = [f for f in ("image", "cam", "heatmap") if f in probe.manifest.fields]
-    ds = EnhancedDataset(dataset_dir, fields=(*NEEDED, *stored))
+    ds, stored = _open(dataset_dir)
     prov = ds.manifest.provenance
     cam = CamSettings.from_dict(prov.get("gradcam", {}))
     root = data_root or prov.get("data_root")
     chosen = select(len(ds), samples, seed)
+    class_names = list(ds.class_names)
     if not chosen:
-        raise StoreError(f"{dataset_dir} holds no samples to audit")
-    try:
-        rows = [ds[i] for i in chosen]  # one HDF5 chunk per field and sample: the store's unit of reading
-    finally:
         ds.close()
-        probe.close()
-    stack = {f: torch.stack([r[f] for r in rows]) for f in (*NEEDED, *stored) if f != "path"}
+        raise StoreError(f"{dataset_dir} holds no samples to audit")
+    stack, stored_paths = _read_rows(ds, chosen, (*NEEDED, *stored))
     labels, pred = stack["label"].long(), stack["pred"].long()
-    paths = [_absolute(r["path"], root) for r in rows]
-    size = tuple(preprocessing.size)
-    if "image" in stack:
-        x = to_model_input(stack["image"].float() / 255, preprocessing)
-    else:
-        x = _load_originals(paths, labels, preprocessing, "cpu")
-    maps, feature_size = _maps(stack, cam, size)
+    paths = [_absolute(p, root) for p in stored_paths]
+    x = _model_input(stack, paths, labels, preprocessing)
+    maps, feature_size = _maps(stack, cam, tuple(preprocessing.size))
     return AuditInputs(
         x=x.to(device),
         maps=maps.to(device),
@@ -137,7 +159,78 @@ def read_inputs(
         orig_size=stack["orig_size"].long().to(device),
         paths=paths,
         indices=chosen,
-        class_names=list(ds.class_names),
+        class_names=class_names,
         cam=cam,
         data_root=str(Path(root).resolve()) if root else None,
     )
+
+
+def maps_per_class(dataset_dir: str | os.PathLike[str]) -> dict[int, int]:
+    """Class id -> the number of samples with a map of it, in a dataset of maps per class (classes without a map
+    left out)."""
+    ds = EnhancedDataset(dataset_dir, fields=("explained",))
+    try:
+        explained = ds.read_column("explained").astype(np.int64)
+    finally:
+        ds.close()
+    counts = {c: int((explained == c).any(1).sum()) for c in range(len(ds.class_names))}
+    return {c: n for c, n in counts.items() if n}
+
+
+def _class_picks(explained: np.ndarray, classes: list[int], samples: int, seed: int) -> dict[int, list[int]]:
+    """Per class: a seeded subset of ``samples`` of the samples with a map of it (all with 0), dataset positions."""
+    picks = {}
+    for c in classes:
+        with_map = np.flatnonzero((explained == c).any(1))
+        picks[c] = [int(with_map[k]) for k in select(len(with_map), samples, seed)]
+    return picks
+
+
+def read_class_inputs(
+    dataset_dir: str | os.PathLike[str],
+    preprocessing: Preprocessing,
+    classes: list[int],
+    *,
+    samples: int = 0,
+    seed: int = 0,
+    data_root: str | None = None,
+    device: str = "cpu",
+) -> dict[int, AuditInputs]:
+    """The audited samples of each of ``classes`` (ids) in a dataset of maps per class: per class, a seeded subset of
+    ``samples`` (all with 0) of the samples that have a map of it, with that map and the class as the target. Each
+    sample is read once, whatever the number of classes it has maps of; a class without maps is left out."""
+    ds, stored = _open(dataset_dir, ("explained",))
+    prov = ds.manifest.provenance
+    cam = CamSettings.from_dict(prov.get("gradcam", {}))
+    root = data_root or prov.get("data_root")
+    class_names, per_class = list(ds.class_names), set(ds.per_class)
+    picks = _class_picks(ds.read_column("explained").astype(np.int64), classes, samples, seed)
+    at = sorted({i for chosen in picks.values() for i in chosen})
+    stack, stored_paths = _read_rows(ds, at, (*NEEDED, *stored, "explained"))
+    labels = stack["label"].long()
+    paths = [_absolute(p, root) for p in stored_paths]
+    x = _model_input(stack, paths, labels, preprocessing)
+    row = {i: k for k, i in enumerate(at)}
+    out = {}
+    for c, chosen in picks.items():
+        if not chosen:
+            continue
+        r = torch.tensor([row[i] for i in chosen])
+        slot = (stack["explained"][r] == c).long().argmax(1)  # the slot that holds the class's map
+        own = {f: stack[f][r] for f in ("cam", "heatmap") if f in stack}
+        own = {f: v[torch.arange(len(r)), slot] if f in per_class else v for f, v in own.items()}
+        maps, feature_size = _maps(own, cam, tuple(preprocessing.size))
+        out[c] = AuditInputs(
+            x=x[r].to(device),
+            maps=maps.to(device),
+            feature_size=feature_size,
+            target=torch.full((len(r),), c, dtype=torch.long, device=device),
+            labels=labels[r].to(device),
+            orig_size=stack["orig_size"][r].long().to(device),
+            paths=[paths[k] for k in r.tolist()],
+            indices=chosen,
+            class_names=class_names,
+            cam=cam,
+            data_root=str(Path(root).resolve()) if root else None,
+        )
+    return out

@@ -106,10 +106,28 @@ def markdown(document: dict[str, Any]) -> str:
         f"{document['maps']}; {document['resamples']} bootstrap resamples for the 95% intervals; "
         f"{document['seconds']['total']:.0f} s on {document['device']}.",
         "",
+        verdict_line(document),
+        "",
+        *table_lines(document),
+        "",
+        "Figures: " + ", ".join(f"`{f}`" for f in document.get("figures", [])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def verdict_line(document: dict[str, Any]) -> str:
+    """``**Verdict: PASS** (randomisation pass, ...)``: the overall verdict and each part's."""
+    return (
         f"**Verdict: {document['verdict'].upper()}** ("
         + ", ".join(f"{k} {v}" for k, v in document["verdicts"].items())
-        + ")",
-        "",
+        + ")"
+    )
+
+
+def table_lines(document: dict[str, Any]) -> list[str]:
+    """The markdown table of every figure of the checks in ``document`` (an audit, or one class's audit)."""
+    lines = [
         "| check | figure | value | 95% CI | baseline | verdict |",
         "|---|---|---:|---|---|---|",
     ]
@@ -151,5 +169,4 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append(_row("repeatability", "Spearman", r["spearman"], r["spearman_ci"], ""))
     if "localisation" in document:
         lines += _localisation_rows(document["localisation"])
-    lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in document.get("figures", [])), ""]
-    return "\n".join(lines)
+    return lines

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from enhancer.audit import checks, figures, report
-from enhancer.audit.inputs import AuditInputs, read_inputs
+from enhancer.audit import checks, figures, per_class, report
+from enhancer.audit.inputs import AuditInputs, maps_per_class, read_class_inputs, read_inputs
 from enhancer.audit.localisation import mask_index, read_region_masks
 from enhancer.audit.maps import MapFn, cam_map_fn
 from enhancer.data.loader import resolve_device
+from enhancer.explain.classes import sigmoid_settings
 from enhancer.explain.localisation import boxes_mask, read_boxes
 from enhancer.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from enhancer.models.registry import TargetLayer, resolve_target
@@ -208,8 +209,12 @@ def audit_batch(
     return job.doc, job.figs
 
 
-def _regions(spec: AuditSpec, inputs: AuditInputs) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
-    """Lesion regions (N, H, W) bool at the input's resolution from --masks or --boxes, and their description."""
+def _regions(
+    spec: AuditSpec, inputs: AuditInputs, class_name: str | None = None
+) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """Lesion regions (N, H, W) bool at the input's resolution from --masks or --boxes, and their description.
+    ``class_name``: the boxes of that finding where the box file names findings (NIH's BBox list); masks and other
+    box files give every class the image's regions."""
     size = tuple(inputs.x.shape[-2:])
     try:
         if spec.masks:
@@ -218,6 +223,10 @@ def _regions(spec: AuditSpec, inputs: AuditInputs) -> tuple[torch.Tensor | None,
             return regions, {"source": "masks", "path": os.path.abspath(spec.masks), "files": len(index)}
         if spec.boxes:
             table = read_boxes(spec.boxes)
+            if class_name is not None and table.per_finding:
+                found = table.class_batch(inputs.paths, [class_name])[:, 0]
+                gt = boxes_mask(found, inputs.orig_size.cpu(), size)
+                return gt, {"source": "boxes", "path": table.source, "images": len(table), "finding": class_name}
             gt = boxes_mask(table.batch(inputs.paths), inputs.orig_size.cpu(), size)
             return gt, {"source": "boxes", "path": table.source, "images": len(table)}
     except ValueError as exc:
@@ -235,6 +244,16 @@ def _check_checkpoint(manifest: Manifest, sha256: str, spec: AuditSpec) -> None:
 
 
 def _write(doc: dict[str, Any], figs: Figures, inputs: AuditInputs, out: Path) -> AuditResult:
+    doc["figures"] = [p.name for p in _draw(doc, figs, inputs, out)]
+    report.write_json(doc, out / "audit.json")
+    text = report.markdown(doc)
+    (out / "audit.md").write_text(text, encoding="utf-8")
+    return AuditResult(str(out), doc, text)
+
+
+def _draw(doc: dict[str, Any], figs: Figures, inputs: AuditInputs, out: Path) -> list[Path]:
+    """The PNGs of one audit (a dataset's, or one class's) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     if figs.strips is not None:
         written += figures.draw_strips(figs.strips, out)
@@ -250,11 +269,7 @@ def _write(doc: dict[str, Any], figs: Figures, inputs: AuditInputs, out: Path) -
             names=inputs.paths,
         )
         written += [worst] if worst is not None else []
-    doc["figures"] = [p.name for p in written]
-    report.write_json(doc, out / "audit.json")
-    text = report.markdown(doc)
-    (out / "audit.md").write_text(text, encoding="utf-8")
-    return AuditResult(str(out), doc, text)
+    return written
 
 
 def open_dataset_model(path: str, manifest: Manifest) -> tuple[LoadedCheckpoint, TargetLayer]:
@@ -276,20 +291,25 @@ def dataset_map_fn(cam: CamSettings, ck: LoadedCheckpoint, target: TargetLayer) 
 
 def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = True) -> AuditResult:
     """Audit the maps of ``spec.dataset``: ``audit.json``, ``audit.md`` and PNGs in ``spec.out``. ``map_fn``
-    recomputes maps (default: the dataset's CAM method and settings at its target layer, ``dataset_map_fn``)."""
+    recomputes maps (default: the dataset's CAM method and settings at its target layer, ``dataset_map_fn``). A
+    dataset of maps per class is audited class by class (``spec.classes``, default every class with maps)."""
     device = resolve_device(spec.device)
     manifest = Manifest.load(spec.dataset)
+    per_class = any(info.get("per_class") for info in manifest.fields.values())
+    if spec.classes and not per_class:
+        raise AuditError(
+            f"{spec.dataset} holds one map per image, not one per class; drop --class (it selects the classes of a "
+            "dataset enhanced with --explain)"
+        )
     ck, target = open_dataset_model(spec.checkpoint, manifest)
     _check_checkpoint(manifest, ck.sha256, spec)
+    if per_class:
+        return _run_class_audit(spec, manifest, ck, target, device, map_fn=map_fn, progress=progress)
     inputs = read_inputs(
         spec.dataset, ck.preprocessing, samples=spec.n_samples, seed=spec.seed, data_root=spec.data, device=device
     )
     model = ck.model.to(device).eval()
-    second = (
-        open_dataset_model(spec.second_checkpoint, manifest)[0].model.to(device).eval()
-        if spec.second_checkpoint
-        else None
-    )
+    second = _second_model(spec, manifest, device)
     regions, source = _regions(spec, inputs)
     if map_fn is None:
         map_fn = dataset_map_fn(inputs.cam, ck, target)
@@ -314,21 +334,123 @@ def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = 
         batch_size=spec.batch_size,
         progress=progress,
     )
-    head = {
+    head = _head(spec, ck, device, map_fn, inputs.cam, inputs.indices)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write({**head, **doc}, figs, inputs, out)
+
+
+def _second_model(spec: AuditSpec, manifest: Manifest, device: str) -> nn.Module | None:
+    if not spec.second_checkpoint:
+        return None
+    return open_dataset_model(spec.second_checkpoint, manifest)[0].model.to(device).eval()
+
+
+def _head(
+    spec: AuditSpec, ck: LoadedCheckpoint, device: str, map_fn: MapFn, cam: CamSettings, indices: list[int]
+) -> dict[str, Any]:
+    """What was audited, with what: the dataset-level keys of ``audit.json``."""
+    return {
         "dataset": os.path.abspath(spec.dataset),
         "checkpoint": os.path.abspath(spec.checkpoint),
         "checkpoint_sha256": ck.sha256,
         "second_checkpoint": os.path.abspath(spec.second_checkpoint) if spec.second_checkpoint else None,
-        "samples": len(inputs.indices),
-        "indices": inputs.indices,
+        "samples": len(indices),
+        "indices": indices,
         "seed": spec.seed,
         "resamples": spec.resamples,
         "device": device,
         "maps": getattr(map_fn, "__name__", type(map_fn).__name__),
-        "gradcam": inputs.cam.to_dict(),
+        "gradcam": cam.to_dict(),
         "spec": spec.to_dict(),
         **provenance(),
     }
+
+
+@dataclass
+class _ClassJob:
+    """What every class's audit of a dataset of maps per class shares: the spec, the models, the map function (the
+    dataset's CAM explaining the audited class), the faithfulness settings (the dataset's activation) and the layer."""
+
+    spec: AuditSpec
+    model: nn.Module
+    second: nn.Module | None
+    map_fn: MapFn
+    settings: checks.FaithfulnessSettings
+    target: TargetLayer
+
+    def audit(self, c: int, names: list[str], inputs: AuditInputs, *, progress: bool) -> dict[str, Any]:
+        """The audit of class ``c`` on its samples and maps, its figures under ``out/class-<NAME>/``."""
+        spec, name = self.spec, names[c]
+        regions, source = _regions(spec, inputs, class_name=name)
+        doc, figs = audit_batch(
+            self.model,
+            inputs.x,
+            inputs.target,
+            inputs.maps,
+            inputs.target,  # localisation's by_class: the class itself
+            names,
+            map_fn=self.map_fn,
+            feature_size=inputs.feature_size or tuple(self.target.shape[-2:]),
+            regions=regions,
+            region_source=source,
+            second_model=self.second,
+            run=spec.checks,
+            faithfulness=self.settings,
+            seed=spec.seed,
+            resamples=spec.resamples,
+            batch_size=spec.batch_size,
+            progress=progress,
+        )
+        sub = per_class.folder(name)
+        drawn = [f"{sub}/{p.name}" for p in _draw(doc, figs, inputs, Path(spec.out) / sub)]
+        return {"class_id": c, "samples": len(inputs.indices), "indices": inputs.indices, **doc, "figures": drawn}
+
+
+def _run_class_audit(
+    spec: AuditSpec,
+    manifest: Manifest,
+    ck: LoadedCheckpoint,
+    target: TargetLayer,
+    device: str,
+    *,
+    map_fn: MapFn | None,
+    progress: bool,
+) -> AuditResult:
+    """The audit of a dataset of maps per class: one audit per class (its samples, maps, score and findings' boxes),
+    figures under ``out/class-<NAME>/``, one ``audit.json`` and ``audit.md`` (``enhancer.audit.per_class``)."""
+    counts = maps_per_class(spec.dataset)
+    names = list(manifest.class_names or [str(c) for c in range(max(counts, default=-1) + 1)])
+    try:
+        wanted, skipped = per_class.audited_classes(spec.classes, names, counts, spec.dataset)
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
+    if not wanted:
+        raise AuditError(f"no class of {spec.dataset} has the 2 maps an audit needs: {skipped or 'no maps at all'}")
+    by_class = read_class_inputs(
+        spec.dataset,
+        ck.preprocessing,
+        wanted,
+        samples=spec.n_samples,
+        seed=spec.seed,
+        data_root=spec.data,
+        device=device,
+    )
+    cam = CamSettings.from_dict(manifest.provenance.get("gradcam", {}))
+    activation = manifest.provenance.get("activation", "softmax")
+    map_fn = map_fn or dataset_map_fn(sigmoid_settings(cam, activation), ck, target)
+    score = per_class.class_score(spec.score, cam)
+    settings = checks.FaithfulnessSettings(steps=spec.steps, baseline=spec.baseline, score=score, activation=activation)
+    job = _ClassJob(spec, ck.model.to(device).eval(), _second_model(spec, manifest, device), map_fn, settings, target)
+    docs = {names[c]: job.audit(c, names, inputs, progress=progress) for c, inputs in by_class.items()}
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return _write({**head, **doc}, figs, inputs, out)
+    indices = sorted({i for inputs in by_class.values() for i in inputs.indices})
+    document = {
+        **_head(spec, ck, device, map_fn, cam, indices),
+        **per_class.class_document(docs, skipped, activation=activation, score=score),
+    }
+    document["figures"] = [f for doc in docs.values() for f in doc["figures"]]
+    report.write_json(document, out / "audit.json")
+    text = per_class.class_markdown(document)
+    (out / "audit.md").write_text(text, encoding="utf-8")
+    return AuditResult(str(out), document, text)

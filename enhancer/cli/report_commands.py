@@ -49,7 +49,9 @@ def report(
 
     It works offline from the folder (no server, no network): a gallery with filters (true class, prediction,
     correct / wrong / Good, metric ranges), sorting and a page per sample; counts with the rejected files, class
-    balance, confusion matrix, probability and metric distributions as charts.
+    balance, confusion matrix, probability and metric distributions as charts. A dataset of maps per class
+    (multi-label, enhanced with --explain) gets a section per explained class: thumbnails of its maps, its targets,
+    localisation metrics and, with --audit, its audit.
     """
     from enhancer.report.errors import ReportError
     from enhancer.report.site import write_report

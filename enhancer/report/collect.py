@@ -22,6 +22,7 @@ from enhancer.store.tables import ColumnReader, read_rejected
 
 SCALARS = ("index", "label", "pred", "prob", "path", "orig_size")
 OPTIONAL_SCALARS = ("crop_box", *METRIC_FIELDS)
+CLASS_COLUMNS = ("explained", "targets")  # a dataset of maps per class: the class of each map, multi-hot targets
 # Metrics that are fractions in [0, 1] (NaN: undefined) and can be filtered by range; the *_hit ones are 1/0/-1.
 RANGE_METRICS = tuple(m for m in METRIC_FIELDS if not m.endswith("_hit"))
 HIT_METRICS = tuple(m for m in METRIC_FIELDS if m.endswith("_hit"))
@@ -40,6 +41,12 @@ class ReportData:
     columns: dict[str, np.ndarray]
     rejected: list[dict[str, Any]]
     provenance: dict[str, Any]
+    per_class: tuple[str, ...] = ()  # fields stored with a slot axis (sample, slot, ...): one map per class
+
+    @property
+    def multi_label(self) -> bool:
+        """Multi-hot targets instead of one label per sample (the labels are -1)."""
+        return "targets" in self.columns
 
     @property
     def label(self) -> np.ndarray:
@@ -65,8 +72,14 @@ class ReportData:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The localisation metric fields this dataset has."""
-        return tuple(m for m in METRIC_FIELDS if m in self.columns)
+        """The localisation metric fields this dataset has, one value per sample (per-class ones are shown in the
+        sections of the explained classes)."""
+        return tuple(m for m in METRIC_FIELDS if m in self.columns and m not in self.per_class)
+
+    @property
+    def class_metrics(self) -> tuple[str, ...]:
+        """The localisation metric fields stored per (sample, explained class)."""
+        return tuple(m for m in METRIC_FIELDS if m in self.columns and m in self.per_class)
 
 
 def collect(dataset_dir: str | os.PathLike[str], *, progress: bool = False) -> ReportData:
@@ -74,7 +87,7 @@ def collect(dataset_dir: str | os.PathLike[str], *, progress: bool = False) -> R
     over the fields; with one HDF5 chunk per sample this is the slow part of a report on a large dataset)."""
     with ColumnReader(dataset_dir) as reader:
         m = reader.manifest
-        wanted = SCALARS + tuple(f for f in OPTIONAL_SCALARS if f in m.fields)
+        wanted = SCALARS + tuple(f for f in (*OPTIONAL_SCALARS, *CLASS_COLUMNS) if f in m.fields)
         columns = {}
         for name in tqdm(wanted, desc=f"reading {m.n_written} samples", unit="field", disable=not progress):
             columns.update(reader.read((name,)))
@@ -95,4 +108,5 @@ def collect(dataset_dir: str | os.PathLike[str], *, progress: bool = False) -> R
         columns=columns,
         rejected=read_rejected(dataset_dir),
         provenance=prov,
+        per_class=tuple(n for n, info in m.fields.items() if info.get("per_class")),
     )

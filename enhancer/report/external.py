@@ -160,19 +160,53 @@ def _interval_rows(part: Any) -> list[list[str]]:
     return rows
 
 
-def audit_html(audit: dict[str, Any], images: list[str]) -> str:
-    parts = [f"<p>Overall verdict: {verdict_badge(audit.get('verdict'))}</p>"]
-    parts.append(_randomisation_html(audit.get("randomisation")))
+def audit_parts(audit: dict[str, Any]) -> list[str]:
+    """The randomisation, faithfulness and localisation tables of an audit (or of one class's audit)."""
+    parts = [_randomisation_html(audit.get("randomisation"))]
     faithful = [[escape(k), fmt(v)] for k, v in flatten({p: audit.get(p) for p in ("deletion", "insertion", "road")})]
     parts.append("<h3>Faithfulness</h3>" + table(["figure", "value"], faithful[:MAX_LISTED], cls="audit-faithfulness"))
     loc = _interval_rows(audit.get("localisation"))
     parts.append("<h3>Localisation</h3>" + table(["metric", "value", "95% CI"], loc or [["n/a", "", ""]]))
-    other = [[escape(k), fmt(v)] for k, v in flatten({k: v for k, v in audit.items() if k not in AUDIT_KNOWN})]
-    if other:
-        parts.append("<h3>Other figures</h3>" + table(["figure", "value"], other[:MAX_LISTED]))
+    return parts
+
+
+def figures_html(images: list[str]) -> str:
     figures = "".join(
         f'<figure><img src="{escape(p)}" alt="{escape(p)}" loading="lazy"><figcaption>{escape(Path(p).name)}'
         "</figcaption></figure>"
         for p in images
     )
-    return section("audit", "Audit", "".join(parts) + (f'<div class="figures">{figures}</div>' if figures else ""))
+    return f'<div class="figures">{figures}</div>' if figures else ""
+
+
+def _class_verdicts_html(audit: dict[str, Any]) -> str:
+    """An audit of maps per class: each class's verdict and checks, linked to its section of the report."""
+    rows = []
+    for name, part in audit["classes"].items():
+        part = part if isinstance(part, dict) else {}
+        checks = part.get("verdicts") if isinstance(part.get("verdicts"), dict) else {}
+        anchor = f"#class-{part['class_id']}" if isinstance(part.get("class_id"), int) else ""
+        cell = f'<a href="{anchor}">{escape(str(name))}</a>' if anchor else escape(str(name))
+        listed = ", ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in checks.items())
+        rows.append([cell, fmt(part.get("samples")), verdict_badge(part.get("verdict")), listed])
+    skipped = audit.get("classes_not_audited")
+    rows += [[escape(str(k)), "", "not audited", escape(str(v))] for k, v in (skipped or {}).items()]
+    return table(["class", "samples", "verdict", "checks"], rows, cls="audit-classes")
+
+
+def audit_html(audit: dict[str, Any], images: list[str]) -> str:
+    parts = [f"<p>Overall verdict: {verdict_badge(audit.get('verdict'))}</p>"]
+    if isinstance(audit.get("classes"), dict):  # one audit per class: the details are in the classes' sections
+        parts.append(_class_verdicts_html(audit))
+        own = {
+            f"audit/{f}"
+            for part in audit["classes"].values()
+            if isinstance(part, dict)
+            for f in part.get("figures") or []
+        }
+        return section("audit", "Audit", "".join(parts) + figures_html([p for p in images if p not in own]))
+    parts += audit_parts(audit)
+    other = [[escape(k), fmt(v)] for k, v in flatten({k: v for k, v in audit.items() if k not in AUDIT_KNOWN})]
+    if other:
+        parts.append("<h3>Other figures</h3>" + table(["figure", "value"], other[:MAX_LISTED]))
+    return section("audit", "Audit", "".join(parts) + figures_html(images))

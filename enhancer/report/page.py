@@ -59,7 +59,7 @@ def chunk_records(data: ReportData, positions: np.ndarray, good: np.ndarray) -> 
             for m in data.metrics
         },
     }
-    if "crop_box" in cols:
+    if "crop_box" in cols and "crop_box" not in data.per_class:
         rec["box"] = cols["crop_box"][positions].tolist()
     return rec
 
@@ -82,7 +82,7 @@ def write_rejected(data: ReportData, data_dir: Path) -> None:
 
 
 def page_config(data: ReportData, selected: np.ndarray, n_chunks: int, good: float) -> dict[str, Any]:
-    panels = panels_for(data.fields)
+    panels = panels_for(data.fields, data.per_class)
     return {
         "classes": data.class_names,
         "n_samples": data.n_written,
@@ -104,11 +104,16 @@ def _config_script(config: dict[str, Any]) -> str:
     return f'<script id="report-config" type="application/json">{text}</script>'
 
 
-def render_index(data: ReportData, selected: np.ndarray, n_chunks: int, good: float, extra: str = "") -> str:
-    """The whole ``index.html``; ``extra`` is appended HTML (cycle and audit sections)."""
+def render_index(
+    data: ReportData, selected: np.ndarray, n_chunks: int, good: float, extra: str = "", explained: str = ""
+) -> str:
+    """The whole ``index.html``; ``extra`` is appended HTML (cycle and audit sections), ``explained`` the sections
+    of a dataset of maps per class."""
     name = escape(data.dataset_dir.name or str(data.dataset_dir))
+    summary = summary_sections(data, len(selected), good, explained)
     nav = [("gallery", "Gallery"), ("counts", "Counts"), ("classes", "Classes"), ("confusion", "Confusion")]
-    nav += [("probability", "Probabilities"), *([("metrics", "Metrics")] if data.metrics else [])]
+    nav += [("probability", "Probabilities"), ("metrics", "Metrics"), ("explained", "Explained classes")]
+    nav = [(a, t) for a, t in nav if a == "gallery" or f'<section id="{a}">' in summary]
     nav += [("rejected", f"Rejected ({data.n_rejected})")]
     nav += [(a, t) for a, t in (("cycle", "Cycle"), ("audit", "Audit")) if f'id="{a}"' in extra]
     links = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in nav)
@@ -124,7 +129,7 @@ def render_index(data: ReportData, selected: np.ndarray, n_chunks: int, good: fl
         f'<title>enhancer report: {name}</title><link rel="icon" href="data:,">'
         '<link rel="stylesheet" href="report.css"></head><body>'
         f"<header><h1>Enhanced dataset <code>{name}</code></h1><nav>{links}</nav></header><main>"
-        f"{gallery}{summary_sections(data, len(selected), good)}{extra}</main>"
+        f"{gallery}{summary}{extra}</main>"
         f"<footer>Written by enhancer {escape(__version__)}. Charts and thumbnails are computed from the shards; the "
         "heatmaps of a demonstration model say nothing medical.</footer>"
         f"{_config_script(page_config(data, selected, n_chunks, good))}"

@@ -51,8 +51,14 @@ def counts_html(data: ReportData, n_selected: int) -> str:
         ["inputs", str(data.n_in)],
         ["written", str(data.n_written)],
         ["rejected", f'<a href="#rejected">{data.n_rejected}</a>'],
-        ["correct predictions", str(int(data.correct.sum()))],
-        ["wrong predictions", str(int((~data.correct).sum()))],
+        *(
+            []
+            if data.multi_label  # no single label to be right about: the explained classes' section has the targets
+            else [
+                ["correct predictions", str(int(data.correct.sum()))],
+                ["wrong predictions", str(int((~data.correct).sum()))],
+            ]
+        ),
         ["in the gallery", str(n_selected)],
     ]
     rows += [[f"rejected: {escape(code)}", str(n)] for code, n in sorted(codes.items())]
@@ -128,14 +134,8 @@ def metrics_html(data: ReportData) -> str:
     return section("metrics", "Localisation metrics", table(head, rows) + "".join(charts))
 
 
-def summary_sections(data: ReportData, n_selected: int, good: float) -> str:
-    return "".join(
-        [
-            counts_html(data, n_selected),
-            classes_html(data),
-            confusion_html(data),
-            probability_html(data, good),
-            metrics_html(data),
-            rejected_html(data),
-        ]
-    )
+def summary_sections(data: ReportData, n_selected: int, good: float, explained: str = "") -> str:
+    """The summary; ``explained``: the sections of a dataset of maps per class (``enhancer.report.classes``), after
+    the metrics. A multi-label dataset has no class balance, confusion matrix or "Good" (no single label)."""
+    single = [] if data.multi_label else [classes_html(data), confusion_html(data), probability_html(data, good)]
+    return "".join([counts_html(data, n_selected), *single, metrics_html(data), explained, rejected_html(data)])

@@ -5,6 +5,10 @@ Usage::
     enhancer report enhanced/ --out report/ [--cycle cycles/c1] [--audit audit/] [--limit 1000]
     write_report("enhanced/", "report/", limit=1000)          # the same from Python; open report/index.html
 
+A dataset of maps per class (multi-label, ``enhance --explain``) gets a section per explained class: thumbnails of
+that class's maps, its targets, localisation metrics and audit (``enhancer.report.classes``); the gallery shows the
+union of each image's maps.
+
 The report folder holds ``index.html`` (summary charts as inline SVG, the gallery's shell and settings),
 ``report.js`` / ``report.css``, ``data/`` (sample records in pages of 500, the rejected rows), ``thumbs/`` (a strip
 and a card image per gallery sample), ``rejected.csv`` and, with ``--audit``, the audit's PNGs under ``audit/``.
@@ -19,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from enhancer.report.classes import explained_classes, explained_html, write_class_thumbnails
 from enhancer.report.collect import collect
 from enhancer.report.errors import ReportError
 from enhancer.report.external import audit_html, copy_audit_images, cycle_html, load_audit, load_cycle
@@ -91,10 +96,14 @@ def write_report(
     write_rejected(data, out / "data")
     shutil.copyfile(dataset_dir / REJECTED, out / REJECTED)
     n_thumbs = write_thumbnails(dataset_dir, selected, out, workers=workers, progress=progress)
+    classes = explained_classes(data)
+    write_class_thumbnails(dataset_dir, classes, out)
     extra = cycle_html(rounds) if rounds is not None else ""
+    images = copy_audit_images(audit, out) if audit is not None else []
     if audit_doc is not None:
-        extra += audit_html(audit_doc, copy_audit_images(audit, out))
+        extra += audit_html(audit_doc, images)
+    explained = explained_html(data, classes, (audit_doc or {}).get("classes"), images)
     copy_static(out)
-    html = render_index(data, selected, n_chunks, good, extra)
+    html = render_index(data, selected, n_chunks, good, extra, explained)
     write_text_atomic(out / "index.html", html)  # last: its presence means the report is complete
     return ReportResult(out, data.n_written, len(selected), n_thumbs, len(html.encode("utf-8")))

@@ -35,9 +35,15 @@ COLD = 51  # heat below 20% of the maximum stays uncoloured, as in `enhancer sho
 BOX_RGB = (255, 255, 255)
 
 
-def panels_for(fields: Sequence[str]) -> tuple[str, ...]:
-    """The panels a dataset with ``fields`` can show, in strip order."""
-    return tuple(p for p, needs in _NEEDS.items() if all(f in fields for f in needs))
+def panels_for(fields: Sequence[str], per_class: Sequence[str] = ()) -> tuple[str, ...]:
+    """The panels a dataset with ``fields`` can show, in strip order. In a dataset of maps per class (``per_class``:
+    the fields with a slot axis) the overlay shows the union of an image's maps, and crops and enhanced images made
+    per map are left to the sections of the explained classes."""
+    return tuple(
+        p
+        for p, needs in _NEEDS.items()
+        if all(f in fields for f in needs) and not (p in ("crop", "enhanced") and p in per_class)
+    )
 
 
 def thumb_paths(position: int) -> tuple[str, str]:
@@ -86,8 +92,10 @@ def panel_batch(batch: dict[str, np.ndarray], panels: Sequence[str]) -> dict[str
     out: dict[str, np.ndarray] = {}
     for p in panels:
         if p == "overlay":
-            rgb = overlay(batch["image"][:, 0], batch["heatmap"])
-            if "crop_box" in batch:
+            heat = batch["heatmap"]
+            # maps per class (B, K, H, W): their union, the pixelwise max (empty slots are zeros)
+            rgb = overlay(batch["image"][:, 0], heat.max(1) if heat.ndim == 4 else heat)
+            if "crop_box" in batch and batch["crop_box"].ndim == 2:
                 draw_boxes(rgb, batch["crop_box"], batch["orig_size"], thickness=max(1, rgb.shape[2] // 112))
             out[p] = rgb
         else:
@@ -123,7 +131,8 @@ def write_thumbnails(
     out_dir = Path(out_dir)
     positions = np.asarray(positions, dtype=np.int64)
     with ColumnReader(dataset_dir) as reader:
-        panels = panels_for(tuple(reader.manifest.fields))
+        per_class = tuple(n for n, info in reader.manifest.fields.items() if info.get("per_class"))
+        panels = panels_for(tuple(reader.manifest.fields), per_class)
         if not panels or not len(positions):
             return 0
         fields = sorted(

@@ -414,13 +414,13 @@ def summarise_localisation(
 
     out: dict[str, Any] = {}
     for name in (n for n in METRIC_FIELDS if n in metrics):
-        v = metrics[name]
-        if v.ndim == 2:
-            v, labels = v[labels >= 0], labels[labels >= 0]
+        v, groups = metrics[name], labels
+        if v.ndim == 2:  # per (sample, slot): the filled slots, each in its class (labels stays whole for the next)
+            v, groups = v[labels >= 0], labels[labels >= 0]
         by_class = {}
-        for c in np.unique(labels).tolist():
+        for c in np.unique(groups).tolist():
             key = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
-            by_class[key] = stats(v[labels == c])
+            by_class[key] = stats(v[groups == c])
         out[name] = {**stats(v), "by_class": by_class}
     return out
 

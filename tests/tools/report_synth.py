@@ -109,3 +109,61 @@ def make_audit_dir(path: Path) -> Path:
     (path / "randomisation").mkdir()
     Image.new("RGB", (40, 20), "blue").save(path / "randomisation" / "stage-fc.png")
     return path
+
+
+ML_CLASSES = ["Atelectasis", "Effusion", "Mass", "Nodule"]  # Nodule never gets a map
+ML_FIELDS = resolve_fields(["all", "targets", "explained", *BOX_FIELDS])
+ML_PER_CLASS = ("cam", "heatmap", *BOX_FIELDS)
+
+
+def make_class_samples(indices: np.ndarray, seed: int) -> dict[str, object]:
+    """Multi-label samples with 2 map slots: the classes their targets name among the first three (in id order,
+    then -1), the most probable of those three where none is positive; box metrics per map, NaN / -1 in empty
+    slots and where undefined; heatmap of (sample, slot) a blob."""
+    rng = np.random.default_rng([seed, int(indices[0]) if len(indices) else 0])
+    n, c = len(indices), len(ML_CLASSES)
+    targets = (rng.random((n, c)) < 0.4).astype(np.int8)
+    targets[:, 3] = 0
+    targets[rng.random(n) < 0.1, 0] = -1  # uncertain
+    prob = rng.random((n, c)).astype(np.float32)
+    explained = np.full((n, 2), -1, np.int16)
+    for i in range(n):
+        chosen = [k for k in range(3) if targets[i, k] == 1][:2] or [int(prob[i, :3].argmax())]
+        explained[i, : len(chosen)] = chosen
+    filled = explained >= 0
+    metric = rng.random((3, n, 2)).astype(np.float32)
+    metric[:, (rng.random((n, 2)) < 0.2) | ~filled] = np.nan
+    image = rng.integers(0, 256, size=(n, 1, SIZE, SIZE), dtype=np.uint8)
+    heat = _blob(rng, 2 * n).reshape(n, 2, SIZE, SIZE) * filled[:, :, None, None]
+    return {
+        "index": indices,
+        "label": np.full(n, -1),
+        "pred": prob.argmax(1),
+        "prob": prob,
+        "path": [f"images/img_{i:05d}.png" for i in indices.tolist()],
+        "orig_size": np.full((n, 2), 64),
+        "image": image,
+        "cam": rng.random((n, 2, 2, 2)) * filled[:, :, None, None],
+        "heatmap": heat.astype(np.uint8),
+        "crop": image,
+        "crop_box": np.tile(np.array([4, 4, 60, 60]), (n, 1)),
+        "enhanced": image // 2,
+        "targets": targets,
+        "explained": explained,
+        "box_energy": metric[0],
+        "box_hit": np.where(np.isnan(metric[0]), -1, metric[0] > 0.5).astype(np.int8),
+        "box_iou": metric[2],
+    }
+
+
+def write_per_class_dataset(out: Path, n: int = 60, seed: int = 0) -> Path:
+    """A merged dataset of maps per class (multi-label, 2 slots, box metrics per map) of ``n`` samples, 2 shards."""
+    shapes = per_sample_shapes(
+        ML_FIELDS, per_class=ML_PER_CLASS, H=SIZE, W=SIZE, h=2, w=2, Hc=SIZE, Wc=SIZE, C=len(ML_CLASSES), K=2
+    )
+    attrs = {"class_names": ML_CLASSES, "architecture": "synthetic", "activation": "sigmoid"}
+    for shard, part in enumerate(np.array_split(np.arange(n), 2)):
+        with ShardWriter(out, shard, 2, fields=ML_FIELDS, shapes=shapes, attrs=attrs, per_class=ML_PER_CLASS) as w:
+            w.write(make_class_samples(part, seed))
+    merge(out, expected_indices=range(n))
+    return out

@@ -145,7 +145,7 @@
 
   function card(k) {
     var r = records[viewAt(k)];
-    var right = r.label === r.pred;
+    var right = r.label === r.pred || r.label < 0;  // multi-label (-1): no single label to be wrong about
     var a = el("a", {
       class: "card " + (right ? "correct" : "wrong"), href: "#sample=" + r.pos, "data-k": k, "data-pos": r.pos,
       "data-label": r.label, "data-pred": r.pred, "data-conf": r.conf,
@@ -153,7 +153,9 @@
     if (config.panels.length) {
       a.appendChild(el("img", { src: thumb(r.pos, "card"), alt: r.path, loading: "lazy", width: config.card_px }));
     }
-    var title = config.classes[r.label] + (right ? "" : " \u2192 " + config.classes[r.pred]);
+    // a multi-label sample has no single label (-1): its title is the most probable class
+    var title = r.label < 0 ? "top: " + config.classes[r.pred]
+      : config.classes[r.label] + (right ? "" : " \u2192 " + config.classes[r.pred]);
     a.appendChild(el("span", { class: "title" }, title));
     a.appendChild(el("span", { class: "prob" }, fmt(r.conf, 4)));
     if (!right) a.appendChild(el("span", { class: "badge wrong" }, "wrong"));
@@ -288,7 +290,7 @@
       ["path", r.path, "sample-path"],
       ["dataset position", r.pos],
       ["scan index", r.index],
-      ["true class", config.classes[r.label], "sample-label"],
+      ["true class", r.label < 0 ? "multi-label" : config.classes[r.label], "sample-label"],
       ["predicted class", config.classes[r.pred], "sample-pred"],
       ["probability of the prediction", fmt(r.conf, 4), "sample-prob"],
       ["result", (r.label === r.pred ? "correct" : "wrong") + (r.good ? ", Good" : "")],
