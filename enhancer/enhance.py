@@ -43,6 +43,7 @@ from enhancer.explain import cam, localisation
 from enhancer.explain.classes import ClassCams, class_cams, explained_classes
 from enhancer.explain.compiled import CompiledTrunk
 from enhancer.explain.compute import compute_cam
+from enhancer.explain.folding import FoldedTrunk
 from enhancer.explain.localisation import BoxTable, read_boxes
 from enhancer.explain.methods import METHOD_NOTES
 from enhancer.explain.slots import slot_fields
@@ -843,13 +844,17 @@ def _on_device(
     *,
     compile_batch: int | None = None,
 ) -> tuple[nn.Module, TargetLayer]:
-    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask; with
-    ``compile_batch`` the target's trunk compiled for batches of that size (``CompiledTrunk``)."""
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask, the
+    target's trunk with its BatchNorm folded (``FoldedTrunk``); with ``compile_batch`` that trunk compiled for batches
+    of that size (``CompiledTrunk``)."""
     model = model.to(device).eval()
     if lungs is not None:
         lungs.to(device)
+    memory_format = torch.channels_last if settings.cam.channels_last else torch.contiguous_format
     if settings.cam.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=memory_format)
+    if target.split is not None:
+        target = dataclasses.replace(target, split=FoldedTrunk(target.split, memory_format=memory_format))
     if compile_batch:
         target = dataclasses.replace(target, split=CompiledTrunk(target.split, batch_size=compile_batch))
     return model, target
