@@ -21,9 +21,10 @@ from enhancer.cli import main
 from enhancer.data import make_loader, scan
 from enhancer.explain.cam import normalize_maps, prefers_channels_last, upsample
 from enhancer.explain.compute import compute_cam
+from enhancer.explain.folding import FoldedTrunk
 from enhancer.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
-from enhancer.models.registry import build
+from enhancer.models.registry import SplitView, build, family_of
 from enhancer.models.zoo import ModelConfig
 from enhancer.preprocessing import RGB_PREPROCESSING, SEED_PREPROCESSING, Preprocessing
 from enhancer.settings import CamSettings
@@ -236,7 +237,10 @@ def test_enhance_any_model_any_method_writes_a_dataset_that_verifies(densenet, k
 
     settings = CamSettings(method="gradcam++", score="logit", channel_reduce="sum", normalize="minmax")
     job_model, job_settings = _as_the_job(copy.deepcopy(reference).eval(), settings)
-    direct = compute_cam(job_model, x, layer=job_model.features.norm5, settings=job_settings)
+    # the job's closed form at the family's default layer, its trunk with BatchNorm folded (FoldedTrunk)
+    memory_format = torch.channels_last if job_settings.channels_last else torch.contiguous_format
+    split = FoldedTrunk(SplitView(job_model, family_of("tv:densenet121")), memory_format=memory_format)
+    direct = compute_cam(job_model, x, split=split, settings=job_settings)
     assert (~direct.empty).all() and (direct.cam.flatten(1).std(1) > 0.05).all(), "trivial maps"
     np.testing.assert_allclose(stored["cam"], direct.raw.numpy(), rtol=1e-4, atol=1e-6 * float(direct.raw.max()))
     heat = (upsample(direct.cam, (SIZE, SIZE)) * 255).round().clamp(0, 255).to(torch.uint8)

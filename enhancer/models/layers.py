@@ -65,20 +65,21 @@ def probe(
 ) -> tuple[list[LayerOutput], list[str]]:
     """Run ``forward`` (default ``model``) once on ``x`` without autograd, the model in eval mode, and record every
     named submodule's output. Returns the layers in registration order, and the names of the submodules whose
-    output is the last spatial map produced (the trunk's output), in the order their hooks fired."""
-    recorder = _Recorder()
+    output is the last spatial map produced (the trunk's output), in the order their hooks fired.
+
+    The model's own forward runs on the meta device first (shapes only, no arithmetic: a ResNet-101 probe costs
+    milliseconds instead of a forward pass and the creation of its CPU kernels at start-up); a model whose forward
+    needs real values (Python control flow on them, host tensors made inside) is then run for real."""
     named = [(name, module) for name, module in model.named_modules() if name]
-    handles = [module.register_forward_hook(recorder.hook(name)) for name, module in named]
     was_training = model.training
+    model.eval()
     try:
-        with torch.no_grad():
-            model.eval()
-            (forward or model)(x)
+        recorder = _record_on_meta(model, named, x) if forward is None else None
+        if recorder is None:
+            recorder = _record(named, lambda: (forward or model)(x))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ModelError(f"the model does not run on an input of shape {tuple(x.shape)}: {_first_line(exc)}") from None
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     layers = [
         LayerOutput(
@@ -87,6 +88,32 @@ def probe(
         for name, module in named
     ]
     return layers, list(dict.fromkeys(recorder.trunk))
+
+
+def _record(named: list[tuple[str, nn.Module]], run: Callable[[], object]) -> _Recorder:
+    """Every named module's calls and output shapes while ``run()`` runs without autograd."""
+    recorder = _Recorder()
+    handles = [module.register_forward_hook(recorder.hook(name)) for name, module in named]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return recorder
+
+
+def _record_on_meta(model: nn.Module, named: list[tuple[str, nn.Module]], x: torch.Tensor) -> _Recorder | None:
+    """``_record`` of ``model(x)`` with the parameters, buffers and input on the meta device, or None when the forward
+    does not run there."""
+    state = {
+        k: v.to("meta")
+        for k, v in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))
+    }
+    try:
+        return _record(named, lambda: torch.func.functional_call(model, state, (x.to("meta"),)))
+    except Exception:  # any failure on meta (NotImplementedError, data-dependent ops, ...): probe for real instead
+        return None
 
 
 def shallowest(names: list[str]) -> str | None:

@@ -1,0 +1,83 @@
+"""A model's trunk with its BatchNorm layers folded into the convolutions before them: what the job runs.
+
+Usage::
+
+    split = FoldedTrunk(model)          # model: anything with features / head halves, in eval mode
+    result = grad_cam(split, x)         # the same maps, the trunk without its BatchNorm passes
+
+In eval mode a BatchNorm after a convolution is an affine map per channel, so it folds into the convolution's weight
+and bias: ``conv(x) * s + t`` is one convolution with weight ``w * s`` and bias ``b * s + t``. The trunk runs once per
+batch without autograd and holds nearly all the work; on the CPU its BatchNorm passes over every activation take over
+a tenth of the trunk's time for ResNet-101 (profile of the job on a 2-core x86 VM). torch.fx traces ``features``, and
+``torch.fx.experimental.optimization.fuse`` rewrites every convolution whose only user is a BatchNorm; the head is
+left as it is (it is differentiated). The folded convolutions compute the same function up to float rounding (about
+1e-5 of the activations' range in float32). A trunk that torch.fx cannot trace (Python control flow on tensor
+values) runs unfolded, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class _Features(nn.Module):
+    """``split.features`` as a module of its own, so that torch.fx can trace it: the model whose layers it calls is
+    registered as a submodule (``split`` itself, or the model behind a registry ``SplitView``)."""
+
+    def __init__(self, split: Any) -> None:
+        super().__init__()
+        owner = split if isinstance(split, nn.Module) else getattr(split, "model", None)
+        if isinstance(owner, nn.Module):
+            self.owner = owner
+        self.split = split
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.split.features(x)
+
+
+def fold_batchnorm(features: nn.Module) -> nn.Module | None:
+    """A copy of ``features`` (eval mode) with every BatchNorm that follows a convolution folded into it, or None when
+    torch.fx cannot trace it or it has no BatchNorm to fold. The original is not changed."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in features.modules()):
+        return None
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        folded = fuse(features, inplace=False)
+    except Exception as exc:  # torch.fx raises many types on untraceable code (TraceError, TypeError, ...)
+        log.info("trunk kept unfolded: torch.fx cannot trace it (%s: %s)", type(exc).__name__, exc)
+        return None
+    return folded.requires_grad_(False)
+
+
+class FoldedTrunk:
+    """``split`` (a model or view with ``features``, ``head``, ``training``) whose ``features`` run with BatchNorm
+    folded into the convolutions (``fold_batchnorm``); ``features`` is the original where nothing folds.
+    ``memory_format``: the folded trunk's parameters' format (channels_last where the job runs the trunk so)."""
+
+    def __init__(self, split: Any, *, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        if split.training:
+            raise ValueError("BatchNorm folds only in eval mode (call model.eval() first)")
+        self.split = split
+        folded = fold_batchnorm(_Features(split))
+        self.folded = folded is not None
+        self._features = folded.to(memory_format=memory_format) if folded is not None else split.features
+
+    @property
+    def training(self) -> bool:
+        return self.split.training
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(x)
+
+    def head(self, a: torch.Tensor) -> torch.Tensor:
+        return self.split.head(a)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
