@@ -36,6 +36,7 @@ from enhancer.enhance.job_settings import class_plan, default_batch_size, load_m
 from enhancer.enhance.shard_attrs import dataset_attrs, with_class_attrs
 from enhancer.enhance.summary import EnhanceSummary, already_complete, job_summary
 from enhancer.explain.compiled import CompiledTrunk
+from enhancer.explain.folding import FoldedTrunk
 from enhancer.models.lungs import LungModel
 from enhancer.models.registry import TargetLayer
 from enhancer.specs import EnhanceSpec
@@ -134,13 +135,17 @@ def _on_device(
     *,
     compile_batch: int | None = None,
 ) -> tuple[nn.Module, TargetLayer]:
-    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask; with
-    ``compile_batch`` the target's trunk compiled for batches of that size (``CompiledTrunk``)."""
+    """The classifier (and the lung model) on ``device`` in eval mode, channels_last when the settings ask, the
+    target's trunk with its BatchNorm folded (``FoldedTrunk``); with ``compile_batch`` that trunk compiled for batches
+    of that size (``CompiledTrunk``)."""
     model = model.to(device).eval()
     if lungs is not None:
         lungs.to(device)
+    memory_format = torch.channels_last if settings.cam.channels_last else torch.contiguous_format
     if settings.cam.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=memory_format)
+    if target.split is not None:
+        target = dataclasses.replace(target, split=FoldedTrunk(target.split, memory_format=memory_format))
     if compile_batch:
         target = dataclasses.replace(target, split=CompiledTrunk(target.split, batch_size=compile_batch))
     return model, target
