@@ -52,7 +52,8 @@ NOT_SPEC_FIELDS = {
     "workers",
     "help",
     "codecs",
-}  # the command's own (codecs: --codec FIELD=CODEC -> [codec])
+    "class_names",
+}  # the command's own (codecs: --codec FIELD=CODEC -> [codec]; class_names: audit's --class NAME -> classes)
 INPUT_OPTIONS = {"input_size", "mean", "std", "channels"}  # cli/model_options.py: fields of the nested [input] table
 CAM_OPTIONS = {"enhance": {"method", "scorecam_batch"}}  # cli/enhance_commands.py: fields of the nested [enhance.cam]
 

@@ -22,6 +22,7 @@ from enhancer.data import make_loader
 from enhancer.data.labels import NIH_FINDINGS, read_labels
 from enhancer.explain.cam import prefers_channels_last
 from enhancer.explain.compute import compute_cam
+from enhancer.explain.folding import FoldedTrunk
 from enhancer.models.demo import calibrate_batchnorm, scale_head_to_unit_logits, xray_like_batch
 from enhancer.models.inspection import open_model
 from enhancer.preprocessing import Preprocessing
@@ -110,16 +111,19 @@ def test_fourteen_maps_per_image_each_equal_to_a_single_class_run(nih_all, dense
     [batch] = list(make_loader(ok, ck.preprocessing, batch_size=16, loader="torch", device="cpu", num_threads=0))
     row = {int(i): r for r, i in enumerate(batch.index)}
     x = batch.image[[row[int(i)] for i in stored["index"]]]
-    # as the job runs the trunk on this CPU: channels_last where that is faster (it rounds unlike NCHW)
+    # as the job runs the trunk on this CPU: channels_last where that is faster (it rounds unlike NCHW), with its
+    # BatchNorm folded into the convolutions (FoldedTrunk; folded weights round differently too)
     channels_last = prefers_channels_last("cpu")
-    model = ck.model.eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = ck.model.eval().to(memory_format=memory_format)
+    split = FoldedTrunk(target.split, memory_format=memory_format)
     with torch.no_grad():
-        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        assert np.allclose(stored["prob"], model(xin).sigmoid().numpy(), atol=1e-6)
+        xin = x.contiguous(memory_format=memory_format)
+        assert np.allclose(stored["prob"], split(xin).sigmoid().numpy(), atol=1e-6)
     assert not np.allclose(stored["prob"].sum(1), 1)
     for c in range(14):  # the sigmoid's log-odds is its logit: score = logit
         settings = CamSettings(target=c, score="logit", channels_last=channels_last)
-        single = compute_cam(model, x, layer=target.module, split=target.split, settings=settings)
+        single = compute_cam(model, x, layer=target.module, split=split, settings=settings)
         assert np.abs(stored["cam"][:, c] - single.raw.numpy()).max() <= 1e-6 * max(1.0, float(single.raw.max()))
         norm = stored["cam"][:, c] / np.maximum(stored["cam"][:, c].reshape(16, -1).max(1), 1e-30)[:, None, None]
         assert np.abs(norm - single.cam.numpy()).max() <= 1e-6
