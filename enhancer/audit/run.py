@@ -310,30 +310,12 @@ def run_audit(spec: AuditSpec, *, map_fn: MapFn | None = None, progress: bool = 
     )
     model = ck.model.to(device).eval()
     second = _second_model(spec, manifest, device)
-    regions, source = _regions(spec, inputs)
     if map_fn is None:
         map_fn = dataset_map_fn(inputs.cam, ck, target)
-    feature_size = inputs.feature_size or tuple(target.shape[-2:])
     settings = checks.FaithfulnessSettings(steps=spec.steps, baseline=spec.baseline, score=spec.score)
-    doc, figs = audit_batch(
-        model,
-        inputs.x,
-        inputs.target,
-        inputs.maps,
-        inputs.labels,
-        inputs.class_names,
-        map_fn=map_fn,
-        feature_size=feature_size,
-        regions=regions,
-        region_source=source,
-        second_model=second,
-        run=spec.checks,
-        faithfulness=settings,
-        seed=spec.seed,
-        resamples=spec.resamples,
-        batch_size=spec.batch_size,
-        progress=progress,
-    )
+    job = _AuditJob(spec, model, second, map_fn, settings, target)
+    regions, source = _regions(spec, inputs)
+    doc, figs = job.checks(inputs, inputs.labels, inputs.class_names, regions, source, progress=progress)
     head = _head(spec, ck, device, map_fn, inputs.cam, inputs.indices)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,9 +350,10 @@ def _head(
 
 
 @dataclass
-class _ClassJob:
-    """What every class's audit of a dataset of maps per class shares: the spec, the models, the map function (the
-    dataset's CAM explaining the audited class), the faithfulness settings (the dataset's activation) and the layer."""
+class _AuditJob:
+    """What the checks of one audit share, and every class's audit of a dataset of maps per class: the spec, the
+    models, the map function (the dataset's CAM; per class, explaining the audited class), the faithfulness settings
+    (per class, the dataset's activation) and the layer."""
 
     spec: AuditSpec
     model: nn.Module
@@ -379,16 +362,24 @@ class _ClassJob:
     settings: checks.FaithfulnessSettings
     target: TargetLayer
 
-    def audit(self, c: int, names: list[str], inputs: AuditInputs, *, progress: bool) -> dict[str, Any]:
-        """The audit of class ``c`` on its samples and maps, its figures under ``out/class-<NAME>/``."""
-        spec, name = self.spec, names[c]
-        regions, source = _regions(spec, inputs, class_name=name)
-        doc, figs = audit_batch(
+    def checks(
+        self,
+        inputs: AuditInputs,
+        labels: torch.Tensor,
+        names: list[str],
+        regions: torch.Tensor | None,
+        source: dict[str, Any] | None,
+        *,
+        progress: bool,
+    ) -> tuple[dict[str, Any], Figures]:
+        """``audit_batch`` on ``inputs`` with the spec's checks, seed, resamples and batch size: (document, figures)."""
+        spec = self.spec
+        return audit_batch(
             self.model,
             inputs.x,
             inputs.target,
             inputs.maps,
-            inputs.target,  # localisation's by_class: the class itself
+            labels,
             names,
             map_fn=self.map_fn,
             feature_size=inputs.feature_size or tuple(self.target.shape[-2:]),
@@ -402,6 +393,13 @@ class _ClassJob:
             batch_size=spec.batch_size,
             progress=progress,
         )
+
+    def audit(self, c: int, names: list[str], inputs: AuditInputs, *, progress: bool) -> dict[str, Any]:
+        """The audit of class ``c`` on its samples and maps, its figures under ``out/class-<NAME>/``."""
+        spec, name = self.spec, names[c]
+        regions, source = _regions(spec, inputs, class_name=name)
+        # localisation's by_class: the class itself
+        doc, figs = self.checks(inputs, inputs.target, names, regions, source, progress=progress)
         sub = per_class.folder(name)
         drawn = [f"{sub}/{p.name}" for p in _draw(doc, figs, inputs, Path(spec.out) / sub)]
         return {"class_id": c, "samples": len(inputs.indices), "indices": inputs.indices, **doc, "figures": drawn}
@@ -441,7 +439,7 @@ def _run_class_audit(
     map_fn = map_fn or dataset_map_fn(sigmoid_settings(cam, activation), ck, target)
     score = per_class.class_score(spec.score, cam)
     settings = checks.FaithfulnessSettings(steps=spec.steps, baseline=spec.baseline, score=score, activation=activation)
-    job = _ClassJob(spec, ck.model.to(device).eval(), _second_model(spec, manifest, device), map_fn, settings, target)
+    job = _AuditJob(spec, ck.model.to(device).eval(), _second_model(spec, manifest, device), map_fn, settings, target)
     docs = {names[c]: job.audit(c, names, inputs, progress=progress) for c, inputs in by_class.items()}
     out = Path(spec.out)
     indices = sorted({i for inputs in by_class.values() for i in inputs.indices})
