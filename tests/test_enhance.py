@@ -127,6 +127,47 @@ def test_end_to_end_resnet101_on_the_real_samples(resnet101_run, kermany_dir, de
     assert (sizes.min(0) >= [500, 900]).all(), "orig_size is (height, width) of the full-resolution files"
 
 
+# A single-label job's shard as written before label files and maps per class existed (recorded from a default
+# `enhancer enhance` of the samples with a demo resnet101, commit efc40f8): every HDF5 object, every file attribute,
+# the stored spec's and the identity's keys. The multi-label work must not change them (its settings are stored
+# only when set); scripts/compare_datasets.py compares two such outputs byte for byte.
+SINGLE_LABEL_OBJECTS = {
+    *("cam", "crop", "crop_box", "enhanced", "heatmap", "image", "index", "label", "orig_size", "path", "pred"),
+    *("prob", "checksums", "rejected", "rejected/code", "rejected/index", "rejected/message", "rejected/path"),
+    *(f"checksums/{n}" for n in ("cam", "crop", "crop_box", "enhanced", "heatmap", "image", "index", "label")),
+    *(f"checksums/{n}" for n in ("orig_size", "path", "pred", "prob")),
+}
+SINGLE_LABEL_ATTRS = {
+    *("architecture", "cam_method", "cam_method_definition", "checkpoint", "checkpoint_sha256", "class_names"),
+    *("code_revision", "complete", "created", "crop_settings", "data_root", "enhance_settings", "expected", "fields"),
+    *("gradcam", "head", "host", "identity", "json_attrs", "model", "n_rejected", "n_samples", "n_total"),
+    *("num_shards", "package_version", "preprocessing", "raw_cam_scale", "schema_version", "shard_id", "spec"),
+    "target_layer",
+}
+SINGLE_LABEL_SPEC_KEYS = {
+    *("amp", "arch", "batch_size", "boxes", "cam", "checkpoint", "codec", "compile", "compression", "crop", "data"),
+    *("decode_timeout_s", "device", "enhance", "fields", "force_claim", "input", "loader", "lung_mask_in_enhanced"),
+    *("lung_model", "max_pixels", "model", "num_classes", "num_shards", "num_threads", "out", "queue_size"),
+    *("shard_id", "source_size", "target_layer", "validate", "write_threads"),
+}
+SINGLE_LABEL_IDENTITY_KEYS = {
+    *("cam", "checkpoint_sha256", "codecs", "crop", "data", "enhance", "fields", "model", "n_total", "num_shards"),
+    "preprocessing",
+}
+
+
+def test_a_single_label_shard_keeps_its_layout(resnet101_run):
+    [shard] = sorted(resnet101_run.glob("shard-*.h5"))
+    with h5py.File(shard, "r") as f:
+        objects: list[str] = []
+        f.visit(objects.append)
+        attrs = dict(f.attrs)
+    assert set(objects) == SINGLE_LABEL_OBJECTS
+    assert set(attrs) == SINGLE_LABEL_ATTRS
+    assert set(json.loads(attrs["spec"])) == SINGLE_LABEL_SPEC_KEYS
+    assert set(json.loads(attrs["identity"])) == SINGLE_LABEL_IDENTITY_KEYS
+
+
 def test_stored_maps_equal_enhancer_cam_run_directly(resnet101_run, kermany_dir, demo_checkpoints):
     samples = _read_all(resnet101_run)
     ck = load_checkpoint(demo_checkpoints["resnet101"])
