@@ -95,6 +95,21 @@ def test_own_format_roundtrip_keeps_metadata(tmp_path):
         assert torch.equal(ck.model(x), model(x))
 
 
+def test_a_zoo_model_takes_the_files_tensors_and_a_float16_file_loads_as_float32(tmp_path):
+    torch.manual_seed(4)
+    model = build_model("tinyvgg", input_size=32).eval()
+    torch.save(model.state_dict(), tmp_path / "f32.pt")
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, tmp_path / "f16.pt")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    for name, dtype in (("f32.pt", torch.float32), ("f16.pt", torch.float16)):
+        loaded = load_checkpoint(tmp_path / name).model
+        tensors = [*loaded.parameters(), *loaded.buffers()]
+        assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)  # none left on meta
+        assert [n for n, p in loaded.named_parameters() if p.requires_grad] == trainable
+        for key, value in loaded.state_dict().items():
+            assert torch.equal(value, model.state_dict()[key].to(dtype).float()), key
+
+
 class _RunsCode:
     """Unpickling this would create the marker file: proof that code ran."""
 

@@ -65,6 +65,19 @@ def test_folded_trunk_equals_the_model(arch: str) -> None:
     assert folded_error <= 3 * own_error + 1e-6 * reference.abs().max()
 
 
+def test_folding_copies_only_the_folded_convolutions() -> None:
+    """The folded trunk shares every module it does not fold with the model (DenseNet keeps 62 BatchNorm layers):
+    its only new tensors are the weight and bias of each folded convolution."""
+    model = fair_model("densenet121").eval()
+    folded = FoldedTrunk(_split("densenet121", model))._features
+    own = {p.data_ptr() for p in [*model.parameters(), *model.buffers()]}
+    new = sorted(name for name, p in folded.named_parameters() if p.data_ptr() not in own)
+    convs = [name for name, m in folded.named_modules() if isinstance(m, nn.Conv2d) and m.weight.data_ptr() not in own]
+    assert len(convs) == 1 + 58  # the stem's conv0 and each dense layer's conv1
+    assert new == sorted(f"{conv}.{p}" for conv in convs for p in ("weight", "bias"))
+    assert all(b.data_ptr() in own for b in folded.buffers()), "the BatchNorm layers left are the model's own"
+
+
 def test_folding_needs_eval_mode() -> None:
     model = fair_model("resnet101").train()
     try:

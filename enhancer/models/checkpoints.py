@@ -280,12 +280,23 @@ def _build_and_load(
     assert config is not None
     if parse_model_name(config.arch).kind != "zoo":
         return _external_model(path, config.arch, state, config.num_classes)
-    model = build_from_config(config)
+    with torch.device("meta"):
+        model = build_from_config(config)
+    assign = _same_dtypes(model, state)
+    if not assign:  # a float16 (or float64) file: copied into float32 parameters, as the model's own dtype
+        model = build_from_config(config)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
         raise CheckpointError(_mismatch_error(path, state, config.arch, exc)) from None
     return config, model
+
+
+def _same_dtypes(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether every tensor of ``model``'s state_dict has one of the same dtype in ``state``: then a zoo model built on
+    the meta device takes the loaded tensors as they are (``load_state_dict(assign=True)``): no random initialisation
+    (half a second for ResNet-101 on a 2-core CPU) and no second copy of the weights."""
+    return all(k in state and state[k].dtype == v.dtype for k, v in model.state_dict().items())
 
 
 def load_checkpoint(
