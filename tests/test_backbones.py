@@ -104,7 +104,8 @@ def test_unknown_depth_lists_the_valid_ones():
 def test_a_zoo_checkpoint_loads_without_importing_torchvision(demo_checkpoints):
     code = (
         "import sys\n"
-        "import enhancer.models.zoo, enhancer.models.checkpoints\n"
+        "import enhancer.models.zoo, enhancer.models.checkpoints, enhancer.models.inspection\n"
+        "import enhancer.explain.folding\n"
         f"loaded = enhancer.models.checkpoints.load_checkpoint({str(demo_checkpoints['resnet101'])!r})\n"
         "print(loaded.config.arch, type(loaded.model).__name__)\n"
         "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
