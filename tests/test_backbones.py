@@ -105,7 +105,9 @@ def test_a_zoo_checkpoint_loads_without_importing_torchvision(demo_checkpoints):
     code = (
         "import sys\n"
         "import enhancer.models.zoo, enhancer.models.checkpoints, enhancer.models.inspection\n"
-        "import enhancer.explain.folding\n"
+        "import enhancer.explain.folding, torch\n"
+        "with torch.device('meta'):  # how a checkpoint's model may be built before its tensors are assigned\n"
+        "    enhancer.models.zoo.build_model('resnet50'), enhancer.models.zoo.build_model('vgg16')\n"
         f"loaded = enhancer.models.checkpoints.load_checkpoint({str(demo_checkpoints['resnet101'])!r})\n"
         "print(loaded.config.arch, type(loaded.model).__name__)\n"
         "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
