@@ -99,7 +99,7 @@ def _stage(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blo
 
 def _initialise(model: nn.Module, *, linear_std: float | None = None) -> None:
     """torchvision's initialisation loop, in module order: convolutions Kaiming-normal (fan out, ReLU gain) with zero
-    bias, norms weight 1 / bias 0, and (VGG only, ``linear_std``) linear layers normal(0, std) with zero bias.
+    bias, BatchNorm weight 1 / bias 0, and (VGG only, ``linear_std``) linear layers normal(0, std) with zero bias.
     Skipped on the meta device (a structure for a checkpoint's tensors): there is nothing to draw, and ``normal_`` on
     a meta tensor goes through ``torch._refs``, which imports ``torch._dynamo`` (~1.5 s) in torch 2.14."""
     if any(p.is_meta for p in model.parameters()):
@@ -109,7 +109,7 @@ def _initialise(model: nn.Module, *, linear_std: float | None = None) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+        elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
         elif isinstance(m, nn.Linear) and linear_std is not None:

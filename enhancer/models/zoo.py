@@ -367,7 +367,7 @@ def _imagenet_weights(arch: str) -> Any:
     info = _arch_info(arch)
     if info.imagenet_weights is None:
         raise ModelError(f"{arch} has no ImageNet weights; use init='random' or a checkpoint")
-    import torchvision  # only here: the weights' URLs and downloader (importing torchvision costs ~2 s)
+    import torchvision  # only here: the weights' URLs and downloader (importing torchvision costs ~1.5 s)
 
     return getattr(torchvision.models, info.imagenet_weights).DEFAULT
 
