@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from enhancer.models.backbones import RESNET_BLOCKS
 from enhancer.models.external import build_external, parse_model_name
 from enhancer.models.layers import LayerOutput, check_target_layer, probe, shallowest
 from enhancer.models.zoo import (
-    RESNET_BLOCKS,
     SEED_HEADS,
     ModelConfig,
     ModelError,

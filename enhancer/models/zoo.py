@@ -24,10 +24,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 
+from enhancer.models.backbones import VGG16, ResNet
 from enhancer.preprocessing import RGB_PREPROCESSING, SEED_PREPROCESSING, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ SEED_HEADS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
     "10k": ((10,), (0.2, 0.5)),
     "15k": ((15,), (0.5, 0.5)),
 }
-RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 class ModelError(ValueError):
@@ -95,8 +93,8 @@ def _one_channel_conv_like(conv: nn.Conv2d) -> nn.Conv2d:
     return stem
 
 
-def _layer_groups(resnet: tv_resnet.ResNet) -> dict[str, list[nn.Module]]:
-    """Trainable groups of a torchvision ResNet's stages: ``layer1``..``layer4`` and each block, ``layer4[2]``."""
+def _layer_groups(resnet: ResNet) -> dict[str, list[nn.Module]]:
+    """Trainable groups of a ResNet's stages: ``layer1``..``layer4`` and each block, ``layer4[2]``."""
     groups: dict[str, list[nn.Module]] = {}
     for i in range(1, 5):
         layer = getattr(resnet, f"layer{i}")
@@ -106,13 +104,13 @@ def _layer_groups(resnet: tv_resnet.ResNet) -> dict[str, list[nn.Module]]:
 
 
 class SeedResNet(nn.Module):
-    """The seed's ResNet: a 1-channel stem ``conv1`` in front of a torchvision ResNet (whose own 3-channel
+    """The seed's ResNet: a 1-channel stem ``conv1`` in front of a torchvision-layout ResNet (whose own 3-channel
     ``resnet.conv1`` stays unused in the state_dict), the ImageNet ``resnet.fc`` kept, and an MLP head
     ``dense_neural_network`` on the 1000 logits."""
 
     def __init__(self, depth: int, head: str, num_classes: int = 2) -> None:
         super().__init__()
-        self.resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        self.resnet = ResNet(depth)
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.conv1.weight.requires_grad_(False)  # frozen in the seed
         self.dense_neural_network = _seed_mlp(head, num_classes)
@@ -138,8 +136,8 @@ class SeedResNet(nn.Module):
         return {"head": [self.dense_neural_network], "fc": [r.fc], "stem": [self.conv1, r.bn1], **_layer_groups(r)}
 
 
-class TorchvisionResNet(tv_resnet.ResNet):
-    """A standard 3-channel torchvision ResNet with a new ``fc`` (keys ``conv1.*``, ``layer1.*``, ``fc.*``)."""
+class TorchvisionResNet(ResNet):
+    """A 3-channel ResNet (torchvision's layout) with a new ``fc`` (keys ``conv1.*``, ``layer1.*``, ``fc.*``)."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -156,13 +154,13 @@ class TorchvisionResNet(tv_resnet.ResNet):
 
 
 class SeedVGG16(nn.Module):
-    """The seed's VGG-16: torchvision vgg16 with a 1-channel first conv; ``feature_extractor``,
+    """The seed's VGG-16: vgg16 (torchvision's layout) with a 1-channel first conv; ``feature_extractor``,
     ``max_pool`` and ``classifier`` are aliases into ``vgg`` (so the state_dict holds both names, as the seed's
     did); head ``dense_neural_network`` on the 1000 logits."""
 
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
-        self.vgg = torchvision.models.vgg16(weights=None)
+        self.vgg = VGG16()
         self.vgg.features[0] = nn.Conv2d(1, 64, kernel_size=3, padding=1)
         self._alias_parts()
         self.dense_neural_network = nn.Sequential(
@@ -253,8 +251,7 @@ def _build_seed_resnet(depth: int) -> Callable[[ModelConfig], nn.Module]:
 
 
 def _build_tv_resnet(depth: int) -> Callable[[ModelConfig], nn.Module]:
-    block = tv_resnet.BasicBlock if depth < 50 else tv_resnet.Bottleneck
-    return lambda cfg: TorchvisionResNet(block, list(RESNET_BLOCKS[depth]), num_classes=cfg.num_classes)
+    return lambda cfg: TorchvisionResNet(depth, num_classes=cfg.num_classes)
 
 
 ZOO: dict[str, ArchInfo] = {
@@ -370,6 +367,8 @@ def _imagenet_weights(arch: str) -> Any:
     info = _arch_info(arch)
     if info.imagenet_weights is None:
         raise ModelError(f"{arch} has no ImageNet weights; use init='random' or a checkpoint")
+    import torchvision  # only here: the weights' URLs and downloader (importing torchvision costs ~1.5 s)
+
     return getattr(torchvision.models, info.imagenet_weights).DEFAULT
 
 
