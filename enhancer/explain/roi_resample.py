@@ -49,55 +49,59 @@ def roi_resample(
     boxes = boxes.to(device=source.device, dtype=source.dtype).reshape(n, 4)
     if max_grid is None:
         max_grid = _max_grid(boxes, size)
-    x1, y1, x2, y2 = boxes.t().contiguous()  # contiguous (N,) edges: strided ones make the broadcasts below slow
-    y_index, y_weight = _axis_taps(y1, y2, out_h, h, max_grid)
-    x_index, x_weight = _axis_taps(x1, x2, out_w, w, max_grid)
-    # rows: every output row of image n, channel k is a weighted sum of rows of plane n * C + k
-    rows = _weighted_rows(source.reshape(n * c * h, w), y_index, y_weight, c, h)  # (N * C * Hc, W)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    planes = torch.arange(n * c, device=source.device).view(n, c, 1)  # plane n * C + k holds image n, channel k
+    y_rows, y_weight = _axis_taps(y1, y2, out_h, h, max_grid, planes * h)
+    x_rows, x_weight = _axis_taps(x1, x2, out_w, w, max_grid, planes * w)
+    # every output row of plane p is a weighted sum of rows of p, then every output column one of its columns
+    rows = _weighted_rows(source.reshape(n * c * h, w), y_rows, y_weight, c)  # (N * C * Hc, W)
     columns = rows.view(n * c, out_h, w).transpose(1, 2).reshape(n * c * w, out_h)  # (N * C * W, Hc)
-    out = _weighted_rows(columns, x_index, x_weight, c, w)  # (N * C * Wc, Hc)
+    out = _weighted_rows(columns, x_rows, x_weight, c)  # (N * C * Wc, Hc)
     return out.view(n, c, out_w, out_h).transpose(2, 3).contiguous()
 
 
 def _axis_taps(
-    lo: torch.Tensor, hi: torch.Tensor, out: int, length: int, max_grid: int
+    lo: torch.Tensor, hi: torch.Tensor, out: int, length: int, max_grid: int, first_rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sparse resampling matrix of one axis: (N, out, 2 * max_grid) source indices and weights.
+    """The sparse resampling matrix of one axis: (N, C, out, 2 * max_grid) table rows and (N, out, 2 * max_grid)
+    weights.
 
-    lo, hi (N,) are the box edges along the axis. Tap 2 * g + {0, 1} is the lower / upper neighbour of sample g of
-    the output bin; its weight holds the bilinear weight, the validity factor and 1 / grid (the average).
+    lo, hi (N,) are the box edges along the axis, first_rows (N, C, 1) the table row of each plane's index 0. Each
+    sample of an output bin gives two taps, its lower and upper neighbour; their weights hold the bilinear weight,
+    the validity factor and 1 / grid (the average). The loop runs over the <= max_grid samples of a bin and writes
+    (N, out) slices: small enough at usual batch sizes for torch to run each op on one thread (an op split over two
+    threads waits milliseconds when the second core is busy, and this is bookkeeping, not work).
     """
+    n, taps = len(lo), 2 * max_grid
+    rows = torch.empty(n, first_rows.shape[1], out, taps, dtype=torch.long, device=lo.device)
+    weights = torch.empty(n, out, taps, dtype=lo.dtype, device=lo.device)
     start = lo - 0.5  # aligned=True: pixel centres at i + 0.5
     extent = (hi - 0.5) - start
     bin_size = extent / out
     grid = torch.ceil(extent / out).clamp(max=max_grid)  # samples per bin; NaN or <= 0 for empty boxes
-    sample = torch.arange(max_grid, device=lo.device, dtype=lo.dtype)
-    bins = torch.arange(out, device=lo.device, dtype=lo.dtype)
-    # torchvision's float operations in its order: start + bin * size + ((g + 0.5) * size) / grid
-    offset = (sample[None, :] + 0.5) * bin_size[:, None] / grid[:, None]  # (N, G)
-    pos = (start[:, None] + bins[None, :] * bin_size[:, None])[:, :, None] + offset[:, None, :]  # (N, out, G)
-    valid = (pos >= -1.0) & (pos <= length) & (sample < grid[:, None])[:, None, :]
-    pos = torch.where(valid, pos, 0.0).clamp_min(0.0)  # invalid samples (NaN too) park at 0 with weight 0
-    low = pos.floor()
-    edge = low >= length - 1  # the last row replicated
-    low = torch.where(edge, length - 1, low)
-    frac = torch.where(edge, low, pos) - low
-    high = torch.where(edge, low, low + 1)
-    share = valid.to(lo.dtype) / torch.where(grid >= 1, grid, 1.0)[:, None, None]
-    index = torch.stack([low, high], -1).flatten(2).long()
-    weight = torch.stack([(1 - frac) * share, frac * share], -1).flatten(2)
-    return index, weight
+    share = (1 / torch.where(grid >= 1, grid, 1.0))[:, None]
+    corner = start[:, None] + torch.arange(out, device=lo.device, dtype=lo.dtype) * bin_size[:, None]  # (N, out)
+    for g in range(max_grid):
+        # torchvision's float operations in its order: start + bin * size + ((g + 0.5) * size) / grid
+        pos = corner + ((g + 0.5) * bin_size / grid)[:, None]
+        valid = (pos >= -1.0) & (pos <= length) & (g < grid)[:, None]  # NaN positions (empty boxes) fail too
+        # [-1, 0] reads row 0; [length - 1, length] reads the last row with weight 1 (it is replicated)
+        pos = torch.where(valid, pos, 0.0).clamp(0, length - 1)
+        low = pos.floor()
+        weight = valid * share
+        weights[..., 2 * g + 1] = (pos - low) * weight
+        weights[..., 2 * g] = weight - weights[..., 2 * g + 1]
+        low = low.long()
+        rows[..., 2 * g] = first_rows + low[:, None]
+        rows[..., 2 * g + 1] = first_rows + (low + 1).clamp(max=length - 1)[:, None]
+    return rows, weights
 
 
-def _weighted_rows(
-    table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, channels: int, length: int
-) -> torch.Tensor:
-    """sum_t weight[n, o, t] * table[(n * channels + k) * length + index[n, o, t]] for every n, channel k, o."""
-    n, out, taps = index.shape
-    plane = torch.arange(n * channels, device=index.device).view(n, channels, 1, 1) * length
-    rows = (plane + index[:, None]).reshape(-1, taps)
-    weights = weight[:, None].expand(n, channels, out, taps).reshape(-1, taps)
-    return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+def _weighted_rows(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, channels: int) -> torch.Tensor:
+    """sum_t weights[n, o, t] * table[rows[n, k, o, t]] for every image n, channel k, output index o."""
+    n, _, out, taps = rows.shape
+    weights = weights[:, None].expand(n, channels, out, taps).reshape(-1, taps)  # a view for one channel
+    return F.embedding_bag(rows.view(-1, taps), table, per_sample_weights=weights, mode="sum")
 
 
 def _max_grid(boxes: torch.Tensor, size: tuple[int, int]) -> int:
