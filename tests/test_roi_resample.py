@@ -126,6 +126,21 @@ def test_no_host_synchronisation_with_max_grid() -> None:
     assert crop(uint8, boxes, orig_size, (224, 224)).shape == (4, 1, 224, 224)
 
 
+@pytest.mark.gpu
+def test_on_cuda_it_equals_torchvisions_cuda_kernel_and_the_cpu() -> None:
+    boxes = torch.tensor(list(BOXES.values()), dtype=torch.float32)
+    source = random_source(len(boxes), 1, 48, 80)
+    for size in SIZES:
+        ours = roi_resample(source.cuda(), boxes.cuda(), size)
+        assert ours.device.type == "cuda"
+        assert (ours - reference(source.cuda(), boxes.cuda(), size)).abs().max() <= FLOAT32_TOLERANCE
+        assert (ours.cpu() - roi_resample(source, boxes, size)).abs().max() <= FLOAT32_TOLERANCE
+    uint8 = torch.randint(0, 256, (4, 1, 512, 512), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    crop_boxes, orig_size = torch.tensor([[0, 0, 900, 1100], [100, 200, 700, 800]] * 2), torch.tensor([[1100, 900]] * 4)
+    on_cuda = crop(uint8.cuda(), crop_boxes.cuda(), orig_size.cuda(), (224, 224)).cpu()
+    assert (on_cuda.int() - crop(uint8, crop_boxes, orig_size, (224, 224)).int()).abs().max() <= 1
+
+
 def test_an_integer_source_is_refused_with_the_fix() -> None:
     with pytest.raises(TypeError, match=r"torch.uint8.*\.float\(\)"):
         roi_resample(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.tensor([[0, 0, 8, 8]]), (4, 4))
