@@ -141,9 +141,12 @@ def test_on_cuda_it_equals_torchvisions_cuda_kernel_and_the_cpu() -> None:
     assert (on_cuda.int() - crop(uint8, crop_boxes, orig_size, (224, 224)).int()).abs().max() <= 1
 
 
-def test_an_integer_source_is_refused_with_the_fix() -> None:
+def test_bad_arguments_are_refused_with_the_fix_and_an_empty_batch_is_fine() -> None:
     with pytest.raises(TypeError, match=r"torch.uint8.*\.float\(\)"):
         roi_resample(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.tensor([[0, 0, 8, 8]]), (4, 4))
+    with pytest.raises(ValueError, match="max_grid must be at least 1.*got 0"):
+        roi_resample(torch.zeros(1, 1, 8, 8), torch.tensor([[0, 0, 8, 8]]), (4, 4), max_grid=0)
+    assert roi_resample(torch.zeros(0, 1, 8, 8), torch.zeros(0, 4), (4, 4)).shape == (0, 1, 4, 4)  # empty batch
 
 
 def torchvision_crop(source: torch.Tensor, boxes: torch.Tensor, orig_size: torch.Tensor, size: tuple[int, int]):
