@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
+from enhancer.explain.roi_resample import roi_resample
 from enhancer.settings import (
     ACTIVATION_METHODS,
     AMP_MODES,
@@ -397,21 +397,24 @@ def crop(
 ) -> torch.Tensor:
     """Cut boxes (N, 4) xyxy in original pixels out of source (N, 1, S_h, S_w) and resize them to size (Hc, Wc).
 
+    The boxes lie inside the image, as ``crop_boxes`` makes them (a box past its edges gets at most S // Hc + 1
+    samples per bin and axis instead of ceil(box / Hc)).
+
     source is the original image squash-resized to S_h x S_w (as large as the loader provides, so crops are not
     upscaled from the model input): uint8, or float in [0, 1]. orig_size (N, 2) is the original (h, w).
-    Resampling is ``roi_align(aligned=True, sampling_ratio=0)``: bilinear at pixel centres (as
-    ``F.interpolate(bilinear, align_corners=False)`` of the sliced box) when enlarging, the mean of
-    ceil(scale)^2 bilinear samples per output pixel when shrinking (exactly area resizing for integer factors).
-    Returns (N, 1, Hc, Wc) uint8.
+    Resampling is ``roi_align(aligned=True, sampling_ratio=0)`` (``enhancer.explain.roi_resample``, plain torch):
+    bilinear at pixel centres (as ``F.interpolate(bilinear, align_corners=False)`` of the sliced box) when enlarging,
+    the mean of ceil(scale)^2 bilinear samples per output pixel when shrinking (exactly area resizing for integer
+    factors). Returns (N, 1, Hc, Wc) uint8.
     """
     n, _, s_h, s_w = source.shape
     src = source.float() if source.dtype == torch.uint8 else source.float() * 255
     size_t = torch.as_tensor(orig_size, device=source.device).reshape(n, 2).float()
     scale = torch.stack([s_w / size_t[:, 1], s_h / size_t[:, 0]], 1).repeat(1, 2)  # x, y, x, y
-    rois = torch.cat(
-        [torch.arange(n, device=source.device, dtype=torch.float)[:, None], boxes.to(source.device).float() * scale], 1
-    )
-    out = roi_align(src, rois, output_size=tuple(size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    rois = boxes.to(source.device).float() * scale
+    # boxes inside the image need at most ceil(S / size) samples per bin; // + 1 covers a rounding step past the edge
+    max_grid = max(s_h // size[0], s_w // size[1]) + 1
+    out = roi_resample(src, rois, tuple(size), max_grid=max_grid)
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
