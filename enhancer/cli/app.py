@@ -5,10 +5,12 @@ this one.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -64,6 +66,20 @@ def reports_errors(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def heavy_imports() -> Iterator[None]:
+    """Import torch and the job's modules with the cyclic garbage collector off, then freeze what they made. Those
+    hundreds of thousands of objects live until the process ends; unfrozen, the collections during the import, the
+    job and the final one at exit traverse them all again (``import torch`` and exit: 2.6 s -> 1.9 s on a 2-core
+    x86 VM)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

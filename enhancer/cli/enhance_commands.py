@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from enhancer.cli.app import EnhancerError, main, overrides, reports_errors, slurm_ids, stoppable
+from enhancer.cli.app import EnhancerError, heavy_imports, main, overrides, reports_errors, slurm_ids, stoppable
 from enhancer.cli.model_options import model_options, model_overrides
 from enhancer.cli.options import label_options, set_option, spec_option
 from enhancer.settings import CamSettings
@@ -200,7 +200,8 @@ def enhance(
     final = shard_path(spec.out, spec.shard_id, spec.num_shards)
     # Claimed before torch is imported: a second job on this shard is refused within a second, naming the first.
     with ShardClaim(final, job=ids.get("slurm"), force=spec.force_claim) as claim:
-        from enhancer.enhance import run_enhance
+        with heavy_imports():
+            from enhancer.enhance import run_enhance
 
         summary = stoppable(run_enhance, spec, progress=progress, extra_attrs=ids, claim=claim)
     click.echo(summary.line())

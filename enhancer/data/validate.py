@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,10 @@ REJECTION_CODES = (
 )
 DEFAULT_MAX_PIXELS = 10_000 * 10_000  # X-rays are at most ~4k x 4k; PIL itself refuses > ~179 M pixels
 _TAIL_BYTES = 4096  # how far from the end an end marker may sit (some writers pad or append metadata)
+
+
+class ValidationStopped(Exception):
+    """``validate`` was asked to stop; its results are incomplete."""
 
 
 @dataclass(frozen=True)
@@ -170,9 +175,11 @@ def validate(
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[Sample], list[Rejection]]:
     """Check every sample in parallel threads; returns ``(accepted, rejected)``, both in input order. ``timeout_s``:
-    the time one file may take (None: no limit).
+    the time one file may take (None: no limit). ``stop``: once set, the files not yet checked are skipped and
+    ``ValidationStopped`` is raised (for a check running in the background of a job that ends early).
 
     ``len(accepted) + len(rejected) == len(samples)`` always holds.
     """
@@ -183,6 +190,8 @@ def validate(
     samples = list(samples)
 
     def one(s: Sample) -> Rejection | None:
+        if stop is not None and stop.is_set():
+            return None
         try:
             return check_sample(s, level=level, max_pixels=max_pixels, timeout_s=timeout_s)
         except Exception as exc:  # a failure no rule foresaw (a parser's own bug): the file is rejected, not the job
@@ -193,6 +202,8 @@ def validate(
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
             results = list(pool.map(one, samples))
+    if stop is not None and stop.is_set():
+        raise ValidationStopped(f"validation of {len(samples)} files stopped before its end")
     accepted = [s for s, r in zip(samples, results, strict=True) if r is None]
     rejected = [r for r in results if r is not None]
     for r in rejected:

@@ -12,7 +12,10 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from enhancer.data import Rejection, Sample, Scan, scan, validate
 from enhancer.data.labels import read_labels
@@ -42,13 +45,29 @@ def validation_level(spec: EnhanceSpec, samples: Sequence[Sample], device: str) 
 
 
 def check_inputs(
-    spec: EnhanceSpec, samples: Sequence[Sample], device: str, found: Scan
+    spec: EnhanceSpec, samples: Sequence[Sample], device: str, found: Scan, *, stop: threading.Event | None = None
 ) -> tuple[list[Sample], list[Rejection]]:
     """The shard's samples validated; the label file's own rejections (missing image, bad label, other view) are not
-    opened, and every rejection of a label file's entry names its row."""
+    opened, and every rejection of a label file's entry names its row. ``stop``: as in ``validate``."""
     refused = {r.index: r for r in found.rejected}
-    ok, rejected = _validate(spec, [s for s in samples if s.index not in refused], device)
+    ok, rejected = _validate(spec, [s for s in samples if s.index not in refused], device, stop)
     return ok, [refused[s.index] for s in samples if s.index in refused] + named_rows(rejected, found)
+
+
+@contextmanager
+def checked_in_background(
+    spec: EnhanceSpec, samples: Sequence[Sample], device: str, found: Scan
+) -> Iterator[Callable[[], tuple[list[Sample], list[Rejection]]]]:
+    """``check_inputs`` in a thread of its own while the job loads its model (a full check decodes every file with
+    PIL); yields the function that waits for its ``(ok, rejected)``. A job leaving the block early (an error, a
+    shard already complete) stops the check at its next file instead of waiting for the whole shard."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-inputs") as pool:
+        checked = pool.submit(check_inputs, spec, samples, device, found, stop=stop)
+        try:
+            yield checked.result
+        finally:
+            stop.set()
 
 
 def named_rows(rejections: Iterable[Rejection], found: Scan | None) -> list[Rejection]:
@@ -58,7 +77,9 @@ def named_rows(rejections: Iterable[Rejection], found: Scan | None) -> list[Reje
     return [dataclasses.replace(r, message=f"{found.row_of(r.index)}: {r.message}") for r in rejections]
 
 
-def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tuple[list[Sample], list[Rejection]]:
+def _validate(
+    spec: EnhanceSpec, samples: Sequence[Sample], device: str, stop: threading.Event | None
+) -> tuple[list[Sample], list[Rejection]]:
     level = validation_level(spec, samples, device)
     return validate(
         samples,
@@ -66,6 +87,7 @@ def _validate(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> tupl
         workers=max(1, spec.num_threads),
         max_pixels=spec.max_pixels,
         timeout_s=spec.decode_timeout_s or None,
+        stop=stop,
     )
 
 

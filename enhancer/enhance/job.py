@@ -1,4 +1,5 @@
-"""The enhance job: scan -> validate -> shard -> loader -> model -> Grad-CAM -> crops, enhanced images -> HDF5 shard.
+"""The enhance job: scan -> shard -> validate (while the model loads) -> loader -> model -> Grad-CAM -> crops, enhanced
+images -> HDF5 shard.
 
 Usage::
 
@@ -31,7 +32,7 @@ from enhancer.data import make_loader, shard
 from enhancer.data.loader import resolve_device
 from enhancer.enhance.batch_loop import shard_writer, stream_batches
 from enhancer.enhance.batch_outputs import OutputSettings
-from enhancer.enhance.inputs import check_inputs, load_boxes, load_lungs, scan_inputs
+from enhancer.enhance.inputs import checked_in_background, load_boxes, load_lungs, scan_inputs
 from enhancer.enhance.job_settings import class_plan, default_batch_size, load_model, output_settings
 from enhancer.enhance.shard_attrs import dataset_attrs, with_class_attrs
 from enhancer.enhance.summary import EnhanceSummary, already_complete, job_summary
@@ -74,24 +75,27 @@ def _run_claimed(
     """``run_enhance`` under the shard's claim."""
     started = time.perf_counter()
     final = claim.shard
-    ck, target = load_model(spec)
     found = scan_inputs(spec)
     device = resolve_device(spec.device)
-    boxes = load_boxes(spec, found)
-    plan = class_plan(spec, ck, found)
-    settings = output_settings(spec, ck, device, plan, multi_label=found.multi_label, boxes=boxes is not None)
-    lungs = load_lungs(spec)
-    attrs = dataset_attrs(spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs, lungs, boxes)
-    attrs = with_class_attrs(attrs, spec, plan, found)
-    check_output_dir(spec.out, attrs["identity"])
     mine = shard(list(found.samples), spec.shard_id, spec.num_shards)
-    if is_complete(final):
-        return already_complete(final, len(mine), device)
-    ok, rejected = check_inputs(spec, mine, device, found)
-    batch_size = spec.batch_size or default_batch_size(device)
-    model, target = _on_device(
-        ck.model, target, lungs, settings, device, compile_batch=batch_size if spec.compile else None
-    )
+    with checked_in_background(spec, mine, device, found) as checked:  # while the model loads and folds
+        ck, target = load_model(spec)
+        boxes = load_boxes(spec, found)
+        plan = class_plan(spec, ck, found)
+        settings = output_settings(spec, ck, device, plan, multi_label=found.multi_label, boxes=boxes is not None)
+        lungs = load_lungs(spec)
+        attrs = dataset_attrs(
+            spec, ck, target, settings, len(found.samples), found.class_names, extra_attrs, lungs, boxes
+        )
+        attrs = with_class_attrs(attrs, spec, plan, found)
+        check_output_dir(spec.out, attrs["identity"])
+        if is_complete(final):
+            return already_complete(final, len(mine), device)
+        batch_size = spec.batch_size or default_batch_size(device)
+        model, target = _on_device(
+            ck.model, target, lungs, settings, device, compile_batch=batch_size if spec.compile else None
+        )
+        ok, rejected = checked()
     loader = make_loader(
         ok,
         ck.preprocessing,
