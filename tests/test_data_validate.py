@@ -198,3 +198,21 @@ def test_full_validation_refuses_the_jpegs_libjpeg_repairs_and_dali_crashes_on(t
     junk = f"corrupt JPEG structure: junk bytes between marker segments at offset {dht}"
     assert rejected["flipped.jpeg"] == ("decode_error", junk)
     assert rejected["zeroed.jpeg"][0] == "decode_error"
+
+
+def test_the_scaled_jpeg_decode_rejects_what_the_full_size_decode_rejects(
+    tmp_path: Path, kermany_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``full`` decodes JPEGs at 1/8 scale (every coefficient still entropy-decoded): over a fuzzed set of files
+    (truncated, bit-flipped, zeroed blocks, swapped headers, ...) its verdicts equal those of a full-size decode."""
+    from PIL import JpegImagePlugin
+
+    from tests.fuzz.mutants import make_fuzz_dataset
+
+    make_fuzz_dataset(kermany_dir, tmp_path / "fuzz", n=400, seed=11)
+    samples = scan(str(tmp_path / "fuzz")).samples
+    _, scaled = validate(samples, level="full")
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, mode, size: None)
+    _, full_size = validate(samples, level="full")
+    assert [(r.path, r.code) for r in scaled] == [(r.path, r.code) for r in full_size]
+    assert sum(r.code == "decode_error" for r in scaled) >= 20, "the set holds JPEGs that fail to decode"
