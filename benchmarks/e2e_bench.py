@@ -74,6 +74,8 @@ def worker(args: argparse.Namespace) -> None:
             "warmup_s": warmup_s,
             "peak_rss_mib": own_peak_rss_mib(),
             "tree_peak_pss_mib": tree.peak_mib,
+            "pss_samples": tree.samples,
+            "pss_sampling_s": tree.sampling_s,
             "load_average": os.getloadavg()[0],
         }
     )

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -96,6 +97,20 @@ def test_worker_memory_is_its_own() -> None:
     with common.TreeMemory(interval=0.05) as tree:
         pass
     assert tree.peak_mib > 0
+
+
+def test_tree_memory_sampling_takes_a_bounded_share_of_a_core() -> None:
+    # reading PSS walks the page tables: on a big process a fixed interval would slow the job being measured
+    ballast = np.ones(1024 * 2**20 // 8)  # ~1 GiB resident: each sample costs tens of milliseconds
+    start = time.perf_counter()
+    with common.TreeMemory(interval=0.001, duty=20) as tree:
+        time.sleep(2.0)
+    elapsed = time.perf_counter() - start
+    del ballast
+    assert tree.peak_mib > 1000
+    assert tree._pause() >= 20 * tree.last_s > 0.001  # the cost, not the 1 ms interval, sets the pace
+    # enter + exit + one per (pause + sample): at most ~1/21 of the time, with room for a slow first sample
+    assert tree.sampling_s <= elapsed / 21 + max(tree.last_s, 0.05) * 2, (tree.samples, tree.sampling_s, elapsed)
 
 
 def test_every_timed_contender_is_checked_against_the_classic_outputs(
