@@ -1,5 +1,5 @@
 """``python -m enhancer.cli``: the command line (torchrun and the sbatch scripts start it this way)."""
 
-from enhancer.cli import main
+from enhancer.cli.entry import run
 
-main()
+run()
