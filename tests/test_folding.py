@@ -78,6 +78,30 @@ def test_folding_copies_only_the_folded_convolutions() -> None:
     assert all(b.data_ptr() in own for b in folded.buffers()), "the BatchNorm layers left are the model's own"
 
 
+# convolutions fused with the ReLU (and the residual add) after them: ResNet's stem and 33 bottlenecks (conv1, conv2
+# then ReLU; conv3 + identity then ReLU); DenseNet's stem and 58 conv1 (norm2 folded in, relu2 after); MobileNet's
+# 19 convolutions followed by a ReLU (the rest use Hardswish); EfficientNet's SiLU does not fuse
+FUSED = {"resnet101": (67, 33), "densenet121": (59, 0), "mobilenet_v3_large": (19, 0), "efficientnet_b0": (0, 0)}
+
+
+@pytest.mark.parametrize("arch", FOLDED_ARCHS)
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format], ids=["nhwc", "nchw"])
+def test_fused_convolutions_give_the_same_activations_bit_for_bit(arch: str, memory_format) -> None:
+    folded = FoldedTrunk(_split(arch, fair_model(arch).eval()), memory_format=memory_format)
+    fused = folded._fused
+    nodes = [] if fused is None else [n for n in fused.graph.nodes if n.op == "call_module"]
+    kinds = [type(fused.get_submodule(n.target)).__name__ for n in nodes]
+    assert (kinds.count("_ConvReLU"), kinds.count("_ConvAddReLU")) == FUSED[arch]
+    x = batch_for(arch).contiguous(memory_format=memory_format)
+    before = x.clone()
+    with torch.no_grad():
+        unfused = folded._features(x)
+        assert torch.equal(folded.features(x), unfused)
+    assert torch.equal(x, before), "the input is not written"
+    with torch.enable_grad():  # the fused operators have no autograd: with it on, the unfused graph runs
+        assert torch.equal(folded.features(x), unfused)
+
+
 def test_folding_needs_eval_mode() -> None:
     model = fair_model("resnet101").train()
     try:

@@ -149,7 +149,9 @@ def _on_device(
     if settings.cam.channels_last:
         model = model.to(memory_format=memory_format)
     if target.split is not None:
-        target = dataclasses.replace(target, split=FoldedTrunk(target.split, memory_format=memory_format))
+        # compiled, torch.compile fuses the trunk's activations itself: it gets the unfused graph
+        folded = FoldedTrunk(target.split, memory_format=memory_format, fuse=not compile_batch)
+        target = dataclasses.replace(target, split=folded)
     if compile_batch:
         target = dataclasses.replace(target, split=CompiledTrunk(target.split, batch_size=compile_batch))
     return model, target
