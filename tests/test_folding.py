@@ -86,7 +86,7 @@ FUSED = {"resnet101": (67, 33), "densenet121": (59, 0), "mobilenet_v3_large": (1
 
 @pytest.mark.parametrize("arch", FOLDED_ARCHS)
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format], ids=["nhwc", "nchw"])
-def test_fused_convolutions_give_the_same_activations_bit_for_bit(arch: str, memory_format) -> None:
+def test_fused_convolutions_give_the_same_activations(arch: str, memory_format) -> None:
     folded = FoldedTrunk(_split(arch, fair_model(arch).eval()), memory_format=memory_format)
     fused = folded._fused
     nodes = [] if fused is None else [n for n in fused.graph.nodes if n.op == "call_module"]
@@ -96,7 +96,10 @@ def test_fused_convolutions_give_the_same_activations_bit_for_bit(arch: str, mem
     before = x.clone()
     with torch.no_grad():
         unfused = folded._features(x)
-        assert torch.equal(folded.features(x), unfused)
+        fused_out = folded.features(x)
+    # the same float operations: equal bit for bit on the x86 VM this was written on; oneDNN may pick another kernel
+    # for a convolution with post-ops on another CPU, so the test allows float rounding
+    assert (fused_out - unfused).abs().max() <= 1e-5 * unfused.abs().max()
     assert torch.equal(x, before), "the input is not written"
     with torch.enable_grad():  # the fused operators have no autograd: with it on, the unfused graph runs
         assert torch.equal(folded.features(x), unfused)

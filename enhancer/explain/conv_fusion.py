@@ -4,13 +4,14 @@ Usage::
 
     fused = fuse_conv_activations(traced)   # traced: a torch.fx GraphModule (the folded trunk); None: nothing fuses
     with torch.no_grad():
-        a = fused(x)                         # x on the CPU: equal to traced(x), bit for bit
+        a = fused(x)                         # x on the CPU: traced(x), fewer passes over memory
 
 oneDNN, which runs torch's CPU convolutions, can apply an element-wise ReLU, and an addition of another tensor then a
 ReLU, to each output value of a convolution before it is stored ("post-ops"). Unfused, every such step is a pass of
 its own over the whole activation: for ResNet-101 a third of the trunk's layers are these memory-bound passes. Fused,
-the values are the same (the same float operations in the same order: equal bit for bit, ``tests/test_folding.py``)
-and the trunk takes ~8% less time (ResNet-101 at 224, batch 16, channels_last, a 2-core AVX-512 VM: 1.57 -> 1.45 s).
+the float operations are the same (activations equal bit for bit on a 2-core AVX-512 x86 VM; elsewhere oneDNN may
+choose another kernel, within float rounding: ``tests/test_folding.py``) and the trunk takes ~7% less time there
+(ResNet-101 at 224, batch 16, channels_last: 1.57 -> 1.46 s).
 
 The fused operators (``torch.ops.mkldnn._convolution_pointwise``, what ``torch.compile`` calls for the same fusion
 on the CPU) have no autograd formula and run on the CPU only: ``FoldedTrunk`` calls the fused graph only for CPU
