@@ -1,6 +1,7 @@
 """The job's trunk with BatchNorm folded into the convolutions: no BatchNorm pass left, the same activations and maps
-as the model itself up to float rounding, the model untouched; a trunk torch.fx cannot trace runs unfolded. And the
-layer probe on the meta device records what a real forward records."""
+as the model itself up to float rounding, the model untouched; a trunk torch.fx cannot trace runs unfolded; on the CPU
+its convolutions fused with the ReLUs after them give the same activations. And the layer probe on the meta device
+records what a real forward records."""
 
 from __future__ import annotations
 
