@@ -34,15 +34,7 @@ def sample_data() -> Path:
 
 def machine() -> str:
     """Host, CPU, cores, GPU (by name), load and library versions: printed with every figure."""
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    cpu = _cpu_name() or platform.processor() or "?"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     versions = [
         f"python {platform.python_version()}",
@@ -61,6 +53,26 @@ def machine() -> str:
         f"{os.cpu_count()} cores; torch threads {torch.get_num_threads()}; GPU {gpu}; "
         f"load average {os.getloadavg()[0]:.2f} (1 min, at start)\nversions: {', '.join(versions)}"
     )
+
+
+def _cpu_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo, with its family and model numbers: a virtual machine often shows only
+    the vendor's line ("AMD EPYC"), and the numbers tell the generation (family 25: Zen 3/4, family 26: Zen 5)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if name is None:
+        return None
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
 def make_copies(src: Path, dst: Path, n: int) -> None:
