@@ -50,7 +50,17 @@ CLASS_WEIGHTS = ("equal", "prevalence")
 # Settings of label files and of maps per class. A shard records them in its ``spec`` attribute only when one of
 # them is set (EnhanceSpec.shard_dict): a single-label job's shards stay byte-identical to those written before
 # label files existed, and a reader takes a missing key as its default.
-CLASS_MAP_SETTINGS = ("labels", "label_format", "uncertain", "view", "head", "explain", "threshold", "crop_from")
+CLASS_MAP_SETTINGS = (
+    "labels",
+    "label_format",
+    "uncertain",
+    "view",
+    "label_metadata",
+    "head",
+    "explain",
+    "threshold",
+    "crop_from",
+)
 LABEL_CHOICES: dict[str, tuple[str, ...]] = {
     "label_format": LABEL_FORMATS,
     "uncertain": UNCERTAIN_POLICIES,
@@ -123,6 +133,7 @@ class EnhanceSpec:
     label_format: str = "auto"  # auto (from the label file's header) | nih | chexpert | mimic | rsna | csv
     uncertain: str = "ignore"  # chexpert/mimic/csv -1 values: ignore (masked) | zeros | ones
     view: str = "all"  # all | frontal | lateral: the label file's rows of other views are rejected (filtered)
+    label_metadata: str | None = None  # MIMIC-CXR-JPG mimic-cxr-2.0.0-metadata.csv(.gz): images and views per study
     head: str = "auto"  # output activation: auto (what the checkpoint records, else softmax) | softmax | sigmoid
     explain: str = "auto"  # classes with a map: auto | pred | label | all | top:K | CLASS[,CLASS] (ExplainPolicy)
     threshold: float = 0.5  # probability from which a class counts as predicted (explain = pred, multi-label)
@@ -184,6 +195,7 @@ class TrainSpec:
     label_format: str = "auto"  # auto (from the label file's header) | nih | chexpert | mimic | rsna | csv
     uncertain: str = "ignore"  # chexpert/mimic/csv -1 values: ignore (masked out of the loss) | zeros | ones
     view: str = "all"  # all | frontal | lateral
+    label_metadata: str | None = None  # MIMIC-CXR-JPG mimic-cxr-2.0.0-metadata.csv(.gz): images and views per study
     loss: str = "auto"  # auto: bce (one sigmoid per class) for multi-label data, else ce (softmax, the seed's)
     class_weights: str = "equal"  # bce: equal | prevalence (positives of class c weigh n_negative_c / n_positive_c)
     arch: str | None = None  # None: the init checkpoint's architecture, else resnet101 (the seed's best)
@@ -252,6 +264,7 @@ class EvaluateSpec:
     label_format: str = "auto"  # auto (from the label file's header) | nih | chexpert | mimic | rsna | csv
     uncertain: str = "ignore"  # chexpert/mimic/csv -1 values: ignore (masked out of the metrics) | zeros | ones
     view: str = "all"  # all | frontal | lateral
+    label_metadata: str | None = None  # MIMIC-CXR-JPG mimic-cxr-2.0.0-metadata.csv(.gz): images and views per study
     head: str = "auto"  # output activation: auto (what the checkpoint records, else softmax) | softmax | sigmoid
     threshold: float = 0.5  # sigmoid: probability from which a class counts as predicted (counts, sensitivity)
     batch_size: int = 64

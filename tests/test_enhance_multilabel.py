@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from enhancer.specs import CLASS_MAP_SETTINGS, TrainSpec
 from enhancer.store import EnhancedDataset
 from enhancer.train.loop import fit
 from tests.test_train_multilabel import CLASSES, _image
-from tests.tools.label_files import mimic_file, nih_file
+from tests.tools.label_files import mimic_file, mimic_image_list, nih_file
 
 SIZE = 64  # densenet121 at 64 px: a 2 x 2 map at features.norm5, ~1/12 of the 224 cost on 2 cores
 DENSENET14 = ["--model", "tv:densenet121", "--num-classes", "14", "--input-size", str(SIZE)]
@@ -188,6 +189,26 @@ def test_mimic_top2_with_a_crop_per_map(densenet14, kermany_dir, tmp_path) -> No
     assert (chosen.min(1) >= others.max(1)).all()  # the two most probable classes (ties either way)
     assert json.loads(attrs["explain"])["crop_from"] == "each"
     assert not (stored["targets"] == -1).any()  # uncertain as zeros
+
+
+def test_mimic_frontal_views_from_the_image_list(densenet14, kermany_dir, tmp_path) -> None:
+    """``--view frontal --label-metadata mimic-cxr-2.0.0-metadata.csv.gz``: only the list's frontal images are
+    explained, every other entry is rejected with its row, and the shard records the list (path and sha256)."""
+    f = mimic_file(tmp_path, kermany_dir, "zeros")
+    listed = mimic_image_list(tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz")
+    out = tmp_path / "enhanced"
+    text = _enhance(
+        densenet14, f.path, f.data, out, "--head", "sigmoid", "--view", "frontal", "--label-metadata", str(listed)
+    )
+    assert "3 written, 6 rejected of 9" in text  # dicom00, dicom10, dicom20 (PA, AP, PA)
+    attrs, stored = _shard(out)
+    assert sorted(Path(p.decode()).name for p in stored["path"]) == ["dicom00.jpg", "dicom10.jpg", "dicom20.jpg"]
+    labels = json.loads(attrs["labels"])
+    assert labels["view"] == "frontal" and labels["metadata"]["path"] == str(listed)
+    assert labels["metadata"]["sha256"] == hashlib.sha256(listed.read_bytes()).hexdigest()
+    with open(out / "rejected.csv", newline="") as fh:
+        codes = sorted(row["code"] for row in csv.DictReader(fh))
+    assert codes == ["bad_label", "filtered", "filtered", "filtered", "missing", "missing"]
 
 
 def test_a_label_file_with_another_class_count_is_refused(demo_checkpoints, kermany_dir, tmp_path) -> None:

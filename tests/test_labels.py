@@ -3,6 +3,7 @@ every entry is a sample or a rejection naming its row, and the targets are what 
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from enhancer.data.labels import NIH_FINDINGS, OBSERVATIONS, RSNA_CLASSES, detec
 from tests.tools.label_files import (
     chexpert_file,
     mimic_file,
+    mimic_image_list,
     nih_file,
     nih_file_with_unknown_finding,
     sample_images,
@@ -111,6 +113,83 @@ def test_mimic_studies_expand_to_their_images(tmp_path: Path, kermany_dir: Path)
         read_labels(f.path, f.data, view="frontal")
 
 
+def _entries(found) -> list[tuple[str, str]]:
+    """(image name, "ok" or the rejection code) of every entry, in index order."""
+    codes = {r.index: r.code for r in found.rejected}
+    return [(Path(s.path).stem, codes.get(s.index, "ok")) for s in found.samples]
+
+
+def test_mimic_image_list_gives_each_study_its_images_and_views(tmp_path: Path, kermany_dir: Path) -> None:
+    f = mimic_file(tmp_path, kermany_dir, "zeros")
+    packed = f.path.with_suffix(".csv.gz")  # as the release ships it
+    with gzip.open(packed, "wt") as fh:
+        fh.write(f.path.read_text())
+    f.path.unlink()
+    assert detect_format(str(packed)) == "mimic"
+    # without the list beside the label file, --view names the fix
+    with pytest.raises(DataError, match="--label-metadata mimic-cxr-2.0.0-metadata.csv.gz"):
+        read_labels(packed, f.data, view="frontal")
+    listed = mimic_image_list(tmp_path / "elsewhere.csv.gz")
+    found = read_labels(packed, f.data, uncertain="zeros", metadata=listed)  # every view; the list's images only
+    assert found.label_metadata == str(listed)
+    assert _entries(found) == [
+        ("dicom00", "ok"),
+        ("dicom01", "missing"),  # listed, not on disk
+        ("dicom10", "ok"),
+        ("dicom11", "ok"),
+        ("dicom20", "ok"),
+        ("dicom30", "ok"),
+        ("dicom31", "ok"),
+        ("s50000009", "missing"),  # the study has no rows in the list: one entry, its folder
+        ("dicom80", "bad_label"),
+    ]
+    _balanced(found, 9)
+    missing = next(r for r in found.rejected if r.path.endswith("s50000009"))
+    assert "row 6: study files/p10/p10000009/s50000009 has no rows in elsewhere.csv.gz" in missing.message
+    for s in found.samples:
+        if Path(s.path).parent.name in f.targets and Path(s.path).exists():
+            np.testing.assert_array_equal(found.targets[s.index], f.targets[Path(s.path).parent.name])
+
+    # --view: the list beside the label file is found by itself; other views and blank ones are filtered out
+    beside = mimic_image_list(packed.parent / "mimic-cxr-2.0.0-metadata.csv.gz")
+    frontal = read_labels(packed, f.data, uncertain="zeros", view="frontal")
+    assert frontal.label_metadata == str(beside)
+    assert [e for e in _entries(frontal) if e[1] in ("ok", "filtered")] == [
+        ("dicom00", "ok"),
+        ("dicom10", "ok"),
+        ("dicom11", "filtered"),
+        ("dicom20", "ok"),
+        ("dicom30", "filtered"),
+        ("dicom31", "filtered"),
+    ]
+    lateral = read_labels(packed, f.data, uncertain="zeros", view="lateral")
+    assert [n for n, code in _entries(lateral) if code == "ok"] == ["dicom11", "dicom30"]
+    reason = next(r.message for r in frontal.rejected if r.path.endswith("dicom11.jpg"))
+    assert reason.endswith("row 3: ViewPosition 'LATERAL' is not frontal (--view frontal)"), reason
+
+    # a label file joined with the list beforehand (a dicom_id column, no ViewPosition) takes the views from it
+    joined = tmp_path / "joined.csv"
+    header, *rows = gzip.decompress(packed.read_bytes()).decode().splitlines()
+    joined.write_text(f"dicom_id,{header}\ndicom10,{rows[1]}\ndicom11,{rows[1]}\n")
+    by_image = read_labels(joined, f.data, format="mimic", uncertain="zeros", view="frontal", metadata=beside)
+    assert _entries(by_image) == [("dicom10", "ok"), ("dicom11", "filtered")]
+
+
+def test_mimic_image_list_errors_name_the_file_and_the_fix(tmp_path: Path, kermany_dir: Path) -> None:
+    f = mimic_file(tmp_path, kermany_dir)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("dicom_id,study_id\nx,1\n")
+    with pytest.raises(DataError, match=r"wrong.csv: not MIMIC-CXR-JPG's image list .*'subject_id', 'ViewPosition'"):
+        read_labels(f.path, f.data, metadata=wrong)
+    broken = tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz"
+    broken.write_bytes(gzip.compress(b"dicom_id,subject_id,study_id,ViewPosition\n" * 50)[:40])  # cut short
+    with pytest.raises(DataError, match="mimic-cxr-2.0.0-metadata.csv.gz: not a readable CSV label file"):
+        read_labels(f.path, f.data, metadata=broken)
+    nih = nih_file(tmp_path, kermany_dir)
+    with pytest.raises(DataError, match="not a nih one; drop --label-metadata"):
+        read_labels(nih.path, nih.data, metadata=wrong)
+
+
 def test_csv_and_rsna_formats(tmp_path: Path, kermany_dir: Path) -> None:
     a, b, c = (p.relative_to(kermany_dir) for p in sample_images(kermany_dir)[:3])
     labels = tmp_path / "labels.csv"
@@ -171,3 +250,17 @@ def test_nih_box_list_gives_boxes_per_finding(tmp_path: Path) -> None:
     path.write_text("Image Index,Finding Label,Bbox [x,y,w,h]\n00000003_000.png,Mass,10,20,0,40\n")
     with pytest.raises(ValueError, match="BBox_List_2017.csv:2: box .* is empty"):
         read_boxes(path)
+
+
+def test_training_and_evaluation_join_the_image_list_too(tmp_path: Path, kermany_dir: Path) -> None:
+    from enhancer.specs import EvaluateSpec, TrainSpec
+    from enhancer.train.data import open_source
+    from enhancer.train.loop import label_source
+
+    f = mimic_file(tmp_path, kermany_dir, "zeros")
+    listed = mimic_image_list(tmp_path / "images.csv.gz")
+    common = {"data": str(f.data), "labels": str(f.path), "view": "frontal", "label_metadata": str(listed)}
+    for spec in (TrainSpec(out=str(tmp_path / "run"), **common), EvaluateSpec(checkpoint="m.pt", **common)):
+        source = open_source(f.data, split=None, labels=label_source(spec))
+        assert sorted(Path(p).name for p in source.paths) == ["dicom00.jpg", "dicom10.jpg", "dicom20.jpg"]
+        assert source.targets.shape == (3, len(OBSERVATIONS))

@@ -81,7 +81,8 @@ def set_option(help: str = "Any other spec setting.") -> Callable[[F], F]:
 
 
 def label_options(spec_cls: type) -> Callable[[F], F]:
-    """``--labels``, ``--format``, ``--uncertain`` and ``--view``: a label file of the images under ``--data``."""
+    """``--labels``, ``--format``, ``--uncertain``, ``--view`` and ``--label-metadata``: a label file of the images
+    under ``--data``."""
     options = [
         spec_option(
             spec_cls,
@@ -92,6 +93,13 @@ def label_options(spec_cls: type) -> Callable[[F], F]:
         spec_option(spec_cls, "label_format", "Format of --labels; auto: from its header.", flag="--format"),
         spec_option(spec_cls, "uncertain", "Uncertain (-1) labels: ignore (masked out), zeros or ones."),
         spec_option(spec_cls, "view", "Keep only rows of this view (the others are rejected as filtered)."),
+        spec_option(
+            spec_cls,
+            "label_metadata",
+            "MIMIC-CXR-JPG's image list, mimic-cxr-2.0.0-metadata.csv(.gz): each study's images and their "
+            "ViewPosition. Without it a study's images are the JPEGs in its folder; --view uses the list found "
+            "beside --labels.",
+        ),
     ]
 
     def apply(f: F) -> F:

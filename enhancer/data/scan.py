@@ -48,8 +48,8 @@ class Scan:
 
     A label file (``enhancer.data.labels``) adds: ``targets`` (N, C) int8 multi-hot targets of a multi-label file
     (1, 0, -1 = masked; every ``Sample.label`` is then -1), ``rejected``: the entries refused while reading it (each
-    is also in ``samples``, with its index), ``rows``: each sample's row in the file, ``label_file`` and
-    ``label_format``."""
+    is also in ``samples``, with its index), ``rows``: each sample's row in the file, ``label_file``,
+    ``label_format`` and ``label_metadata`` (MIMIC-CXR-JPG's image list, when the job joined it)."""
 
     root: str
     samples: tuple[Sample, ...]
@@ -59,6 +59,7 @@ class Scan:
     rows: tuple[int, ...] = ()
     label_file: str | None = None
     label_format: str | None = None  # nih, chexpert, mimic, rsna or csv
+    label_metadata: str | None = None  # mimic-cxr-2.0.0-metadata.csv(.gz) joined with a MIMIC label file
 
     def row_of(self, index: int) -> str:
         """``"Data_Entry_2017.csv row 7"``: where sample ``index`` comes from in the label file ("" for a folder)."""

@@ -30,7 +30,14 @@ def scan_inputs(spec: EnhanceSpec) -> Scan:
     ``path,label`` CSV ``spec.data``."""
     if spec.labels is None:
         return scan(spec.data)
-    return read_labels(spec.labels, spec.data, format=spec.label_format, uncertain=spec.uncertain, view=spec.view)
+    return read_labels(
+        spec.labels,
+        spec.data,
+        format=spec.label_format,
+        uncertain=spec.uncertain,
+        view=spec.view,
+        metadata=spec.label_metadata,
+    )
 
 
 def validation_level(spec: EnhanceSpec, samples: Sequence[Sample], device: str) -> str:

@@ -120,8 +120,9 @@ def with_class_attrs(attrs: dict[str, Any], spec: EnhanceSpec, plan: ClassPlan |
 
 
 def class_attrs(spec: EnhanceSpec, plan: ClassPlan | None, found: Scan | None) -> dict[str, Any]:
-    """The label file (path, sha256, format, uncertain and view policies) and the per-class maps (``activation``,
-    ``explain``) of a dataset; nothing for a folder explained with one map per image."""
+    """The label file (path, sha256, format, uncertain and view policies, the MIMIC image list joined with it) and
+    the per-class maps (``activation``, ``explain``) of a dataset; nothing for a folder explained with one map per
+    image."""
     out: dict[str, Any] = {}
     if found is not None and found.label_file is not None:
         out["labels"] = {
@@ -130,6 +131,11 @@ def class_attrs(spec: EnhanceSpec, plan: ClassPlan | None, found: Scan | None) -
             "format": found.label_format,
             "uncertain": spec.uncertain,
             "view": spec.view,
+            **(
+                {"metadata": {"path": found.label_metadata, "sha256": file_sha256(found.label_metadata)}}
+                if found.label_metadata is not None
+                else {}
+            ),
             "entries": len(found.samples),
             "multi_label": found.multi_label,
         }

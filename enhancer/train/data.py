@@ -63,6 +63,7 @@ class LabelSource:
     format: str = "auto"
     uncertain: str = "ignore"
     view: str = "all"
+    metadata: str | None = None  # MIMIC-CXR-JPG's image list (read_labels)
 
 
 @dataclass
@@ -257,7 +258,14 @@ def _open_labelled(root: Path, labels: LabelSource) -> Source:
     """The samples a label file lists under ``root``; its rejected entries are logged and kept aside."""
     from enhancer.data.labels import read_labels
 
-    found = read_labels(labels.path, root, format=labels.format, uncertain=labels.uncertain, view=labels.view)
+    found = read_labels(
+        labels.path,
+        root,
+        format=labels.format,
+        uncertain=labels.uncertain,
+        view=labels.view,
+        metadata=labels.metadata,
+    )
     bad = {r.index for r in found.rejected}
     keep = [s.index for s in found.samples if s.index not in bad]
     if found.rejected:

@@ -472,7 +472,9 @@ def label_source(spec: TrainSpec | EvaluateSpec) -> LabelSource | None:
     """The spec's label file (None: the data folder's own classes)."""
     if spec.labels is None:
         return None
-    return LabelSource(spec.labels, format=spec.label_format, uncertain=spec.uncertain, view=spec.view)
+    return LabelSource(
+        spec.labels, format=spec.label_format, uncertain=spec.uncertain, view=spec.view, metadata=spec.label_metadata
+    )
 
 
 def training_objective(spec: TrainSpec, source: Source, train_idx: Sequence[int]) -> tuple[Source, Objective]:

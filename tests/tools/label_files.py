@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,23 @@ def mimic_file(tmp: Path, kermany_dir: Path, uncertain: str = "ignore") -> Label
     path = root / "mimic-cxr-2.0.0-chexpert.csv"
     path.write_text("\n".join(lines) + "\n")
     return LabelFile(path, root, n_entries + 2, targets, rejected)
+
+
+def mimic_image_list(path: Path) -> Path:
+    """mimic-cxr-2.0.0-metadata.csv.gz over ``mimic_file``'s studies: every JPEG with a view (PA, AP, LATERAL, PA,
+    LL, blank, PA), plus dicom01, listed in study 0 but not on disk; no rows for the missing study 50000009."""
+    rows = [
+        ("dicom00", "10000000", "50000000", "PA"),
+        ("dicom01", "10000000", "50000000", "PA"),
+        ("dicom10", "10000001", "50000001", "AP"),
+        ("dicom11", "10000001", "50000001", "LATERAL"),
+        ("dicom20", "10000002", "50000002", "PA"),
+        ("dicom30", "10000003", "50000003", "LL"),
+        ("dicom31", "10000003", "50000003", ""),
+        ("dicom80", "10000008", "50000008", "PA"),
+    ]
+    text = "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns\n"
+    text += "".join(f"{d},{s},{t},CHEST (PA AND LAT),{v},3056,2544\n" for d, s, t, v in rows)
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+    return path

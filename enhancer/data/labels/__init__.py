@@ -11,14 +11,15 @@ Usage::
 Formats (``LABEL_FORMATS``; ``auto`` picks one from the header):
 
 - ``nih``: ChestX-ray14's ``Data_Entry_2017.csv`` (``enhancer.data.labels.nih``);
-- ``chexpert`` / ``mimic``: the 14 observation columns with 1 / 0 / -1 / blank (``.observations``);
+- ``chexpert`` / ``mimic``: the 14 observation columns with 1 / 0 / -1 / blank (``.observations``; MIMIC's image
+  list, ``mimic-cxr-2.0.0-metadata.csv``, joined by ``.mimic_metadata``);
 - ``rsna``: ``stage_2_train_labels.csv``, one entry per patient, single-label (``.rsna``);
 - ``csv``: ``path`` plus one 0/1 column per class (``.columns``).
 
 Multi-label targets are 1 (positive), 0 (negative) or -1 (masked: uncertain with ``uncertain="ignore"``), one
 column per class. Entries: one per row, except MIMIC (one per image of the row's study) and RSNA (one per patient,
 whose rows are its boxes). Every entry has a sample index; the job writes it or rejects it, so entries = written +
-rejected.
+rejected. Files ending in ``.gz`` are read as gzip (MIMIC-CXR-JPG ships its label files so).
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def read_labels(
     format: str = "auto",
     uncertain: str = "ignore",
     view: str = "all",
+    metadata: str | os.PathLike[str] | None = None,
 ) -> Scan:
-    """The entries of label file ``path`` with their images under ``data`` (see the module docstring)."""
+    """The entries of label file ``path`` with their images under ``data`` (see the module docstring).
+    ``metadata``: MIMIC-CXR-JPG's image list joined with a ``mimic`` file (``observations.read_mimic``)."""
     path = os.path.abspath(os.fspath(path))
     if format not in LABEL_FORMATS:
         raise DataError(f"label format {format!r} is not known; choose one of {', '.join(LABEL_FORMATS)}")
@@ -97,12 +100,19 @@ def read_labels(
     finder = ImageFinder(data)
     if fmt in ("rsna", "csv") and view != "all":
         raise DataError(f"{path}: --view {view} needs a view column, which {fmt} label files lack; drop --view")
+    if metadata is not None and fmt != "mimic":
+        raise DataError(
+            f"{path}: --label-metadata joins MIMIC-CXR-JPG's image list with a mimic label file, not a {fmt} one; "
+            "drop --label-metadata"
+        )
     if fmt == "nih":
         found = read_nih(path, finder, view=view)
     elif fmt == "chexpert":
         found = read_chexpert(path, finder, uncertain=uncertain, view=view)
     elif fmt == "mimic":
-        found = read_mimic(path, finder, uncertain=uncertain, view=view)
+        found = read_mimic(
+            path, finder, uncertain=uncertain, view=view, metadata=os.fspath(metadata) if metadata else None
+        )
     elif fmt == "rsna":
         found = read_rsna(path, finder)
     else:

@@ -7,8 +7,11 @@ the loss and the metrics).
   the rest of the path starts from. ``Frontal/Lateral`` gives the view.
 - MIMIC-CXR-JPG (``mimic-cxr-2.0.0-chexpert.csv``): one row per study (``subject_id``, ``study_id``); its images
   are the JPEGs of ``files/p<first two digits>/p<subject_id>/s<study_id>/``, and every one of them is an entry of
-  that row (a row whose study folder holds none is one rejected entry). A file joined with the metadata (a
-  ``dicom_id`` column) names one image per row; a ``ViewPosition`` column gives the view for ``--view``.
+  that row (a row whose study folder holds none is one rejected entry). With the release's image list
+  (``mimic-cxr-2.0.0-metadata.csv(.gz)``, ``--label-metadata``; found beside the label file when ``--view`` asks for
+  one view) a study's images are the list's rows for it, each with its ``ViewPosition`` (``mimic_metadata``). A file
+  joined with the list beforehand (a ``dicom_id`` column) names one image per row; its ``ViewPosition`` column, or
+  the list, gives the view.
 
 Usage::
 
@@ -18,12 +21,15 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Callable
 
 import numpy as np
 
 from enhancer.data.errors import DataError
+from enhancer.data.labels.mimic_metadata import MimicMetadata, metadata_beside, read_metadata
 from enhancer.data.labels.table import (
     ImageFinder,
     TableBuilder,
@@ -35,6 +41,8 @@ from enhancer.data.labels.table import (
     view_of,
 )
 from enhancer.data.scan import Scan
+
+log = logging.getLogger(__name__)
 
 # CheXpert's 14 observations in the column order of its label files (MIMIC-CXR-JPG uses the same names).
 OBSERVATIONS = (
@@ -117,32 +125,69 @@ def study_folder(subject: str, study: str) -> str:
     return f"files/p{subject[:2]}/p{subject}/s{study}"
 
 
-def read_mimic(path: str, finder: ImageFinder, *, uncertain: str = "ignore", view: str = "all") -> Scan:
-    """Every image of every row of a MIMIC-CXR-JPG label file as a sample or a rejected entry."""
+def read_mimic(
+    path: str, finder: ImageFinder, *, uncertain: str = "ignore", view: str = "all", metadata: str | None = None
+) -> Scan:
+    """Every image of every row of a MIMIC-CXR-JPG label file as a sample or a rejected entry. ``metadata``: the
+    release's image list (``mimic-cxr-2.0.0-metadata.csv(.gz)``), which gives each study's images and their views;
+    without one a study's images are the JPEGs in its folder, and ``--view`` takes the list from beside the label
+    file when the label file has no ``ViewPosition`` column."""
     check_view(view)
     header, rows = read_rows(path)
     require_columns(path, header, ("subject_id", "study_id", *OBSERVATIONS), "mimic")
-    if view != "all" and MIMIC_VIEW not in header:
-        raise DataError(
-            f"{path}: --view {view} needs the {MIMIC_VIEW} column of mimic-cxr-2.0.0-metadata.csv; join the two "
-            "files on dicom_id (one row per image), or drop --view"
-        )
+    meta = _image_list(path, header, view, metadata)
     table = TableBuilder(path, OBSERVATIONS, multi_label=True)
     per_image = "dicom_id" in header
+
+    def of_view(r: dict[str, str]) -> str:
+        return _view_problem(r, MIMIC_VIEW, view)
+
     for line, row in rows:
         folder = study_folder(row["subject_id"], row["study_id"])
         if per_image:
-            rel = f"{folder}/{row['dicom_id']}.jpg"
-            _add_image(table, finder, line, rel, row, uncertain, lambda r: _view_problem(r, MIMIC_VIEW, view))
-            continue
-        images = _study_images(finder, folder)
-        if not images:
-            table.reject(
-                line, finder.expected(folder), "missing", f"no images in study folder {folder} under {finder.root}"
-            )
-        for image in images:
-            _add_image(table, finder, line, image, row, uncertain, lambda r: "")
-    return table.build(finder.root)
+            if meta is not None and MIMIC_VIEW not in header:
+                row = {**row, MIMIC_VIEW: meta.views.get(row["dicom_id"], "")}
+            _add_image(table, finder, line, f"{folder}/{row['dicom_id']}.jpg", row, uncertain, of_view)
+        elif meta is not None:
+            listed = meta.studies.get((row["subject_id"], row["study_id"]), ())
+            if not listed:
+                table.reject(
+                    line, finder.expected(folder), "missing", f"study {folder} has no rows in {_name(meta.path)}"
+                )
+            for image in listed:
+                rel, with_view = f"{folder}/{image.dicom_id}.jpg", {**row, MIMIC_VIEW: image.view}
+                _add_image(table, finder, line, rel, with_view, uncertain, of_view)
+        else:
+            images = _study_images(finder, folder)
+            if not images:
+                table.reject(
+                    line, finder.expected(folder), "missing", f"no images in study folder {folder} under {finder.root}"
+                )
+            for image in images:
+                _add_image(table, finder, line, image, row, uncertain, lambda r: "")
+    found = table.build(finder.root)
+    return dataclasses.replace(found, label_metadata=meta.path) if meta is not None else found
+
+
+def _image_list(path: str, header: list[str], view: str, metadata: str | None) -> MimicMetadata | None:
+    """The image list to join: ``metadata`` when given; else, when ``view`` asks for one view and the label file
+    has no ``ViewPosition`` column, the release's list beside the label file (an error names the fix without one)."""
+    if metadata is not None:
+        return read_metadata(metadata)
+    if view == "all" or MIMIC_VIEW in header:
+        return None
+    beside = metadata_beside(path)
+    if beside is None:
+        raise DataError(
+            f"{path}: --view {view} needs each image's {MIMIC_VIEW}, which MIMIC-CXR-JPG keeps in its image list: "
+            f"pass --label-metadata mimic-cxr-2.0.0-metadata.csv.gz (not found beside the label file), or drop --view"
+        )
+    log.info("%s: images and views of each study from %s", _name(path), beside)
+    return read_metadata(beside)
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path)
 
 
 def _study_images(finder: ImageFinder, folder: str) -> list[str]:

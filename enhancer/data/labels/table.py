@@ -17,7 +17,9 @@ spreadsheet shows them.
 from __future__ import annotations
 
 import csv
+import gzip
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,9 +39,11 @@ _LATERAL = {"lateral", "ll", "rl", "lao", "rao", "lpo", "xtable lateral"}
 
 
 def read_rows(path: str, *, header_only: bool = False) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, rows as (line number, {column: stripped text})) of a CSV file; errors name the file."""
+    """(header, rows as (line number, {column: stripped text})) of a CSV file, gzip-compressed when its name ends
+    in ``.gz`` (MIMIC-CXR-JPG ships its files so); errors name the file."""
+    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        with opener(path, "rt", newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             rows = (
@@ -49,7 +53,7 @@ def read_rows(path: str, *, header_only: bool = False) -> tuple[list[str], list[
             )
     except FileNotFoundError:
         raise DataError(f"{path}: no such label file; pass --labels FILE") from None
-    except (csv.Error, UnicodeError) as exc:
+    except (csv.Error, UnicodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable CSV label file ({exc})") from None
     if not header:
         raise DataError(f"{path}: the label file is empty (no header row)")
