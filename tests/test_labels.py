@@ -183,8 +183,10 @@ def test_mimic_image_list_errors_name_the_file_and_the_fix(tmp_path: Path, kerma
         read_labels(f.path, f.data, metadata=wrong)
     broken = tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz"
     broken.write_bytes(gzip.compress(b"dicom_id,subject_id,study_id,ViewPosition\n" * 50)[:40])  # cut short
-    with pytest.raises(DataError, match="mimic-cxr-2.0.0-metadata.csv.gz: not a readable CSV label file"):
+    with pytest.raises(DataError, match="mimic-cxr-2.0.0-metadata.csv.gz: not a readable CSV image list"):
         read_labels(f.path, f.data, metadata=broken)
+    with pytest.raises(DataError, match="nope.csv.gz: no such image list; pass --label-metadata FILE"):
+        read_labels(f.path, f.data, metadata=tmp_path / "nope.csv.gz")
     nih = nih_file(tmp_path, kermany_dir)
     with pytest.raises(DataError, match="not a nih one; drop --label-metadata"):
         read_labels(nih.path, nih.data, metadata=wrong)

@@ -8,24 +8,25 @@ Usage::
 
     from enhancer.data.labels.mimic_metadata import metadata_beside, read_metadata
     meta = read_metadata("mimic-cxr-2.0.0-metadata.csv.gz")
-    meta.studies[("10000032", "50414267")]   # (MimicImage(dicom_id=..., view="PA"), ...)
+    meta.studies[("10000032", "50414267")]   # [MimicImage(dicom_id=..., view="PA"), ...]
     meta.views["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"]   # "PA"
 """
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from enhancer.data.errors import DataError
-from enhancer.data.labels.table import read_rows
+from enhancer.data.labels.table import open_csv
 
 METADATA_NAMES = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv")
 METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 
 
-@dataclass(frozen=True)
-class MimicImage:
+class MimicImage(NamedTuple):  # a tuple: the list has ~377,000 of them
     dicom_id: str  # the JPEG's name without .jpg
     view: str  # its ViewPosition cell as written (PA, AP, LATERAL, LL, ... or blank)
 
@@ -36,27 +37,36 @@ class MimicMetadata:
     a dicom_id to its ViewPosition."""
 
     path: str
-    studies: dict[tuple[str, str], tuple[MimicImage, ...]]
+    studies: dict[tuple[str, str], list[MimicImage]]
     views: dict[str, str]
 
 
 def read_metadata(path: str | os.PathLike[str]) -> MimicMetadata:
-    """The image list ``path``; a file without its columns is a ``DataError`` naming them."""
+    """The image list ``path``, read row by row (the release's list has 377,110 rows of 12 columns, of which four
+    are kept); a file without those columns is a ``DataError`` naming them."""
     path = os.path.abspath(os.fspath(path))
-    header, rows = read_rows(path)
-    missing = [c for c in METADATA_COLUMNS if c not in header]
-    if missing:
-        raise DataError(
-            f"{path}: not MIMIC-CXR-JPG's image list (mimic-cxr-2.0.0-metadata.csv), the column(s) "
-            f"{', '.join(map(repr, missing))} are missing (header: {', '.join(header[:12])}); check --label-metadata"
-        )
     studies: dict[tuple[str, str], list[MimicImage]] = {}
     views: dict[str, str] = {}
-    for _, row in rows:
-        image = MimicImage(row["dicom_id"], row["ViewPosition"])
-        studies.setdefault((row["subject_id"], row["study_id"]), []).append(image)
-        views[image.dicom_id] = image.view
-    return MimicMetadata(path, {k: tuple(v) for k, v in studies.items()}, views)
+    with open_csv(path, kind="image list", option="--label-metadata") as (header, reader):
+        missing = [c for c in METADATA_COLUMNS if c not in header]
+        if missing:
+            raise DataError(
+                f"{path}: not MIMIC-CXR-JPG's image list (mimic-cxr-2.0.0-metadata.csv), the column(s) "
+                f"{', '.join(map(repr, missing))} are missing (header: {', '.join(header[:12])}); "
+                "check --label-metadata"
+            )
+        columns = [header.index(c) for c in METADATA_COLUMNS]
+        cells = operator.itemgetter(*columns)
+        width = max(columns) + 1
+        for values in reader:
+            if len(values) < width:
+                values += [""] * (width - len(values))
+            dicom, subject, study, view = cells(values)
+            dicom, subject, study, view = dicom.strip(), subject.strip(), study.strip(), view.strip()
+            if dicom:
+                studies.setdefault((subject, study), []).append(MimicImage(dicom, view))
+                views[dicom] = view
+    return MimicMetadata(path, studies, views)
 
 
 def metadata_beside(label_file: str) -> str | None:

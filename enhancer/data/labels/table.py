@@ -20,7 +20,8 @@ import csv
 import gzip
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,25 +39,30 @@ _FRONTAL = {"frontal", "pa", "ap", "ap axial", "pa lld", "ap lld", "ap rld", "pa
 _LATERAL = {"lateral", "ll", "rl", "lao", "rao", "lpo", "xtable lateral"}
 
 
-def read_rows(path: str, *, header_only: bool = False) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, rows as (line number, {column: stripped text})) of a CSV file, gzip-compressed when its name ends
-    in ``.gz`` (MIMIC-CXR-JPG ships its files so); errors name the file."""
+@contextmanager
+def open_csv(
+    path: str, *, kind: str = "label file", option: str = "--labels"
+) -> Iterator[tuple[list[str], Iterator[list[str]]]]:
+    """(header, a ``csv.reader`` over the other rows) of a CSV file, gzip-compressed when its name ends in ``.gz``
+    (MIMIC-CXR-JPG ships its files so); errors name the file, as a ``kind`` given by ``option``."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rt", newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
-            rows = (
-                []
-                if header_only
-                else [(reader.line_num, values) for values in reader if any(v.strip() for v in values)]
-            )
+            if not header:
+                raise DataError(f"{path}: the {kind} is empty (no header row)")
+            yield header, reader
     except FileNotFoundError:
-        raise DataError(f"{path}: no such label file; pass --labels FILE") from None
+        raise DataError(f"{path}: no such {kind}; pass {option} FILE") from None
     except (csv.Error, UnicodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable CSV label file ({exc})") from None
-    if not header:
-        raise DataError(f"{path}: the label file is empty (no header row)")
+        raise DataError(f"{path}: not a readable CSV {kind} ({exc})") from None
+
+
+def read_rows(path: str, *, header_only: bool = False) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, rows as (line number, {column: stripped text})) of a CSV label file (``open_csv``)."""
+    with open_csv(path) as (header, reader):
+        rows = [] if header_only else [(reader.line_num, v) for v in reader if any(c.strip() for c in v)]
     cells = [(line, {h: (v[i].strip() if i < len(v) else "") for i, h in enumerate(header)}) for line, v in rows]
     return header, cells
 
