@@ -301,7 +301,9 @@ def run_checks(cfg: dict[str, Any], tmp: Path, started: float) -> dict[str, Any]
     src, kind = samples_dir(tmp)
     data = replicate(src, tmp / f"data-{cfg['n']}", cfg["n"])
     warm = replicate(src, tmp / "data-warm", cfg["batch_size"])
-    checkpoint = Path(cfg["checkpoint"] or save_demo_checkpoint(str(tmp / "demo.pt"), cfg["arch"], data=str(src)))
+    # the demo model's residual branches damped: a random ResNet's maps are chaotic, a trained one's are not
+    demo = cfg["checkpoint"] or save_demo_checkpoint(str(tmp / "demo.pt"), cfg["arch"], data=str(src), damped=True)
+    checkpoint = Path(demo)
     step: Callable[[str], None] = lambda what: print(f"[{time.perf_counter() - started:6.1f} s] {what}", flush=True)  # noqa: E731
     step(f"{cfg['n']} files ({kind}), demo {cfg['arch']}; enhance job")
     enh = measure_enhance(cfg, data, warm, checkpoint, tmp)

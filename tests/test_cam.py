@@ -232,6 +232,22 @@ def test_amp_is_a_no_op_off_cuda_and_channels_last_gives_the_same_maps() -> None
     assert torch.equal(nhwc.pred, base.pred)
 
 
+def test_damped_demo_resnet_keeps_its_maps_under_bf16_rounding() -> None:
+    """A random ResNet-101's maps are chaotic: bfloat16 autocast alone decorrelates them from the float32 maps. With
+    its residual branches damped (what the GPU check's demo model uses) they agree as a trained network's do."""
+    x = xray_like_batch(8, 128, in_chans=1, seed=5)
+
+    def bf16_agreement(model: nn.Module) -> float:
+        fp32 = upsample(grad_cam(model, x).cam, x.shape[-2:]).flatten(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = upsample(grad_cam(model, x).cam, x.shape[-2:]).flatten(1)
+        corr = [torch.corrcoef(torch.stack([a, b]))[0, 1] for a, b in zip(fp32, bf16.float(), strict=True)]
+        return float(torch.stack(corr).nanmedian())
+
+    assert bf16_agreement(build_demo_model("resnet101", input_size=128)) < 0.5
+    assert bf16_agreement(build_demo_model("resnet101", input_size=128, damped=True)) >= 0.95
+
+
 def test_channels_last_rule() -> None:
     assert prefers_channels_last("cuda") and prefers_channels_last(torch.device("cuda", 1))
     cpu = torch.backends.cpu.get_cpu_capability()
