@@ -298,7 +298,8 @@ def _repeated_samples(src: Path, dst: Path, times: int) -> Path:
 
 @pytest.mark.slow
 def test_killed_job_resumes_to_the_same_result(tmp_path, kermany_dir, demo_checkpoints):
-    data = _repeated_samples(kermany_dir, tmp_path / "data", 3)  # 48 files: long enough to be killed mid-shard
+    # 96 files, 48 a shard at batch 1: long enough to be killed mid-shard on a fast CPU too
+    data = _repeated_samples(kermany_dir, tmp_path / "data", 6)
     args = [
         "enhance",
         "--data",
@@ -336,7 +337,7 @@ def test_killed_job_resumes_to_the_same_result(tmp_path, kermany_dir, demo_check
     merge_enhanced(killed)
     assert not list(killed.glob("*.tmp"))
     got, want = _read_all(killed), _read_all(reference)
-    assert sorted(got) == sorted(want) == list(range(48))
+    assert sorted(got) == sorted(want) == list(range(96))
     for index in want:
         for field, value in want[index].items():
             if field == "path":

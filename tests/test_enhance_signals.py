@@ -31,9 +31,11 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, kermany_dir, demo_checkpoints):
-    """32 inputs (the samples twice) and the shard an uninterrupted run writes from them."""
+    """128 inputs (the samples 8 times) and the shard an uninterrupted run writes from them. Long enough that the
+    signal lands mid-shard on a fast CPU too: 32 inputs took 0.6 s from the shard's .tmp file to the exit on a
+    2-core Zen 5 VM, barely more than the test's wait before the signal (up to 0.5 s)."""
     root = tmp_path_factory.mktemp("signals")
-    data = _repeated_samples(kermany_dir, root / "data", 2)
+    data = _repeated_samples(kermany_dir, root / "data", 8)
     checkpoint = demo_checkpoints["tinyvgg"]
     reference = root / "reference"
     run_enhance(EnhanceSpec(data=str(data), out=str(reference), checkpoint=str(checkpoint), batch_size=BATCH))
