@@ -109,8 +109,9 @@ def test_tree_memory_sampling_takes_a_bounded_share_of_a_core() -> None:
     del ballast
     assert tree.peak_mib > 1000
     assert tree._pause() >= 20 * tree.last_s > 0.001  # the cost, not the 1 ms interval, sets the pace
-    # enter + exit + one per (pause + sample): at most ~1/21 of the time, with room for a slow first sample
-    assert tree.sampling_s <= elapsed / 21 + max(tree.last_s, 0.05) * 2, (tree.samples, tree.sampling_s, elapsed)
+    # one sample per (pause + sample), ~1/21 of the time, plus the samples on enter and exit; room for one more, as
+    # a sample's cost varies with the machine's load (unpaced, at the 1 ms interval, sampling would take ~all of it)
+    assert tree.sampling_s <= elapsed / 21 + max(tree.last_s, 0.05) * 3, (tree.samples, tree.sampling_s, elapsed)
 
 
 def test_every_timed_contender_is_checked_against_the_classic_outputs(
