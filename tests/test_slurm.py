@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from enhancer.cli import main
 from enhancer.store.layout import read_shard_attrs
+from tests.test_enhance import _repeated_samples
 from tests.test_launch import assert_same_dataset, one_process_reference
 from tests.tools.missing import missing
 
@@ -140,13 +141,13 @@ def test_array_of_four_plus_merge_equals_one_local_process(
     assert "CUDA_VISIBLE_DEVICES=0" in (out / "logs" / f"enhance-{array}_0.out").read_text()
 
 
-def test_preempted_and_requeued_tasks_resume_without_duplicates(
-    slurm_cluster, tmp_path, kermany_dir, demo_checkpoints, tinyvgg_reference
-):
+def test_preempted_and_requeued_tasks_resume_without_duplicates(slurm_cluster, tmp_path, kermany_dir, demo_checkpoints):
     out = tmp_path / "requeue"
     logs = out / "logs"
-    # One image per batch: each task spends seconds inside its shard, the window the signals must hit.
-    array, merge = _submit(out, kermany_dir, demo_checkpoints["tinyvgg"], "num_shards=2", "batch_size=1")
+    # 96 files (the samples 6 times), one per batch: each task spends seconds inside its shard, the window the
+    # signals must hit (8 files a task took 0.5 s on a 2-core Zen 5 VM, less than the test needs to look)
+    data = _repeated_samples(kermany_dir, tmp_path / "data", 6)
+    array, merge = _submit(out, data, demo_checkpoints["tinyvgg"], "num_shards=2", "batch_size=1")
     # Task 0: the time-limit warning (what --signal=B:USR1@N delivers): it stops cleanly and requeues itself.
     _wait(lambda: (out / "shard-00000-of-00002.h5.tmp").exists(), 180, "task 0 to start its shard", logs)
     _run("scancel", "--signal=USR1", "--batch", f"{array}_0")
@@ -169,9 +170,9 @@ def test_preempted_and_requeued_tasks_resume_without_duplicates(
     assert "TERM received" in second or "DUE TO JOB REQUEUE" in second
     for log in (first, second):
         assert "not written (Preempted: stopped by SIGTERM)" in log, log  # stopped mid-shard, .tmp discarded
-        assert "(restart 1)" in log and "8 written, 0 rejected of 8" in log, log
+        assert "(restart 1)" in log and "48 written, 0 rejected of 48" in log, log
     assert not list(out.glob("*.tmp"))
-    assert_same_dataset(out, tinyvgg_reference)
+    assert_same_dataset(out, one_process_reference(tmp_path / "one", data, demo_checkpoints["tinyvgg"]))
 
 
 def test_failed_task_blocks_the_merge_and_merge_names_the_shard(
