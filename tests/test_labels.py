@@ -266,3 +266,26 @@ def test_training_and_evaluation_join_the_image_list_too(tmp_path: Path, kermany
         source = open_source(f.data, split=None, labels=label_source(spec))
         assert sorted(Path(p).name for p in source.paths) == ["dicom00.jpg", "dicom10.jpg", "dicom20.jpg"]
         assert source.targets.shape == (3, len(OBSERVATIONS))
+
+
+def test_label_files_name_each_images_patient(tmp_path: Path, kermany_dir: Path) -> None:
+    nih = read_labels(nih_file(tmp_path, kermany_dir).path, kermany_dir)
+    rejected = {r.index for r in nih.rejected}
+    assert [nih.groups[s.index] for s in nih.samples if s.index not in rejected] == [str(i) for i in range(16)]
+    assert all(nih.groups[i] == "" for i in rejected)  # a rejected entry belongs to nobody
+    f = chexpert_file(tmp_path, kermany_dir)
+    chexpert = read_labels(f.path, f.data)
+    assert {
+        chexpert.groups[s.index] for s in chexpert.samples if s.index not in {r.index for r in chexpert.rejected}
+    } == {f"patient{i:05d}" for i in range(8)}
+    m = mimic_file(tmp_path, kermany_dir, "zeros")
+    mimic = read_labels(m.path, m.data, uncertain="zeros")
+    ok = [s for s in mimic.samples if s.index not in {r.index for r in mimic.rejected}]
+    assert [mimic.groups[s.index] for s in ok] == [
+        "10000000",
+        "10000001",
+        "10000001",
+        "10000002",
+        "10000003",
+        "10000003",
+    ]

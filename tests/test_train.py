@@ -326,6 +326,23 @@ def test_stratified_split_is_seeded_and_stratified():
     assert len(va) == 2  # at least one per class
 
 
+def test_a_split_by_patient_keeps_each_patient_on_one_side():
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(60), rng.integers(1, 6, 60))  # 60 patients with 1-5 images each
+    labels = rng.integers(0, 3, len(patients))
+    groups = np.array([f"p{p:03d}" for p in patients])
+    tr, va = stratified_split(labels, 0.2, seed=1, groups=groups)
+    assert sorted(tr + va) == list(range(len(labels))) and not set(tr) & set(va)
+    assert not set(groups[tr]) & set(groups[va])  # no patient on both sides
+    assert 0.15 <= len(va) / len(labels) <= 0.3
+    assert set(labels[va]) == {0, 1, 2}
+    assert stratified_split(labels, 0.2, seed=1, groups=groups) == (tr, va)
+    assert stratified_split(labels, 0.2, seed=2, groups=groups) != (tr, va)
+    # one patient per class: never all of a class in validation, as per image
+    _, va = stratified_split(np.array([0, 0, 1, 1]), 0.5, 0, groups=np.array(["a", "a", "b", "c"]))
+    assert va in ([2], [3])
+
+
 def test_augmentations_shapes_and_eval_transform_is_resize_only():
     pre = Preprocessing(size=(SIZE, SIZE))
     x = torch.randint(0, 256, (1, 50, 60), dtype=torch.uint8)

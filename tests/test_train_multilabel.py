@@ -3,6 +3,7 @@ checkpoint's recorded sigmoid head, per-class AUROC equal to scikit-learn's on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from enhancer.models.checkpoints import load_checkpoint
 from enhancer.specs import EvaluateSpec, SpecError, TrainSpec
 from enhancer.train.augment import eval_transform
 from enhancer.train.data import LabelSource, collate_skipping, open_source
-from enhancer.train.loop import fit, run_evaluate
+from enhancer.train.loop import fit, run_evaluate, validation_split_by
 from enhancer.train.objective import Objective, prevalence_weights
 from tests.tools.missing import require_module
 
@@ -101,6 +102,27 @@ def test_two_epochs_bce_then_evaluate_per_class_auroc_equals_sklearn(multilabel_
         assert abs(m["auroc_per_class"][name] - metrics.roc_auc_score(y[keep, c], scores[keep, c])) < 1e-9
         assert abs(m["ap_per_class"][name] - metrics.average_precision_score(y[keep, c], scores[keep, c])) < 1e-9
     assert m["masked"] == int((y == -1).sum()) > 0 and m["n"] == 40
+
+
+def test_a_label_file_naming_patients_is_split_by_patient(kermany_dir, tmp_path) -> None:
+    """NIH's Patient ID (4 patients of 4 images): validation takes whole patients; the run records how it split,
+    and a folder without patients is split by image as before."""
+    from enhancer.data.labels import NIH_FINDINGS
+
+    images = sorted(kermany_dir.rglob("*.jpeg"))
+    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID"]
+    lines += [f"{p.name},{NIH_FINDINGS[i % 3]},{i % 4},{i // 4}" for i, p in enumerate(images)]
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    spec = _spec(kermany_dir, tmp_path / "Data_Entry_2017.csv", tmp_path / "run", epochs=1)  # val_fraction 0.25
+    result = fit(spec)
+    assert (result.history[-1]["n_train"], result.history[-1]["n_val"]) == (12, 4)  # one whole patient
+    ck = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ck.meta["data"]["split"] == "patient"
+    source = open_source(kermany_dir, split=None, labels=LabelSource(str(tmp_path / "Data_Entry_2017.csv")))
+    assert source.groups.tolist() == [str(i // 4) for i in range(16)]
+    # a resumed run keeps the split it started with; one saved before splits knew patients was split by image
+    assert validation_split_by(source, ck.meta) == "patient" and validation_split_by(source, {"data": {}}) == "image"
+    assert validation_split_by(dataclasses.replace(source, groups=None), None) == "image"
 
 
 def test_cli_train_and_evaluate_with_a_label_file(multilabel_folder, tmp_path) -> None:

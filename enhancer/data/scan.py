@@ -60,6 +60,9 @@ class Scan:
     label_file: str | None = None
     label_format: str | None = None  # nih, chexpert, mimic, rsna or csv
     label_metadata: str | None = None  # mimic-cxr-2.0.0-metadata.csv(.gz) joined with a MIMIC label file
+    # each sample's patient ("" where the file does not say): NIH Patient ID, CheXpert's patient folder, MIMIC's
+    # subject_id; training keeps a patient's images on one side of its validation split
+    groups: tuple[str, ...] = ()
 
     def row_of(self, index: int) -> str:
         """``"Data_Entry_2017.csv row 7"``: where sample ``index`` comes from in the label file ("" for a folder)."""

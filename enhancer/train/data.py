@@ -182,6 +182,7 @@ class Source:
     field: str | None = None
     targets: np.ndarray | None = None  # (N, C) int8 multi-hot targets of a multi-label source, -1: masked
     rejected: tuple[Any, ...] = ()  # the label file's rejected entries (enhancer.data.Rejection)
+    groups: np.ndarray | None = None  # each sample's patient, where the label file names them (Scan.groups)
 
     @property
     def multi_label(self) -> bool:
@@ -282,6 +283,7 @@ def _open_labelled(root: Path, labels: LabelSource) -> Source:
         class_names=tuple(found.class_names),
         targets=targets,
         rejected=found.rejected,
+        groups=np.array([found.groups[i] for i in keep]) if found.groups else None,
     )
 
 
@@ -321,21 +323,41 @@ def _open_enhanced(root: Path, field: str) -> Source:
     )
 
 
-def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int, groups: Sequence[str] | np.ndarray | None = None
+) -> tuple[list[int], list[int]]:
     """(train indices, validation indices), sorted; per class ``round(n * val_fraction)`` go to validation, at
-    least one and never all of a class with two or more samples. Same labels and seed, same split."""
+    least one and never all of a class with two or more samples. Same labels and seed, same split.
+
+    ``groups`` (each sample's patient): whole patients go to one side, so that no patient's images are both trained
+    on and validated on. A patient counts in the class of their rarest label (so rare classes reach validation), and
+    per class patients go to validation until ``round(n * val_fraction)`` of its images are there: at least one
+    patient, and never all of a class with two or more. Without groups every sample is its own patient."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     labels = np.asarray(labels, dtype=np.int64)
+    if groups is None:
+        unit_of = np.arange(len(labels))
+    else:
+        unit_of = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    shifted = labels - (labels.min() if len(labels) else 0)
+    width = int(shifted.max()) + 1 if len(labels) else 1
+    key = np.bincount(shifted)[shifted] * width + shifted  # rarer class first, then the smaller id
+    order = np.argsort(unit_of, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(unit_of[order]) != 0]) if len(labels) else np.zeros(0, np.int64)
+    unit_class = np.minimum.reduceat(key[order], starts) % width if len(labels) else np.zeros(0, np.int64)
+    unit_size = np.bincount(unit_of) if len(labels) else np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
-    train: list[int] = []
-    val: list[int] = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
+    val_units: list[np.ndarray] = []
+    for c in np.unique(unit_class):
+        members = np.flatnonzero(unit_class == c)
         members = members[rng.permutation(members.size)]
-        n_val = min(max(round(members.size * val_fraction), 1), members.size - 1) if members.size >= 2 else 0
-        val += members[:n_val].tolist()
-        train += members[n_val:].tolist()
-    if not val:
+        if members.size < 2:
+            continue
+        want = round(int(unit_size[members].sum()) * val_fraction)
+        reached = int(np.searchsorted(np.cumsum(unit_size[members]), want)) + 1  # patients until `want` images
+        val_units.append(members[: min(max(reached, 1), members.size - 1)])
+    in_val = np.isin(unit_of, np.concatenate(val_units)) if val_units else np.zeros(len(labels), bool)
+    if not in_val.any():
         raise DataError("the validation split is empty: every class has a single sample; add data")
-    return sorted(train), sorted(val)
+    return np.flatnonzero(~in_val).tolist(), np.flatnonzero(in_val).tolist()

@@ -357,6 +357,7 @@ class _Run:
     val_ds: Dataset
     n_train: int
     n_val: int
+    split_by: str  # "patient" or "image" (validation_split_by)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stopper: EarlyStopping
@@ -425,7 +426,15 @@ def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
     else:
         model, preprocessing, init_desc = initial_model(spec, num_classes=len(source.class_names))
     _check_classes(model, source)
-    train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed)
+    split_by = validation_split_by(source, ck.meta if ck is not None else None)
+    groups = source.groups if split_by == "patient" else None
+    train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed, groups=groups)
+    if groups is not None:
+        log.info(
+            "validation split by patient: %d patients in training, %d in validation",
+            len(set(groups[train_idx].tolist())),
+            len(set(groups[val_idx].tolist())),
+        )
     source, objective = training_objective(spec, source, train_idx)
     size = tuple(preprocessing.size)
     transform = (
@@ -456,6 +465,7 @@ def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
         val_ds=val_ds,
         n_train=len(train_idx),
         n_val=len(val_idx),
+        split_by=split_by,
         optimizer=optimizer,
         scheduler=scheduler,
         stopper=EarlyStopping(spec.patience, spec.min_delta),
@@ -609,6 +619,7 @@ def _report_unreadable(epoch: int, failed: list[Unreadable], run: Path) -> None:
 def _save_epoch(r: _Run, metrics: dict[str, Any], improved: bool, groups: tuple[str, ...]) -> None:
     """Rank 0 after each epoch: best.pt when it improved, last.pt (everything to resume), the epoch files."""
     meta = _meta(r.spec, r.history, metrics, r.init_desc, r.source, r.n_train, r.n_val)
+    meta["data"]["split"] = r.split_by
     meta["activation"] = r.objective.activation  # what enhance and evaluate apply to the logits
     class_names = r.source.class_names
     if improved:
@@ -681,6 +692,17 @@ def _meta(
         "data": {"root": source.root, "kind": source.kind, "field": source.field, "n_train": n_train, "n_val": n_val},
         **provenance(),
     }
+
+
+def validation_split_by(source: Source, resumed_meta: dict[str, Any] | None) -> str:
+    """``"patient"`` when the label file names each image's patient (NIH, CheXpert, MIMIC: no patient's images on
+    both sides of the split), else ``"image"``. A resumed run keeps the split it started with (runs saved before
+    the split knew patients record none: by image)."""
+    if source.groups is None:
+        return "image"
+    if resumed_meta is not None:
+        return resumed_meta.get("data", {}).get("split", "image")
+    return "patient"
 
 
 def _check_classes(model: nn.Module, source: Source) -> None:

@@ -35,6 +35,7 @@ NIH_FINDINGS = (
 NO_FINDING = "No Finding"
 NIH_COLUMNS = ("Image Index", "Finding Labels")
 VIEW_COLUMN = "View Position"
+PATIENT_COLUMN = "Patient ID"
 
 
 def nih_targets(text: str) -> tuple[np.ndarray | None, str]:
@@ -79,5 +80,5 @@ def read_nih(path: str, finder: ImageFinder, *, view: str = "all") -> Scan:
         elif view != "all" and view_of(row[VIEW_COLUMN]) != view:
             table.reject(line, where, "filtered", f"{VIEW_COLUMN} {row[VIEW_COLUMN]!r} is not {view} (--view {view})")
         else:
-            table.add(line, where, targets=targets)
+            table.add(line, where, targets=targets, patient=row.get(PATIENT_COLUMN, ""))
     return table.build(finder.root)

@@ -92,9 +92,18 @@ def read_chexpert(path: str, finder: ImageFinder, *, uncertain: str = "ignore", 
     if view != "all":
         require_columns(path, header, (CHEXPERT_VIEW,), f"chexpert file with --view {view}: a")
     table = TableBuilder(path, OBSERVATIONS, multi_label=True)
+
+    def of_view(r: dict[str, str]) -> str:
+        return _view_problem(r, CHEXPERT_VIEW, view)
+
     for line, row in rows:
-        _add_image(table, finder, line, row["Path"], row, uncertain, lambda r: _view_problem(r, CHEXPERT_VIEW, view))
+        _add_image(table, finder, line, row["Path"], row, uncertain, of_view, patient=chexpert_patient(row["Path"]))
     return table.build(finder.root)
+
+
+def chexpert_patient(rel: str) -> str:
+    """The patient of a CheXpert image path: its ``patientNNNNN`` folder ("" when the path has none)."""
+    return next((p for p in rel.replace("\\", "/").split("/") if p.startswith("patient")), "")
 
 
 def _add_image(
@@ -105,8 +114,11 @@ def _add_image(
     row: dict[str, str],
     uncertain: str,
     view_problem: Callable[[dict[str, str]], str],
+    *,
+    patient: str = "",
 ) -> None:
-    """One image of a row: rejected when missing, with an unreadable cell or of another view; else a sample."""
+    """One image of a row: rejected when missing, with an unreadable cell or of another view; else a sample of
+    ``patient``."""
     found = finder.by_relative(rel) if rel else None
     where = found or finder.expected(rel or f"<row {line}>")
     targets, problem = observation_targets(row, uncertain)
@@ -117,7 +129,7 @@ def _add_image(
     elif reason := view_problem(row):
         table.reject(line, where, "filtered", reason)
     else:
-        table.add(line, where, targets=targets)
+        table.add(line, where, targets=targets, patient=patient)
 
 
 def study_folder(subject: str, study: str) -> str:
@@ -147,7 +159,8 @@ def read_mimic(
         if per_image:
             if meta is not None and MIMIC_VIEW not in header:
                 row = {**row, MIMIC_VIEW: meta.views.get(row["dicom_id"], "")}
-            _add_image(table, finder, line, f"{folder}/{row['dicom_id']}.jpg", row, uncertain, of_view)
+            rel = f"{folder}/{row['dicom_id']}.jpg"
+            _add_image(table, finder, line, rel, row, uncertain, of_view, patient=row["subject_id"])
         elif meta is not None:
             listed = meta.studies.get((row["subject_id"], row["study_id"]), ())
             if not listed:
@@ -156,7 +169,7 @@ def read_mimic(
                 )
             for image in listed:
                 rel, with_view = f"{folder}/{image.dicom_id}.jpg", {**row, MIMIC_VIEW: image.view}
-                _add_image(table, finder, line, rel, with_view, uncertain, of_view)
+                _add_image(table, finder, line, rel, with_view, uncertain, of_view, patient=row["subject_id"])
         else:
             images = _study_images(finder, folder)
             if not images:
@@ -164,7 +177,7 @@ def read_mimic(
                     line, finder.expected(folder), "missing", f"no images in study folder {folder} under {finder.root}"
                 )
             for image in images:
-                _add_image(table, finder, line, image, row, uncertain, lambda r: "")
+                _add_image(table, finder, line, image, row, uncertain, lambda r: "", patient=row["subject_id"])
     found = table.build(finder.root)
     return dataclasses.replace(found, label_metadata=meta.path) if meta is not None else found
 

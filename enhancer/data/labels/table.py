@@ -177,20 +177,24 @@ class TableBuilder:
     targets: list[np.ndarray] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
     _seen: dict[str, int] = field(default_factory=dict)
 
     def where(self, line: int) -> str:
         return f"{os.path.basename(self.source)} row {line}"
 
-    def add(self, line: int, path: str, *, targets: np.ndarray | None = None, label: int = -1) -> None:
-        """A sample: its image and its targets (C,) int8 (multi-label) or its class ``label`` (single-label). An
-        image listed a second time is rejected as ``duplicate``, naming the first row."""
+    def add(
+        self, line: int, path: str, *, targets: np.ndarray | None = None, label: int = -1, patient: str = ""
+    ) -> None:
+        """A sample: its image and its targets (C,) int8 (multi-label) or its class ``label`` (single-label), and its
+        ``patient`` where the file names one. An image listed a second time is rejected as ``duplicate``, naming the
+        first row."""
         first = self._seen.get(path)
         if first is not None:
             self.reject(line, path, "duplicate", f"image {path} is listed again (first in row {first})")
             return
         self._seen[path] = line
-        self._entry(line, Sample(len(self.samples), path, label if not self.multi_label else -1), targets)
+        self._entry(line, Sample(len(self.samples), path, label if not self.multi_label else -1), targets, patient)
 
     def reject(self, line: int, path: str, code: str, reason: str) -> None:
         """An entry that will not be loaded: ``code`` from ``LABEL_REJECTION_CODES``, the reason in words."""
@@ -199,9 +203,10 @@ class TableBuilder:
         self._entry(line, sample, None)
         self.rejected.append(Rejection.of(sample, code, f"{self.where(line)}: {reason}"))
 
-    def _entry(self, line: int, sample: Sample, targets: np.ndarray | None) -> None:
+    def _entry(self, line: int, sample: Sample, targets: np.ndarray | None, patient: str = "") -> None:
         self.samples.append(sample)
         self.rows.append(line)
+        self.groups.append(patient)
         if self.multi_label:
             masked = np.full(len(self.class_names), MASKED, np.int8)
             self.targets.append(masked if targets is None else np.asarray(targets, np.int8))
@@ -218,4 +223,5 @@ class TableBuilder:
             rejected=tuple(self.rejected),
             rows=tuple(self.rows),
             label_file=self.source,
+            groups=tuple(self.groups) if any(self.groups) else (),
         )
