@@ -426,15 +426,7 @@ def _start_run(spec: TrainSpec, ctx: DistContext) -> _Run:
     else:
         model, preprocessing, init_desc = initial_model(spec, num_classes=len(source.class_names))
     _check_classes(model, source)
-    split_by = validation_split_by(source, ck.meta if ck is not None else None)
-    groups = source.groups if split_by == "patient" else None
-    train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed, groups=groups)
-    if groups is not None:
-        log.info(
-            "validation split by patient: %d patients in training, %d in validation",
-            len(set(groups[train_idx].tolist())),
-            len(set(groups[val_idx].tolist())),
-        )
+    train_idx, val_idx, split_by = _validation_split(spec, source, ck.meta if ck is not None else None)
     source, objective = training_objective(spec, source, train_idx)
     size = tuple(preprocessing.size)
     transform = (
@@ -692,6 +684,22 @@ def _meta(
         "data": {"root": source.root, "kind": source.kind, "field": source.field, "n_train": n_train, "n_val": n_val},
         **provenance(),
     }
+
+
+def _validation_split(
+    spec: TrainSpec, source: Source, resumed_meta: dict[str, Any] | None
+) -> tuple[list[int], list[int], str]:
+    """(train indices, validation indices, ``validation_split_by``) of the run's data."""
+    split_by = validation_split_by(source, resumed_meta)
+    groups = source.groups if split_by == "patient" else None
+    train_idx, val_idx = stratified_split(source.labels, spec.val_fraction, spec.seed, groups=groups)
+    if groups is not None:
+        log.info(
+            "validation split by patient: %d patients in training, %d in validation",
+            len(set(groups[train_idx].tolist())),
+            len(set(groups[val_idx].tolist())),
+        )
+    return train_idx, val_idx, split_by
 
 
 def validation_split_by(source: Source, resumed_meta: dict[str, Any] | None) -> str:
