@@ -336,17 +336,19 @@ def stratified_split(
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     labels = np.asarray(labels, dtype=np.int64)
+    if not len(labels):
+        raise DataError("the validation split is empty: there are no samples; add data")
     if groups is None:
-        unit_of = np.arange(len(labels))
+        unit_of = np.arange(len(labels))  # every sample its own patient
     else:
         unit_of = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
-    shifted = labels - (labels.min() if len(labels) else 0)
-    width = int(shifted.max()) + 1 if len(labels) else 1
+    shifted = labels - labels.min()
+    width = int(shifted.max()) + 1
     key = np.bincount(shifted)[shifted] * width + shifted  # rarer class first, then the smaller id
     order = np.argsort(unit_of, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(unit_of[order]) != 0]) if len(labels) else np.zeros(0, np.int64)
-    unit_class = np.minimum.reduceat(key[order], starts) % width if len(labels) else np.zeros(0, np.int64)
-    unit_size = np.bincount(unit_of) if len(labels) else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, np.diff(unit_of[order]) != 0])
+    unit_class = np.minimum.reduceat(key[order], starts) % width + labels.min()  # each patient's rarest class
+    unit_size = np.bincount(unit_of)
     rng = np.random.default_rng(seed)
     val_units: list[np.ndarray] = []
     for c in np.unique(unit_class):
