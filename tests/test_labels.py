@@ -14,6 +14,7 @@ from enhancer.data import DataError
 from enhancer.data.labels import NIH_FINDINGS, OBSERVATIONS, RSNA_CLASSES, detect_format, read_labels
 from tests.tools.label_files import (
     chexpert_file,
+    link,
     mimic_file,
     mimic_image_list,
     nih_file,
@@ -170,9 +171,16 @@ def test_mimic_image_list_gives_each_study_its_images_and_views(tmp_path: Path, 
     # a label file joined with the list beforehand (a dicom_id column, no ViewPosition) takes the views from it
     joined = tmp_path / "joined.csv"
     header, *rows = gzip.decompress(packed.read_bytes()).decode().splitlines()
-    joined.write_text(f"dicom_id,{header}\ndicom10,{rows[1]}\ndicom11,{rows[1]}\n")
+    link(sample_images(kermany_dir)[0], f.data / "files/p10/p10000001/s50000001/dicom12.jpg")  # not in the list
+    joined.write_text(f"dicom_id,{header}\ndicom10,{rows[1]}\ndicom11,{rows[1]}\ndicom12,{rows[1]}\n")
     by_image = read_labels(joined, f.data, format="mimic", uncertain="zeros", view="frontal", metadata=beside)
-    assert _entries(by_image) == [("dicom10", "ok"), ("dicom11", "filtered")]
+    assert _entries(by_image) == [("dicom10", "ok"), ("dicom11", "filtered"), ("dicom12", "filtered")]
+    assert by_image.rejected[-1].message.endswith(
+        "joined.csv row 4: dicom_id 'dicom12' has no row in mimic-cxr-2.0.0-metadata.csv.gz: its view is unknown "
+        "(--view frontal)"
+    )
+    every_view = read_labels(joined, f.data, format="mimic", uncertain="zeros", metadata=beside)
+    assert [code for _, code in _entries(every_view)] == ["ok", "ok", "ok"]
 
 
 def test_mimic_image_list_errors_name_the_file_and_the_fix(tmp_path: Path, kermany_dir: Path) -> None:

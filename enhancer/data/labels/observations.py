@@ -154,13 +154,22 @@ def read_mimic(
     def of_view(r: dict[str, str]) -> str:
         return _view_problem(r, MIMIC_VIEW, view)
 
+    def unlisted(r: dict[str, str]) -> str:  # a joined file's image the list lacks: its view is not known
+        if view == "all":
+            return ""
+        name = _name(meta.path) if meta is not None else ""
+        return f"dicom_id {r['dicom_id']!r} has no row in {name}: its view is unknown (--view {view})"
+
     for line, row in rows:
         folder = study_folder(row["subject_id"], row["study_id"])
         if per_image:
+            check = of_view
             if meta is not None and MIMIC_VIEW not in header:
-                row = {**row, MIMIC_VIEW: meta.views.get(row["dicom_id"], "")}
+                listed_view = meta.views.get(row["dicom_id"])
+                check = unlisted if listed_view is None else of_view
+                row = row if listed_view is None else {**row, MIMIC_VIEW: listed_view}
             rel = f"{folder}/{row['dicom_id']}.jpg"
-            _add_image(table, finder, line, rel, row, uncertain, of_view, patient=row["subject_id"])
+            _add_image(table, finder, line, rel, row, uncertain, check, patient=row["subject_id"])
         elif meta is not None:
             listed = meta.studies.get((row["subject_id"], row["study_id"]), ())
             if not listed:
